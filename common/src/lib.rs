@@ -1,0 +1,17 @@
+//! The contract shared by `octomild` and `octomil-cloud`: token and id formats, wire types,
+//! the signed revocation envelope and the GCRA rate-limit arithmetic. No I/O, no async.
+
+pub mod clock;
+pub mod duration;
+pub mod envelope;
+pub mod gcra;
+pub mod ids;
+pub mod proof;
+pub mod secret;
+pub mod token;
+pub mod wire;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use ids::DeviceId;
+pub use secret::Secret;
+pub use token::{TokenError, TokenKind};

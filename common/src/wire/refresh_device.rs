@@ -1,0 +1,21 @@
+//! `POST /api/v1/devices/refresh`
+
+use serde::{Deserialize, Serialize};
+
+use super::RateLimits;
+use crate::{DeviceId, Secret};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshRequest {
+    pub device_id: DeviceId,
+    pub refresh_token: Secret<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshResponse {
+    pub api_key: Secret<String>,
+    pub refresh_token: Secret<String>,
+    /// Unix seconds at which `api_key` stops working.
+    pub expires_at: u64,
+    pub rate_limits: RateLimits,
+}

@@ -1,0 +1,49 @@
+//! `POST /api/v1/devices/register`
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::RateLimits;
+use crate::{DeviceId, Secret};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub bootstrap_token: Secret<String>,
+    pub device_id: DeviceId,
+    /// Base64url (no padding) Ed25519 public key of the device.
+    pub device_public_key: String,
+    pub proof: Proof,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Proof of possession of the device key: see [`crate::proof`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proof {
+    /// Unix seconds when the proof was made.
+    pub timestamp: u64,
+    /// Base64url Ed25519 signature.
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub device_id: DeviceId,
+    pub api_key: Secret<String>,
+    pub refresh_token: Secret<String>,
+    /// Unix seconds at which `api_key` stops working.
+    pub expires_at: u64,
+    /// Where revocations are pushed; `null` when the cloud runs without a broker.
+    pub mqtt: Option<MqttInfo>,
+    /// Base64url Ed25519 key that signs revocation envelopes; the device pins it.
+    pub revocation_public_key: String,
+    pub rate_limits: RateLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttInfo {
+    pub url: String,
+    pub topic: String,
+    pub username: String,
+}
