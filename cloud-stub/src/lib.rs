@@ -1,1 +1,5 @@
-//! placeholder
+//! The bundled Octomil Edge cloud: control-plane API, revocation publisher and operator CLI.
+
+pub mod files;
+pub mod serve;
+pub mod tls;

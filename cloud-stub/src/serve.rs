@@ -1,0 +1,338 @@
+//! HTTPS (and plain HTTP) for an axum `Router` on our own accept loop, with a bounded graceful drain.
+//!
+//! `axum::serve` has no TLS, and axum-server would be one more stack to track; this loop is
+//! small. It owns the listener and every connection task: on shutdown it stops accepting,
+//! asks each connection to finish its in-flight requests, waits at most `grace`, then drops
+//! whatever is left and returns.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// A client that connects but never finishes the handshake holds a task only this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after an accept error such as EMFILE, so a full fd table does not become a busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves `router` over TLS on `listener` until `shutdown` is cancelled, then drains for at
+/// most `grace`. Handlers can extract `ConnectInfo<SocketAddr>` (the TCP peer).
+pub async fn serve_https(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    serve(
+        listener,
+        Some(TlsAcceptor::from(tls)),
+        router,
+        shutdown,
+        grace,
+    )
+    .await;
+}
+
+/// As [`serve_https`] without TLS: for tests and for deployments behind a TLS-terminating proxy.
+pub async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    serve(listener, None, router, shutdown, grace).await;
+}
+
+async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let tracker = TaskTracker::new();
+    // Tells hyper connections to finish their current requests and close.
+    let graceful = GracefulShutdown::new();
+    // Cancelled only when the grace period runs out: drops connections that did not finish.
+    let abort = CancellationToken::new();
+
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            // The peer gave up between SYN and accept: nothing wrong with us.
+            Err(e) if is_per_connection(&e) => {
+                tracing::debug!(error = %e, "accept: connection dropped by peer");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                }
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        // Subscribed now, before shutdown can be signalled, so no connection misses it.
+        let watcher = graceful.watcher();
+        tracker.spawn(connection(
+            stream,
+            peer,
+            tls.clone(),
+            router.clone(),
+            watcher,
+            shutdown.clone(),
+            abort.clone(),
+        ));
+    }
+
+    // Closing the listener makes new connects fail fast instead of queueing in the backlog.
+    drop(listener);
+    tracker.close();
+    let drained = tokio::time::timeout(grace, async {
+        tokio::join!(graceful.shutdown(), tracker.wait());
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = tracker.len(),
+            grace_ms = grace.as_millis(),
+            "grace period over; dropping remaining connections"
+        );
+        abort.cancel();
+    }
+}
+
+/// One accepted TCP connection: TLS handshake (if any), then HTTP/1.1 or HTTP/2 until the
+/// client closes, shutdown asks it to finish, or the grace period ends.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    watcher: Watcher,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) {
+    let Some(acceptor) = tls else {
+        return http(TokioIo::new(stream), peer, router, watcher, abort).await;
+    };
+    // A half-done handshake has no request worth draining: drop it at shutdown.
+    let handshake = tokio::select! {
+        () = shutdown.cancelled() => return,
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
+    };
+    match handshake {
+        Ok(Ok(tls_stream)) => http(TokioIo::new(tls_stream), peer, router, watcher, abort).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+async fn http<I>(
+    io: I,
+    peer: SocketAddr,
+    router: Router,
+    watcher: Watcher,
+    abort: CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    // Handlers see the TCP peer exactly as with `into_make_service_with_connect_info`.
+    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().oneshot(req)
+    });
+    let mut builder = Builder::new(TokioExecutor::new());
+    // Without a timer hyper silently skips its 30 s header-read timeout (slowloris guard).
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let conn = watcher.watch(builder.serve_connection(io, svc));
+    tokio::select! {
+        result = conn => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = abort.cancelled() => tracing::debug!(%peer, "connection dropped at end of grace period"),
+    }
+}
+
+/// Accept errors that concern one aborted connection rather than the listener or the process.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use axum::routing::get;
+    use tokio::io::AsyncWriteExt;
+    use tokio::sync::mpsc;
+    use tokio::time::timeout;
+
+    use super::*;
+    use crate::tls::Pki;
+
+    const GRACE: Duration = Duration::from_secs(5);
+
+    fn echo_router() -> Router {
+        Router::new().route(
+            "/ip",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.ip().to_string() }),
+        )
+    }
+
+    fn client_for(pki: &Pki, addr: SocketAddr) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap();
+        reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .resolve("localhost", addr)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn https_echoes_peer_and_drains_on_shutdown() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_https(
+            listener,
+            pki.server_config(&[b"h2", b"http/1.1"]),
+            echo_router(),
+            shutdown.clone(),
+            GRACE,
+        ));
+
+        // A client that speaks no TLS must not disturb the loop.
+        let mut junk = TcpStream::connect(addr).await.unwrap();
+        junk.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        // One that connects and stays silent must not delay shutdown.
+        let _silent = TcpStream::connect(addr).await.unwrap();
+
+        let client = client_for(&pki, addr);
+        for url in [
+            format!("https://localhost:{}/ip", addr.port()),
+            format!("https://127.0.0.1:{}/ip", addr.port()),
+        ] {
+            let body = client
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .error_for_status()
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(
+                body.parse::<IpAddr>().unwrap(),
+                IpAddr::from([127, 0, 0, 1])
+            );
+        }
+
+        // `client` keeps an idle keep-alive connection open: graceful shutdown closes it.
+        shutdown.cancel();
+        timeout(GRACE, server)
+            .await
+            .expect("serve_https returns within the grace period")
+            .unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+    }
+
+    #[tokio::test]
+    async fn stuck_request_is_dropped_after_grace() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (entered_tx, mut entered_rx) = mpsc::channel::<()>(1);
+        let router = Router::new().route(
+            "/hang",
+            get(move || async move {
+                let _ = entered_tx.send(()).await;
+                std::future::pending::<&'static str>().await
+            }),
+        );
+        let shutdown = CancellationToken::new();
+        let grace = Duration::from_millis(200);
+        let server = tokio::spawn(serve_https(
+            listener,
+            pki.server_config(&[b"http/1.1"]),
+            router,
+            shutdown.clone(),
+            grace,
+        ));
+
+        let client = client_for(&pki, addr);
+        let request = tokio::spawn(async move {
+            client
+                .get(format!("https://localhost:{}/hang", addr.port()))
+                .send()
+                .await
+        });
+        entered_rx.recv().await.unwrap();
+        shutdown.cancel();
+        // Returns once the grace period is over, not when the handler would finish (never).
+        timeout(grace + Duration::from_secs(5), server)
+            .await
+            .expect("serve_https gives up after the grace period")
+            .unwrap();
+        let outcome = timeout(Duration::from_secs(5), request)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(outcome.is_err(), "the stuck request was cut off");
+    }
+
+    #[tokio::test]
+    async fn plain_http_echoes_peer() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_http(listener, echo_router(), shutdown.clone(), GRACE));
+        let body = reqwest::get(format!("http://{addr}/ip"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, "127.0.0.1");
+        shutdown.cancel();
+        timeout(GRACE, server).await.unwrap().unwrap();
+    }
+}
