@@ -1,5 +1,298 @@
-//! The bundled Octomil Edge cloud: control-plane API, revocation publisher and operator CLI.
+//! `octomil-cloud`: the bundled control plane (HTTPS API, state in redb, revocation
+//! publisher) as a library with a builder, so tests start it in one line on port 0, and the
+//! `octomil` operator CLI.
 
+pub mod api;
+pub mod app;
+pub mod error;
+pub mod extract;
 pub mod files;
+pub mod init;
+pub mod limits;
+pub mod publisher;
+pub mod scope;
 pub mod serve;
+pub mod session;
+pub mod store;
 pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use octomil_common::{Clock, Secret, SystemClock};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Cloud;
+use crate::publisher::{NoTransport, RevocationPublisher};
+use crate::store::{Environment, Store};
+
+pub use crate::app::AppState;
+
+/// Why the cloud could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    #[error(transparent)]
+    Files(#[from] files::FilesError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("provisioning failed: {0}")]
+    Init(String),
+}
+
+/// `DIR/cloud.json`: where a running cloud is and where its first-start secrets are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloudInfo {
+    pub http_url: String,
+    pub mqtt_url: Option<String>,
+    pub ca_file: PathBuf,
+    pub owner_api_key_file: PathBuf,
+    pub bootstrap_token_file: PathBuf,
+    pub owner_email: String,
+    pub owner_password_file: PathBuf,
+    pub owner_totp_secret_file: PathBuf,
+    /// Base64url Ed25519 key that signs revocations.
+    pub revocation_public_key: String,
+}
+
+impl CloudInfo {
+    pub const FILE: &'static str = "cloud.json";
+
+    pub fn read(state_dir: &Path) -> std::io::Result<Self> {
+        let bytes = std::fs::read(state_dir.join(Self::FILE))?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+}
+
+/// Entry point of the library form.
+#[derive(Debug)]
+pub struct CloudStub;
+
+impl CloudStub {
+    pub fn builder(state_dir: impl Into<PathBuf>) -> Builder {
+        Builder {
+            state_dir: state_dir.into(),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            clock: Arc::new(SystemClock),
+            owner_email: "owner@octomil.local".into(),
+            environment: Environment::Live,
+            extra_names: Vec::new(),
+            publisher: None,
+            mqtt_url: None,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Options of a cloud; `spawn` starts it.
+#[derive(Debug)]
+pub struct Builder {
+    state_dir: PathBuf,
+    http_listen: SocketAddr,
+    clock: Arc<dyn Clock>,
+    owner_email: String,
+    environment: Environment,
+    extra_names: Vec<String>,
+    publisher: Option<Arc<dyn RevocationPublisher>>,
+    mqtt_url: Option<String>,
+    grace: Duration,
+}
+
+impl Builder {
+    /// Where to listen for HTTPS (default `127.0.0.1:0`: a free port).
+    pub fn http_listen(mut self, addr: SocketAddr) -> Self {
+        self.http_listen = addr;
+        self
+    }
+
+    /// The wall clock for expiry and rate limits; tests pass a `ManualClock`.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn owner_email(mut self, email: impl Into<String>) -> Self {
+        self.owner_email = email.into();
+        self
+    }
+
+    /// `Test` makes a sandbox organization (`edg_test_` keys). Only read on first start.
+    pub fn environment(mut self, env: Environment) -> Self {
+        self.environment = env;
+        self
+    }
+
+    /// Extra DNS names or IPs for the server certificate (beyond localhost and loopback).
+    pub fn extra_names(mut self, names: Vec<String>) -> Self {
+        self.extra_names = names;
+        self
+    }
+
+    pub fn publisher(mut self, p: Arc<dyn RevocationPublisher>, mqtt_url: Option<String>) -> Self {
+        self.publisher = Some(p);
+        self.mqtt_url = mqtt_url;
+        self
+    }
+
+    /// How long shutdown waits for in-flight requests.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Opens the state, provisions on first start, binds, serves, and writes `cloud.json`.
+    pub async fn spawn(self) -> Result<Handle, CloudError> {
+        let dir = self.state_dir;
+        files::ensure_private_dir(&dir)?;
+        let _ = std::fs::remove_file(dir.join(CloudInfo::FILE));
+        let pki = tls::Pki::load_or_create(&dir, &self.extra_names)?;
+        let store = Store::open(&dir.join("cloud.redb"))?;
+        init::provision(
+            &store,
+            &dir,
+            &self.owner_email,
+            self.environment,
+            self.clock.now_secs(),
+        )?;
+        let owner_email = store
+            .read(|m| {
+                m.members
+                    .values()
+                    .find(|m| m.role == scope::Role::Owner)
+                    .map(|m| m.email.clone())
+            })
+            .unwrap_or(self.owner_email);
+        let cloud = Arc::new(Cloud {
+            store,
+            limiter: limits::Limiter::new(self.clock.clone()),
+            clock: self.clock,
+            sessions: session::SessionKeys::new(init::session_key(&dir)?),
+            revocation_key: init::revocation_key(&dir)?,
+            publisher: self.publisher.unwrap_or_else(|| Arc::new(NoTransport)),
+            mqtt_url: self.mqtt_url.clone(),
+        });
+
+        let listener = tokio::net::TcpListener::bind(self.http_listen)
+            .await
+            .map_err(|source| CloudError::Listen {
+                addr: self.http_listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| CloudError::Listen {
+            addr: self.http_listen,
+            source,
+        })?;
+        let host = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let http_url = format!("https://{host}:{}", addr.port());
+        let shutdown = CancellationToken::new();
+        let router = api::router(cloud.clone());
+        let task = tokio::spawn(serve::serve_https(
+            listener,
+            pki.server_config(&[b"h2", b"http/1.1"]),
+            router,
+            shutdown.clone(),
+            self.grace,
+        ));
+
+        let secrets = init::SecretFiles::in_dir(&dir);
+        let info = CloudInfo {
+            http_url: http_url.clone(),
+            mqtt_url: self.mqtt_url,
+            ca_file: absolute(&pki.ca_file),
+            owner_api_key_file: absolute(&secrets.owner_api_key),
+            bootstrap_token_file: absolute(&secrets.bootstrap_token),
+            owner_email,
+            owner_password_file: absolute(&secrets.owner_password),
+            owner_totp_secret_file: absolute(&secrets.owner_totp_secret),
+            revocation_public_key: octomil_common::proof::encode_public_key(
+                &cloud.revocation_key.verifying_key(),
+            ),
+        };
+        let json = serde_json::to_vec_pretty(&info).map_err(|e| CloudError::Init(e.to_string()))?;
+        files::write_public(&dir.join(CloudInfo::FILE), &json)?;
+        tracing::info!(%http_url, state_dir = %dir.display(), "octomil-cloud ready");
+        Ok(Handle {
+            http_url,
+            addr,
+            ca_pem: pki.ca_pem.clone(),
+            state_dir: dir,
+            info,
+            cloud,
+            shutdown,
+            task,
+        })
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+/// A running cloud. Dropping it does not stop it; call [`Handle::shutdown`].
+#[derive(Debug)]
+pub struct Handle {
+    /// `https://127.0.0.1:PORT` (no `/api/v1`).
+    pub http_url: String,
+    pub addr: SocketAddr,
+    pub ca_pem: String,
+    pub state_dir: PathBuf,
+    pub info: CloudInfo,
+    /// The live state, for tests that inspect or flip it.
+    pub cloud: AppState,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    pub fn owner_api_key(&self) -> std::io::Result<Secret<String>> {
+        read_secret(&self.info.owner_api_key_file)
+    }
+
+    pub fn bootstrap_token(&self) -> std::io::Result<Secret<String>> {
+        read_secret(&self.info.bootstrap_token_file)
+    }
+
+    pub fn owner_password(&self) -> std::io::Result<Secret<String>> {
+        read_secret(&self.info.owner_password_file)
+    }
+
+    /// The Owner's TOTP secret (raw bytes), to compute codes in tests.
+    pub fn owner_totp_secret(&self) -> std::io::Result<Vec<u8>> {
+        let b32 = read_secret(&self.info.owner_totp_secret_file)?;
+        session::totp_from_base32(b32.expose()).map_err(std::io::Error::other)
+    }
+
+    /// A token that cancels the server when cancelled (e.g. from a signal handler).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, drains in-flight requests within the grace period, and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server stops (after its shutdown token is cancelled).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+fn read_secret(path: &Path) -> std::io::Result<Secret<String>> {
+    files::read_secret_string(path).map_err(std::io::Error::other)
+}

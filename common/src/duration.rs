@@ -34,7 +34,7 @@ pub fn parse_secs(s: &str) -> Result<u64, DurationError> {
 /// `3660` -> `61m`). Zero is `0s`.
 pub fn format_secs(secs: u64) -> String {
     for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if secs != 0 && secs % size == 0 {
+        if secs != 0 && secs.is_multiple_of(size) {
             return format!("{}{unit}", secs / size);
         }
     }

@@ -1,0 +1,188 @@
+//! `POST /api-keys`, `GET /api-keys`, `DELETE /api-keys/{id}`. A key is shown once, at
+//! creation; the cloud keeps only its hash. A key never outranks its creator: it takes the
+//! creator's role and at most the creator's scopes.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use octomil_common::Secret;
+use octomil_common::token;
+use octomil_common::wire::codes;
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Auth, Body};
+use crate::scope::{Role, Rule, Scope, ScopeSet};
+use crate::store::{ApiKeyRecord, Change, Environment};
+
+const RULE: Rule = Rule::role(Role::Admin);
+const MAX_NAME_LEN: usize = 128;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub environment: Option<Environment>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedApiKey {
+    pub id: String,
+    pub name: String,
+    pub key: Secret<String>,
+    pub scopes: Vec<&'static str>,
+    pub environment: Environment,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApiKeyView {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<&'static str>,
+    pub role: Role,
+    pub environment: Environment,
+    pub created_at: u64,
+    pub created_by: String,
+    pub last_used_at: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKeyView>,
+}
+
+/// Parses scope names, rejecting unknown ones with 400 `unknown_scope`.
+pub fn parse_scopes(names: &[String]) -> ApiResult<ScopeSet> {
+    let mut scopes = Vec::with_capacity(names.len());
+    for n in names {
+        let s = Scope::parse(n).ok_or_else(|| {
+            ApiError::bad_request(
+                codes::UNKNOWN_SCOPE,
+                format!(
+                    "unknown scope {:?}; known scopes: {}",
+                    n.chars().take(64).collect::<String>(),
+                    ScopeSet::all().names().join(", ")
+                ),
+            )
+        })?;
+        scopes.push(s);
+    }
+    Ok(ScopeSet::of(scopes))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    Body(req): Body<CreateApiKey>,
+) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
+    auth.require(RULE)?;
+    let name = req.name.trim();
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(ApiError::bad_request(
+            codes::INVALID_ARGUMENT,
+            format!("name must be 1-{MAX_NAME_LEN} characters"),
+        ));
+    }
+    let scopes = parse_scopes(&req.scopes)?;
+    if req.scopes.is_empty() {
+        return Err(ApiError::bad_request(
+            codes::UNKNOWN_SCOPE,
+            "give at least one scope",
+        ));
+    }
+    if !scopes.is_subset_of(auth.scopes()) {
+        return Err(ApiError::insufficient_scope(
+            "every scope it grants (a key cannot create a stronger key)",
+        ));
+    }
+    let role = auth
+        .role()
+        .ok_or_else(|| ApiError::forbidden("device keys may not make this call"))?;
+    let now = state.clock.now_secs();
+    let environment = req
+        .environment
+        .unwrap_or_else(|| state.store.read(|m| m.environment()));
+    let (rec, key) = new_api_key(name, scopes, role, environment, now, &auth.subject());
+    let created = CreatedApiKey {
+        id: rec.id.clone(),
+        name: rec.name.clone(),
+        key,
+        scopes: scopes.names(),
+        environment,
+        created_at: now,
+    };
+    state
+        .store
+        .write(|_| Ok::<_, ApiError>(((), vec![Change::ApiKey(rec)])))?;
+    tracing::info!(api_key_id = %created.id, auth = %auth.subject(), "API key created");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// A fresh key and the record that stores only its hash.
+pub fn new_api_key(
+    name: &str,
+    scopes: ScopeSet,
+    role: Role,
+    environment: Environment,
+    now: u64,
+    created_by: &str,
+) -> (ApiKeyRecord, Secret<String>) {
+    let key = token::generate(environment.token_kind());
+    let rec = ApiKeyRecord {
+        id: format!("key_{}", token::random_base62(16).expose()),
+        name: name.to_owned(),
+        hash: token::hash(key.expose()),
+        scopes,
+        role,
+        environment,
+        created_at: now,
+        created_by: created_by.to_owned(),
+        last_used_at: None,
+    };
+    (rec, key)
+}
+
+pub async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<ApiKeyList>> {
+    auth.require(RULE)?;
+    let api_keys = state.store.read(|m| {
+        m.api_keys
+            .values()
+            .map(|k| ApiKeyView {
+                id: k.id.clone(),
+                name: k.name.clone(),
+                scopes: k.scopes.names(),
+                role: k.role,
+                environment: k.environment,
+                created_at: k.created_at,
+                created_by: k.created_by.clone(),
+                last_used_at: k.last_used_at,
+            })
+            .collect()
+    });
+    Ok(Json(ApiKeyList { api_keys }))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    auth.require(RULE)?;
+    state.store.write(|m| {
+        let k = m
+            .api_keys
+            .get(&id)
+            .ok_or_else(|| ApiError::not_found("API key"))?;
+        if Some(k.role) > auth.role() {
+            return Err(ApiError::forbidden(
+                "a key of a higher role can only be deleted by that role",
+            ));
+        }
+        Ok(((), vec![Change::DeleteApiKey(id.clone())]))
+    })?;
+    tracing::info!(api_key_id = %id, auth = %auth.subject(), "API key deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,87 @@
+//! `POST /auth/login`: dashboard sessions. MFA (TOTP) is required by the compliance preset:
+//! HIPAA and PCI for everyone, GDPR and SOC 2 for Owners and Admins.
+
+use axum::Json;
+use axum::extract::State;
+use octomil_common::Secret;
+use octomil_common::token;
+use octomil_common::wire::codes;
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Body;
+use crate::session::{self, Claims, SESSION_TTL_SECS};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: Secret<String>,
+    pub mfa_code: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoginResponse {
+    pub token: Secret<String>,
+    pub expires_at: u64,
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    Body(req): Body<LoginRequest>,
+) -> ApiResult<Json<LoginResponse>> {
+    let bad = || {
+        ApiError::unauthorized(
+            codes::INVALID_CREDENTIALS,
+            "email, password or MFA code is wrong",
+        )
+    };
+    let email = req.email.trim().to_ascii_lowercase();
+    let now = state.clock.now_secs();
+    let (member, org, preset) = state
+        .store
+        .read(|m| {
+            let org = m.org.as_ref().filter(|o| !o.deleted)?;
+            Some((
+                m.members.get(&email)?.clone(),
+                org.id.clone(),
+                org.settings.compliance_preset,
+            ))
+        })
+        .ok_or_else(bad)?;
+    // Argon2 is deliberately slow: keep it off the async workers.
+    let phc = member.password_hash.clone();
+    let ok =
+        tokio::task::spawn_blocking(move || session::verify_password(req.password.expose(), &phc))
+            .await
+            .map_err(ApiError::internal)?;
+    if !ok {
+        tracing::info!(member = %email, "login refused: bad password");
+        return Err(bad());
+    }
+    match req.mfa_code.as_deref() {
+        Some(code) if !session::check_totp(&member.totp_secret, code, now) => {
+            tracing::info!(member = %email, "login refused: bad MFA code");
+            return Err(bad());
+        }
+        None if preset.requires_mfa(member.role) => {
+            return Err(ApiError::unauthorized(
+                codes::MFA_REQUIRED,
+                "this organization's compliance preset requires an MFA code for your role",
+            ));
+        }
+        _ => {}
+    }
+    let expires_at = now + SESSION_TTL_SECS;
+    let token = state.sessions.issue(&Claims {
+        sub: member.email.clone(),
+        org,
+        role: member.role,
+        iat: now,
+        exp: expires_at,
+        jti: token::random_base62(16).expose().clone(),
+    });
+    tracing::info!(member = %email, "session issued");
+    Ok(Json(LoginResponse { token, expires_at }))
+}

@@ -1,0 +1,60 @@
+//! The control-plane HTTP API under `/api/v1`, one file per endpoint group. Each handler
+//! names its rule (scope and minimum role) at the top; `docs/control-plane-api.md` is the
+//! table of them all.
+
+pub(crate) mod api_keys;
+pub(crate) mod bootstrap_tokens;
+pub(crate) mod devices;
+pub(crate) mod inference;
+pub(crate) mod login;
+pub(crate) mod members;
+pub(crate) mod org;
+pub(crate) mod org_settings;
+pub(crate) mod refresh_device;
+pub(crate) mod register_device;
+pub(crate) mod resources;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use octomil_common::wire::codes;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/devices/register", post(register_device::register))
+        .route("/devices/refresh", post(refresh_device::refresh))
+        .route("/devices", get(devices::list))
+        .route("/devices/{id}", get(devices::show).delete(devices::delete))
+        .route("/devices/{id}/revoke", post(devices::revoke))
+        .route("/bootstrap-tokens", post(bootstrap_tokens::create))
+        .route("/api-keys", post(api_keys::create).get(api_keys::list))
+        .route("/api-keys/{id}", delete(api_keys::delete))
+        .route(
+            "/org/settings",
+            get(org_settings::show).patch(org_settings::update),
+        )
+        .route("/org/members", get(members::list).post(members::add))
+        .route(
+            "/org/members/{email}",
+            axum::routing::patch(members::update).delete(members::remove),
+        )
+        .route("/org/billing", get(org::billing))
+        .route("/org", delete(org::delete))
+        .route("/auth/login", post(login::login))
+        .route("/inference", post(inference::infer))
+        .merge(resources::routes())
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                codes::METHOD_NOT_ALLOWED,
+                "method not allowed",
+            )
+        });
+    Router::new()
+        .nest("/api/v1", v1)
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(state)
+}

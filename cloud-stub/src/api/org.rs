@@ -1,0 +1,70 @@
+//! Owner-only organization calls: `GET /org/billing` and `DELETE /org`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use octomil_common::wire::codes;
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Auth, Body};
+use crate::scope::{Role, Rule};
+use crate::store::{Change, DeviceState};
+
+const OWNER: Rule = Rule::role(Role::Owner);
+
+#[derive(Debug, Serialize)]
+pub struct Billing {
+    pub plan: &'static str,
+    pub devices: usize,
+    pub active_devices: usize,
+    pub seats: usize,
+}
+
+pub async fn billing(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Billing>> {
+    auth.require(OWNER)?;
+    Ok(Json(state.store.read(|m| {
+        Billing {
+            plan: "self-hosted",
+            devices: m.devices.len(),
+            active_devices: m
+                .devices
+                .values()
+                .filter(|d| d.state == DeviceState::Active)
+                .count(),
+            seats: m.members.len(),
+        }
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteOrg {
+    /// Must repeat the organization id, so a stray call cannot delete it.
+    pub confirm: String,
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    Body(req): Body<DeleteOrg>,
+) -> ApiResult<StatusCode> {
+    auth.require(OWNER)?;
+    state.store.write(|m| {
+        let mut o = m
+            .org
+            .clone()
+            .ok_or_else(|| ApiError::not_found("organization"))?;
+        if req.confirm != o.id {
+            return Err(ApiError::bad_request(
+                codes::INVALID_ARGUMENT,
+                "confirm must be the organization id",
+            ));
+        }
+        o.deleted = true;
+        Ok(((), vec![Change::Org(o)]))
+    })?;
+    tracing::warn!(auth = %auth.subject(), "organization deleted; every credential is now refused");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,148 @@
+//! `GET /org/settings`, `PATCH /org/settings`: device-key lifetime, compliance preset and
+//! the cloud's rate limits. Changes apply to keys issued (and limits checked) afterwards.
+
+use axum::Json;
+use axum::extract::State;
+use octomil_common::duration;
+use octomil_common::wire::{RateLimit, codes};
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Auth, Body};
+use crate::scope::{Role, Rule};
+use crate::store::{Change, CloudRateLimits, CompliancePreset, Environment, OrgRecord};
+
+const READ: Rule = Rule::role(Role::Member);
+const WRITE: Rule = Rule::role(Role::Admin);
+
+/// Device keys may live between these bounds. The floor is low so tests and labs can watch
+/// refreshes happen; fleets want hours.
+pub const MIN_EXPIRY_SECS: u64 = 5;
+pub const MAX_EXPIRY_SECS: u64 = 365 * 86_400;
+const MAX_LIMIT: u32 = 1_000_000;
+const MAX_PERIOD_SECS: u32 = 86_400;
+
+#[derive(Debug, Serialize)]
+pub struct SettingsView {
+    pub org_id: String,
+    pub org_name: String,
+    pub environment: Environment,
+    pub device_token_expiry: String,
+    pub compliance_preset: CompliancePreset,
+    pub rate_limits: CloudRateLimits,
+}
+
+impl SettingsView {
+    fn of(o: &OrgRecord) -> Self {
+        Self {
+            org_id: o.id.clone(),
+            org_name: o.name.clone(),
+            environment: o.environment,
+            device_token_expiry: duration::format_secs(o.settings.device_token_expiry_secs),
+            compliance_preset: o.settings.compliance_preset,
+            rate_limits: o.settings.rate_limits,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPatch {
+    pub control_plane: Option<RateLimit>,
+    pub inference: Option<RateLimit>,
+    pub registration: Option<RateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    pub device_token_expiry: Option<String>,
+    pub compliance_preset: Option<CompliancePreset>,
+    pub rate_limits: Option<LimitsPatch>,
+}
+
+fn org(state: &AppState) -> ApiResult<OrgRecord> {
+    state
+        .org()
+        .ok_or_else(|| ApiError::not_found("organization"))
+}
+
+pub async fn show(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<SettingsView>> {
+    auth.require(READ)?;
+    Ok(Json(SettingsView::of(&org(&state)?)))
+}
+
+fn check_limit(name: &str, l: RateLimit) -> ApiResult<RateLimit> {
+    if l.limit == 0 || l.limit > MAX_LIMIT || l.period_secs == 0 || l.period_secs > MAX_PERIOD_SECS
+    {
+        return Err(ApiError::bad_request(
+            codes::INVALID_ARGUMENT,
+            format!(
+                "rate_limits.{name}: limit must be 1-{MAX_LIMIT} and period_secs 1-{MAX_PERIOD_SECS}"
+            ),
+        ));
+    }
+    Ok(l)
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Auth,
+    Body(patch): Body<SettingsPatch>,
+) -> ApiResult<Json<SettingsView>> {
+    auth.require(WRITE)?;
+    // Validate everything before changing anything.
+    let expiry = match &patch.device_token_expiry {
+        None => None,
+        Some(s) => {
+            let secs = duration::parse_secs(s).map_err(|e| {
+                ApiError::bad_request(codes::INVALID_ARGUMENT, format!("device_token_expiry: {e}"))
+            })?;
+            if !(MIN_EXPIRY_SECS..=MAX_EXPIRY_SECS).contains(&secs) {
+                return Err(ApiError::bad_request(
+                    codes::INVALID_ARGUMENT,
+                    format!("device_token_expiry must be between {MIN_EXPIRY_SECS}s and 365d"),
+                ));
+            }
+            Some(secs)
+        }
+    };
+    let limits = patch
+        .rate_limits
+        .map(|l| -> ApiResult<_> {
+            Ok((
+                l.control_plane
+                    .map(|x| check_limit("control_plane", x))
+                    .transpose()?,
+                l.inference
+                    .map(|x| check_limit("inference", x))
+                    .transpose()?,
+                l.registration
+                    .map(|x| check_limit("registration", x))
+                    .transpose()?,
+            ))
+        })
+        .transpose()?;
+    let view = state.store.write(|m| {
+        let mut o = m
+            .org
+            .clone()
+            .ok_or_else(|| ApiError::not_found("organization"))?;
+        if let Some(secs) = expiry {
+            o.settings.device_token_expiry_secs = secs;
+        }
+        if let Some(p) = patch.compliance_preset {
+            o.settings.compliance_preset = p;
+        }
+        if let Some((cp, inf, reg)) = limits {
+            let rl = &mut o.settings.rate_limits;
+            rl.control_plane = cp.unwrap_or(rl.control_plane);
+            rl.inference = inf.unwrap_or(rl.inference);
+            rl.registration = reg.unwrap_or(rl.registration);
+        }
+        Ok::<_, ApiError>((SettingsView::of(&o), vec![Change::Org(o)]))
+    })?;
+    tracing::info!(auth = %auth.subject(), "organization settings changed");
+    Ok(Json(view))
+}

@@ -1,0 +1,147 @@
+//! `POST /devices/register`: a device enrols with the fleet's bootstrap token and proves it
+//! holds the key it registers. Re-registering a live id with the same key rotates its
+//! credentials (a device that crashed before saving the answer can try again).
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use octomil_common::token::{self, TokenKind};
+use octomil_common::wire::{MqttInfo, RegisterRequest, RegisterResponse, codes};
+use octomil_common::{DeviceId, proof};
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Body;
+use crate::limits::Surface;
+use crate::store::{Change, DeviceRecord, DeviceState, RefreshState};
+
+use super::refresh_device::issue_pair;
+
+pub async fn register(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Body(req): Body<RegisterRequest>,
+) -> ApiResult<Json<RegisterResponse>> {
+    let settings = state.settings();
+    state
+        .limiter
+        .check(
+            Surface::Registration,
+            &peer.ip().to_string(),
+            settings.rate_limits.registration,
+        )
+        .map_err(ApiError::rate_limited)?;
+
+    token::parse_as(
+        req.bootstrap_token.expose(),
+        &[TokenKind::Bootstrap],
+        "edg_bootstrap_",
+    )
+    .map_err(|e| {
+        ApiError::bad_request(codes::INVALID_TOKEN_FORMAT, format!("bootstrap_token: {e}"))
+    })?;
+    let public_key = proof::decode_public_key(&req.device_public_key)
+        .map_err(|e| ApiError::bad_request(codes::INVALID_PROOF, e.to_string()))?;
+    let now_ms = state.clock.now_ms();
+    let now = now_ms / 1000;
+    proof::verify(
+        &public_key,
+        req.device_id.as_str(),
+        req.proof.timestamp,
+        &req.proof.signature,
+        now,
+    )
+    .map_err(|e| ApiError::bad_request(codes::INVALID_PROOF, e.to_string()))?;
+
+    state
+        .limiter
+        .check(
+            Surface::ControlPlane,
+            req.device_id.as_str(),
+            settings.rate_limits.control_plane,
+        )
+        .map_err(ApiError::rate_limited)?;
+
+    let boot_hash = token::hash(req.bootstrap_token.expose());
+    let expiry = settings.device_token_expiry_secs;
+    let (api_key, refresh_token, expires_at) = state.store.write(|m| {
+        let invalid = || {
+            ApiError::unauthorized(
+                codes::INVALID_BOOTSTRAP_TOKEN,
+                "bootstrap token is unknown, expired or used up",
+            )
+        };
+        let mut boot = m
+            .bootstrap_by_hash(&boot_hash)
+            .filter(|b| token::hashes_equal(&b.hash, &boot_hash))
+            .cloned()
+            .ok_or_else(invalid)?;
+        if boot.expires_at.is_some_and(|t| t <= now)
+            || boot.max_uses.is_some_and(|max| boot.uses >= max)
+        {
+            return Err(invalid());
+        }
+        let mut device = match m.devices.get(req.device_id.as_str()) {
+            Some(d) if d.state == DeviceState::Revoked => return Err(ApiError::device_revoked()),
+            Some(d) if d.public_key != *public_key.as_bytes() => {
+                return Err(ApiError::conflict(
+                    codes::DEVICE_ID_TAKEN,
+                    "this device id is registered with another key",
+                ));
+            }
+            Some(d) => {
+                // Same key: rotate. Old keys and refresh tokens die with the new pair.
+                let mut d = d.clone();
+                d.keys.clear();
+                d.refresh = RefreshState::default();
+                d
+            }
+            None => DeviceRecord {
+                device_id: req.device_id.as_str().to_owned(),
+                public_key: *public_key.as_bytes(),
+                state: DeviceState::Active,
+                registered_at_ms: now_ms,
+                last_refresh_at: None,
+                metadata: Default::default(),
+                keys: Vec::new(),
+                refresh: RefreshState::default(),
+                revoked_at: None,
+                revoke_reason: None,
+                revocation_seq: 0,
+            },
+        };
+        device.registered_at_ms = now_ms;
+        if let Some(meta) = &req.metadata {
+            device.metadata = meta.clone();
+        }
+        let (key, refresh, expires_at) = issue_pair(&mut device, m.environment(), now, expiry);
+        boot.uses += 1;
+        Ok((
+            (key, refresh, expires_at),
+            vec![Change::Device(device), Change::Bootstrap(boot)],
+        ))
+    })?;
+
+    tracing::info!(device_id = %req.device_id, "device registered");
+    Ok(Json(RegisterResponse {
+        mqtt: state
+            .mqtt_url
+            .as_ref()
+            .map(|url| mqtt_info(url, &req.device_id)),
+        device_id: req.device_id,
+        api_key,
+        refresh_token,
+        expires_at,
+        revocation_public_key: proof::encode_public_key(&state.revocation_key.verifying_key()),
+        rate_limits: settings.rate_limits.device_view(),
+    }))
+}
+
+fn mqtt_info(url: &str, id: &DeviceId) -> MqttInfo {
+    MqttInfo {
+        url: url.to_owned(),
+        topic: id.revocation_topic(),
+        username: id.as_str().to_owned(),
+    }
+}

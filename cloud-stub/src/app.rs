@@ -1,0 +1,46 @@
+//! The shared state every handler sees.
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use octomil_common::Clock;
+
+use crate::limits::Limiter;
+use crate::publisher::RevocationPublisher;
+use crate::session::SessionKeys;
+use crate::store::{OrgRecord, Settings, Store};
+
+/// Everything a request may need. Shared as `Arc<Cloud>`.
+pub struct Cloud {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub limiter: Limiter,
+    pub sessions: SessionKeys,
+    /// Signs revocation envelopes; its public half goes to devices at registration.
+    pub revocation_key: SigningKey,
+    pub publisher: Arc<dyn RevocationPublisher>,
+    /// MQTT URL devices connect to, if a broker is configured.
+    pub mqtt_url: Option<String>,
+}
+
+impl std::fmt::Debug for Cloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cloud")
+            .field("mqtt_url", &self.mqtt_url)
+            .finish_non_exhaustive()
+    }
+}
+
+pub type AppState = Arc<Cloud>;
+
+impl Cloud {
+    pub fn org(&self) -> Option<OrgRecord> {
+        self.store.read(|m| m.org.clone())
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.store
+            .read(|m| m.org.as_ref().map(|o| o.settings.clone()))
+            .unwrap_or_default()
+    }
+}

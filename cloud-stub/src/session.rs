@@ -1,0 +1,236 @@
+//! Dashboard sessions: Argon2id passwords, RFC 6238 TOTP, and HS256 JWTs.
+//!
+//! The JWT is written here with RustCrypto's HMAC rather than `jsonwebtoken`: its pure-Rust
+//! backend drags in RSA and P-256/P-384 for one HS256 MAC we can check in a few lines.
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use octomil_common::Secret;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::scope::Role;
+
+/// Sessions last this long.
+pub const SESSION_TTL_SECS: u64 = 12 * 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("password hashing failed")]
+    Hash,
+    #[error("session token is malformed")]
+    Malformed,
+    #[error("session token signature does not verify")]
+    BadSignature,
+    #[error("session token has expired")]
+    Expired,
+    #[error("TOTP secret is unusable")]
+    Totp,
+}
+
+pub fn hash_password(password: &str) -> Result<String, SessionError> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|_| SessionError::Hash)
+}
+
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+fn totp(secret: &[u8]) -> Result<totp_rs::Totp, SessionError> {
+    totp_rs::Builder::new()
+        .with_secret(secret.to_vec())
+        .build()
+        .map_err(|_| SessionError::Totp)
+}
+
+/// Checks a 6-digit code at `now_secs`, accepting one step of skew either way.
+pub fn check_totp(secret: &[u8], code: &str, now_secs: u64) -> bool {
+    totp(secret)
+        .map(|t| t.check(code.trim(), now_secs).is_some())
+        .unwrap_or(false)
+}
+
+/// The current code: for tests and for operators who script a login.
+pub fn totp_code(secret: &[u8], now_secs: u64) -> Result<String, SessionError> {
+    Ok(totp(secret)?.generate(now_secs).to_string())
+}
+
+pub fn totp_base32(secret: &[u8]) -> String {
+    totp_rs::Secret::from(secret.to_vec()).to_base32()
+}
+
+pub fn totp_from_base32(s: &str) -> Result<Vec<u8>, SessionError> {
+    totp_rs::Secret::try_from_base32(s.trim())
+        .map(|s| s.as_bytes().to_vec())
+        .map_err(|_| SessionError::Totp)
+}
+
+pub fn otpauth_uri(issuer: &str, email: &str, secret: &[u8]) -> String {
+    format!(
+        "otpauth://totp/{issuer}:{email}?secret={}&issuer={issuer}&algorithm=SHA1&digits=6&period=30",
+        totp_base32(secret)
+    )
+}
+
+/// What a session token asserts. The role is re-read from the member record on every
+/// request, so a demotion or removal takes effect at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub org: String,
+    pub role: Role,
+    pub iat: u64,
+    pub exp: u64,
+    pub jti: String,
+}
+
+const HEADER_B64: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"; // {"alg":"HS256","typ":"JWT"}
+
+/// Signs and verifies HS256 session tokens with the cloud's 32-byte session key.
+pub struct SessionKeys {
+    key: Secret<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKeys(***)")
+    }
+}
+
+impl SessionKeys {
+    pub fn new(key: Secret<Vec<u8>>) -> Self {
+        Self { key }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC takes keys of any length: this cannot fail.
+        <Hmac<Sha256> as KeyInit>::new_from_slice(self.key.expose())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+    }
+
+    pub fn issue(&self, claims: &Claims) -> Secret<String> {
+        let payload = serde_json::to_vec(claims).unwrap_or_default();
+        let signing_input = format!("{HEADER_B64}.{}", URL_SAFE_NO_PAD.encode(payload));
+        let mut mac = self.mac();
+        mac.update(signing_input.as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        Secret::new(format!("{signing_input}.{sig}"))
+    }
+
+    pub fn verify(&self, token: &str, now_secs: u64) -> Result<Claims, SessionError> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(SessionError::Malformed);
+        };
+        if h != HEADER_B64 {
+            return Err(SessionError::Malformed);
+        }
+        let sig = URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| SessionError::Malformed)?;
+        let mut mac = self.mac();
+        mac.update(h.as_bytes());
+        mac.update(b".");
+        mac.update(p.as_bytes());
+        mac.verify_slice(&sig)
+            .map_err(|_| SessionError::BadSignature)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(p)
+            .map_err(|_| SessionError::Malformed)?;
+        let claims: Claims =
+            serde_json::from_slice(&payload).map_err(|_| SessionError::Malformed)?;
+        if claims.exp <= now_secs {
+            return Err(SessionError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: u64) -> Claims {
+        Claims {
+            sub: "a@example.com".into(),
+            org: "org_1".into(),
+            role: Role::Admin,
+            iat: 1,
+            exp,
+            jti: "j".into(),
+        }
+    }
+
+    #[test]
+    fn jwt_round_trip_and_tampering() {
+        let keys = SessionKeys::new(Secret::new(vec![7; 32]));
+        let t = keys.issue(&claims(100));
+        assert_eq!(keys.verify(t.expose(), 50).unwrap(), claims(100));
+        assert!(matches!(
+            keys.verify(t.expose(), 100),
+            Err(SessionError::Expired)
+        ));
+        let other = SessionKeys::new(Secret::new(vec![8; 32]));
+        assert!(matches!(
+            other.verify(t.expose(), 50),
+            Err(SessionError::BadSignature)
+        ));
+        // Swap in a payload that claims Owner: the signature no longer matches.
+        let mut forged = claims(100);
+        forged.role = Role::Owner;
+        let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
+        let parts: Vec<&str> = t.expose().split('.').collect();
+        let tampered = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
+        assert!(matches!(
+            keys.verify(&tampered, 50),
+            Err(SessionError::BadSignature)
+        ));
+        assert!(matches!(
+            keys.verify("a.b", 50),
+            Err(SessionError::Malformed)
+        ));
+        // alg=none and friends are refused outright.
+        let none = format!("eyJhbGciOiJub25lIn0.{forged_payload}.");
+        assert!(matches!(
+            keys.verify(&none, 50),
+            Err(SessionError::Malformed)
+        ));
+    }
+
+    #[test]
+    fn passwords() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong", &h));
+        assert!(!verify_password("x", "not a phc string"));
+    }
+
+    #[test]
+    fn totp_matches_rfc6238_vector() {
+        // RFC 6238 appendix B, SHA-1, T = 59: 94287082 (8 digits); the 6-digit code is 287082.
+        let secret = b"12345678901234567890";
+        assert_eq!(totp_code(secret, 59).unwrap(), "287082");
+        assert!(check_totp(secret, "287082", 59));
+        assert!(check_totp(secret, "287082", 59 + 30)); // one step of skew
+        assert!(!check_totp(secret, "287082", 59 + 90));
+        assert!(!check_totp(secret, "abc", 59));
+        let b32 = totp_base32(secret);
+        assert_eq!(totp_from_base32(&b32).unwrap(), secret);
+    }
+}

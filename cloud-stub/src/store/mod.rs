@@ -1,0 +1,367 @@
+//! Durable state: an in-memory model for reads, written through to redb (postcard values) for
+//! every change. A change is applied to memory only after its redb transaction committed, so
+//! what a caller was told always survives a restart.
+
+pub mod records;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use records::*;
+
+const ORG: TableDefinition<&str, &[u8]> = TableDefinition::new("org");
+const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys");
+const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+const BOOTSTRAP: TableDefinition<&str, &[u8]> = TableDefinition::new("bootstrap_tokens");
+const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
+const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
+const ORG_KEY: &str = "org";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Db(String),
+    #[error("state database record {table}/{key} is corrupt")]
+    Corrupt { table: &'static str, key: String },
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                Self::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// One durable change. Handlers compute a list of these from the current model; the store
+/// commits them in one transaction and then applies them to memory.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Org(OrgRecord),
+    ApiKey(ApiKeyRecord),
+    DeleteApiKey(String),
+    Device(DeviceRecord),
+    DeleteDevice(String),
+    Bootstrap(BootstrapRecord),
+    Member(MemberRecord),
+    DeleteMember(String),
+    Resource(ResourceRecord),
+}
+
+/// Everything the cloud knows, with the hash indexes that make bearer lookups O(1).
+#[derive(Debug, Default)]
+pub struct Model {
+    pub org: Option<OrgRecord>,
+    pub api_keys: BTreeMap<String, ApiKeyRecord>,
+    pub devices: BTreeMap<String, DeviceRecord>,
+    pub bootstrap: BTreeMap<String, BootstrapRecord>,
+    pub members: BTreeMap<String, MemberRecord>,
+    /// Keyed by `kind/parent/id`, so listing a kind is a range scan.
+    pub resources: BTreeMap<String, ResourceRecord>,
+    api_key_by_hash: HashMap<Hash, String>,
+    device_by_key_hash: HashMap<Hash, String>,
+    bootstrap_by_hash: HashMap<Hash, String>,
+}
+
+impl Model {
+    pub fn api_key_by_hash(&self, h: &Hash) -> Option<&ApiKeyRecord> {
+        self.api_key_by_hash
+            .get(h)
+            .and_then(|id| self.api_keys.get(id))
+    }
+
+    pub fn device_by_key_hash(&self, h: &Hash) -> Option<&DeviceRecord> {
+        self.device_by_key_hash
+            .get(h)
+            .and_then(|id| self.devices.get(id))
+    }
+
+    pub fn bootstrap_by_hash(&self, h: &Hash) -> Option<&BootstrapRecord> {
+        self.bootstrap_by_hash
+            .get(h)
+            .and_then(|id| self.bootstrap.get(id))
+    }
+
+    /// Keys and device keys take the organization's environment prefix.
+    pub fn environment(&self) -> Environment {
+        self.org
+            .as_ref()
+            .map_or(Environment::Live, |o| o.environment)
+    }
+
+    pub fn resource_key(kind: &str, parent: Option<&str>, id: &str) -> String {
+        format!("{kind}/{}/{id}", parent.unwrap_or(""))
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Org(o) => self.org = Some(o),
+            Change::ApiKey(k) => {
+                self.api_key_by_hash.insert(k.hash, k.id.clone());
+                self.api_keys.insert(k.id.clone(), k);
+            }
+            Change::DeleteApiKey(id) => {
+                if let Some(k) = self.api_keys.remove(&id) {
+                    self.api_key_by_hash.remove(&k.hash);
+                }
+            }
+            Change::Device(d) => {
+                self.unindex_device(&d.device_id);
+                for k in &d.keys {
+                    self.device_by_key_hash.insert(k.hash, d.device_id.clone());
+                }
+                self.devices.insert(d.device_id.clone(), d);
+            }
+            Change::DeleteDevice(id) => {
+                self.unindex_device(&id);
+                self.devices.remove(&id);
+            }
+            Change::Bootstrap(b) => {
+                self.bootstrap_by_hash.insert(b.hash, b.id.clone());
+                self.bootstrap.insert(b.id.clone(), b);
+            }
+            Change::Member(m) => {
+                self.members.insert(m.email.clone(), m);
+            }
+            Change::DeleteMember(email) => {
+                self.members.remove(&email);
+            }
+            Change::Resource(r) => {
+                let key = Self::resource_key(&r.kind, r.parent.as_deref(), &r.id);
+                self.resources.insert(key, r);
+            }
+        }
+    }
+
+    fn unindex_device(&mut self, id: &str) {
+        if let Some(old) = self.devices.get(id) {
+            for k in &old.keys {
+                self.device_by_key_hash.remove(&k.hash);
+            }
+        }
+    }
+}
+
+/// The cloud's state: one redb file plus its in-memory mirror.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    model: Mutex<Model>,
+}
+
+impl Store {
+    /// Opens (or creates) `path` and loads every record.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        restrict(path)?;
+        let db = Database::create(path)?;
+        {
+            // Create the tables so read transactions on a fresh file find them.
+            let tx = db.begin_write()?;
+            for t in [ORG, API_KEYS, DEVICES, BOOTSTRAP, MEMBERS, RESOURCES] {
+                tx.open_table(t)?;
+            }
+            tx.commit()?;
+        }
+        let mut model = Model::default();
+        let tx = db.begin_read()?;
+        let org: Vec<OrgRecord> = load(&tx, ORG, "org")?;
+        model.org = org.into_iter().next();
+        for r in load(&tx, API_KEYS, "api_keys")? {
+            model.apply(Change::ApiKey(r));
+        }
+        for r in load(&tx, DEVICES, "devices")? {
+            model.apply(Change::Device(r));
+        }
+        for r in load(&tx, BOOTSTRAP, "bootstrap_tokens")? {
+            model.apply(Change::Bootstrap(r));
+        }
+        for r in load(&tx, MEMBERS, "members")? {
+            model.apply(Change::Member(r));
+        }
+        for r in load(&tx, RESOURCES, "resources")? {
+            model.apply(Change::Resource(r));
+        }
+        Ok(Self {
+            db,
+            model: Mutex::new(model),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Model> {
+        // A panic while holding the lock cannot leave the model half-changed: changes are
+        // applied only after commit, one whole record at a time.
+        self.model.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the model.
+    pub fn read<R>(&self, f: impl FnOnce(&Model) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Computes changes from the model, commits them durably, then applies them. `f` runs
+    /// under the store's lock, so read-check-write sequences are atomic.
+    pub fn write<R, E>(&self, f: impl FnOnce(&Model) -> Result<(R, Vec<Change>), E>) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut model = self.lock();
+        let (out, changes) = f(&model)?;
+        if !changes.is_empty() {
+            self.commit(&changes)?;
+            for c in changes {
+                model.apply(c);
+            }
+        }
+        Ok(out)
+    }
+
+    fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        for c in changes {
+            match c {
+                Change::Org(o) => put(&tx, ORG, ORG_KEY, o)?,
+                Change::ApiKey(k) => put(&tx, API_KEYS, &k.id, k)?,
+                Change::DeleteApiKey(id) => del(&tx, API_KEYS, id)?,
+                Change::Device(d) => put(&tx, DEVICES, &d.device_id, d)?,
+                Change::DeleteDevice(id) => del(&tx, DEVICES, id)?,
+                Change::Bootstrap(b) => put(&tx, BOOTSTRAP, &b.id, b)?,
+                Change::Member(m) => put(&tx, MEMBERS, &m.email, m)?,
+                Change::DeleteMember(e) => del(&tx, MEMBERS, e)?,
+                Change::Resource(r) => put(
+                    &tx,
+                    RESOURCES,
+                    &Model::resource_key(&r.kind, r.parent.as_deref(), &r.id),
+                    r,
+                )?,
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Creates the database file 0600 before redb opens it (redb would honour the umask), and
+/// tightens an existing one.
+fn restrict(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| StoreError::Db(format!("{}: {e}", path.display()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io)
+}
+
+fn put<T: Serialize>(
+    tx: &redb::WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    value: &T,
+) -> Result<(), StoreError> {
+    let bytes = postcard::to_stdvec(value).map_err(|e| StoreError::Db(e.to_string()))?;
+    tx.open_table(table)?.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+fn del(
+    tx: &redb::WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<(), StoreError> {
+    tx.open_table(table)?.remove(key)?;
+    Ok(())
+}
+
+fn load<T: DeserializeOwned>(
+    tx: &redb::ReadTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    name: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    let t = tx.open_table(table)?;
+    let mut out = Vec::new();
+    for entry in t.iter()? {
+        let (k, v) = entry?;
+        let rec = postcard::from_bytes(v.value()).map_err(|_| StoreError::Corrupt {
+            table: name,
+            key: k.value().to_owned(),
+        })?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::{Role, ScopeSet};
+
+    fn key(id: &str, hash: u8) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: id.into(),
+            name: "k".into(),
+            hash: [hash; 32],
+            scopes: ScopeSet::all(),
+            role: Role::Owner,
+            environment: Environment::Live,
+            created_at: 1,
+            created_by: "owner".into(),
+            last_used_at: None,
+        }
+    }
+
+    #[test]
+    fn changes_survive_reopen_and_indexes_are_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cloud.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .write(|_| {
+                    Ok::<_, StoreError>((
+                        (),
+                        vec![Change::ApiKey(key("a", 1)), Change::ApiKey(key("b", 2))],
+                    ))
+                })
+                .unwrap();
+            store
+                .write(|_| Ok::<_, StoreError>(((), vec![Change::DeleteApiKey("a".into())])))
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        store.read(|m| {
+            assert!(m.api_key_by_hash(&[1; 32]).is_none());
+            assert_eq!(
+                m.api_key_by_hash(&[2; 32]).map(|k| k.id.as_str()),
+                Some("b")
+            );
+        });
+    }
+
+    #[test]
+    fn a_failed_computation_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let r: Result<(), StoreError> = store.write(|_| Err(StoreError::Db("nope".into())));
+        assert!(r.is_err());
+        store.read(|m| assert!(m.api_keys.is_empty()));
+    }
+}

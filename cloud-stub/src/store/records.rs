@@ -1,0 +1,219 @@
+//! The records the cloud persists. Plain data with postcard encodings; behaviour lives in the
+//! handlers and in [`super::Model`].
+
+use std::collections::BTreeMap;
+
+use octomil_common::wire::RateLimit;
+use serde::{Deserialize, Serialize};
+
+use crate::scope::{Role, ScopeSet};
+
+pub type Hash = [u8; 32];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    Live,
+    Test,
+}
+
+impl Environment {
+    pub fn token_kind(self) -> octomil_common::TokenKind {
+        match self {
+            Self::Live => octomil_common::TokenKind::Live,
+            Self::Test => octomil_common::TokenKind::Test,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompliancePreset {
+    None,
+    Hipaa,
+    Pci,
+    Gdpr,
+    Soc2,
+}
+
+impl CompliancePreset {
+    /// Whether a member with `role` must give a TOTP code to log in.
+    pub fn requires_mfa(self, role: Role) -> bool {
+        match self {
+            Self::None => false,
+            Self::Hipaa | Self::Pci => true,
+            Self::Gdpr | Self::Soc2 => role >= Role::Admin,
+        }
+    }
+}
+
+/// The three cloud-side limits an operator can change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudRateLimits {
+    pub control_plane: RateLimit,
+    pub inference: RateLimit,
+    pub registration: RateLimit,
+}
+
+impl Default for CloudRateLimits {
+    fn default() -> Self {
+        let device = octomil_common::wire::RateLimits::default();
+        Self {
+            control_plane: device.control_plane,
+            inference: device.inference,
+            registration: RateLimit::per_minute(10),
+        }
+    }
+}
+
+impl CloudRateLimits {
+    /// The part a device mirrors.
+    pub fn device_view(&self) -> octomil_common::wire::RateLimits {
+        octomil_common::wire::RateLimits {
+            control_plane: self.control_plane,
+            inference: self.inference,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub device_token_expiry_secs: u64,
+    pub compliance_preset: CompliancePreset,
+    pub rate_limits: CloudRateLimits,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            device_token_expiry_secs: 24 * 3600,
+            compliance_preset: CompliancePreset::None,
+            rate_limits: CloudRateLimits::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrgRecord {
+    pub id: String,
+    pub name: String,
+    pub environment: Environment,
+    pub created_at: u64,
+    /// Set by `DELETE /org`: every credential stops working.
+    pub deleted: bool,
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    pub hash: Hash,
+    pub scopes: ScopeSet,
+    /// Role of the member who created it: a key never outranks its creator.
+    pub role: Role,
+    pub environment: Environment,
+    pub created_at: u64,
+    pub created_by: String,
+    /// Persisted at most once a minute per key.
+    pub last_used_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    Active,
+    Revoked,
+}
+
+/// A device key the cloud accepts until `expires_at` (Unix seconds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceKey {
+    pub hash: Hash,
+    pub expires_at: u64,
+}
+
+/// The newest credential pair handed out, and whether the device has shown it holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Issued {
+    pub refresh_hash: Hash,
+    pub key_hash: Hash,
+    /// True once the device used this refresh token or this key: from then on the previous
+    /// refresh token is dead.
+    pub confirmed: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RefreshState {
+    pub current: Option<Issued>,
+    /// The refresh token `current` replaced; valid while `current` is unconfirmed.
+    pub previous: Option<Hash>,
+    /// Recently retired refresh tokens, so a reuse is recognised as such (bounded).
+    pub retired: Vec<Hash>,
+}
+
+pub const MAX_RETIRED: usize = 8;
+pub const MAX_LIVE_KEYS: usize = 3;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub device_id: String,
+    pub public_key: [u8; 32],
+    pub state: DeviceState,
+    /// Unix milliseconds of the latest (re-)registration.
+    pub registered_at_ms: u64,
+    pub last_refresh_at: Option<u64>,
+    pub metadata: BTreeMap<String, String>,
+    pub keys: Vec<DeviceKey>,
+    pub refresh: RefreshState,
+    pub revoked_at: Option<u64>,
+    pub revoke_reason: Option<String>,
+    /// Sequence of the latest revocation envelope; strictly increasing per device.
+    pub revocation_seq: u64,
+}
+
+impl DeviceRecord {
+    /// Forgets every key and refresh token (revocation, refresh-token reuse).
+    pub fn kill_credentials(&mut self) {
+        self.keys.clear();
+        self.refresh = RefreshState::default();
+    }
+
+    pub fn key_expires_at(&self) -> Option<u64> {
+        self.keys.iter().map(|k| k.expires_at).max()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootstrapRecord {
+    pub id: String,
+    pub hash: Hash,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub expires_at: Option<u64>,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub email: String,
+    pub role: Role,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Raw TOTP secret. It must be readable to check codes, so it cannot be hashed; it lives
+    /// only in the 0600 store in the 0700 state dir.
+    pub totp_secret: Vec<u8>,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceRecord {
+    pub id: String,
+    pub kind: String,
+    /// For nested kinds (model versions): the parent's id.
+    pub parent: Option<String>,
+    pub name: String,
+    /// The caller's `spec` object, kept as JSON text.
+    pub spec_json: String,
+    pub created_at: u64,
+}
