@@ -118,13 +118,19 @@ impl Auth {
         {
             return Err(ApiError::insufficient_scope(scope.as_str()));
         }
-        match role {
-            Some(r) if r >= rule.min_role => Ok(()),
-            Some(_) => Err(ApiError::forbidden(format!(
+        // A device acts as a Member on scoped routes and has no standing on role-only ones.
+        let role = match (role, rule.scope) {
+            (Some(r), _) => r,
+            (None, Some(_)) => Role::Member,
+            (None, None) => return Err(ApiError::forbidden("device keys may not make this call")),
+        };
+        if role >= rule.min_role {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
                 "this call needs the {} role or higher",
                 rule.min_role.as_str()
-            ))),
-            None => Err(ApiError::forbidden("device keys may not make this call")),
+            )))
         }
     }
 

@@ -1,0 +1,256 @@
+//! Shared harness for the cloud's integration tests: a real `octomil-cloud` on port 0 with a
+//! manual clock, an HTTPS client that trusts only its CA, and one-line helpers.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use octomil_cloud::{CloudStub, Handle};
+use octomil_common::wire::{RefreshResponse, RegisterResponse};
+use octomil_common::{ManualClock, proof};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub struct Env {
+    pub handle: Handle,
+    pub clock: ManualClock,
+    pub client: reqwest::Client,
+    pub owner_key: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Answer {
+    pub fn code(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
+}
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub async fn start() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    start_in(dir).await
+}
+
+pub async fn start_in(dir: tempfile::TempDir) -> Env {
+    install_crypto();
+    let clock = ManualClock::new();
+    let handle = CloudStub::builder(dir.path().join("state"))
+        .clock(Arc::new(clock.clone()))
+        .spawn()
+        .await
+        .unwrap();
+    let ca = reqwest::Certificate::from_pem(handle.ca_pem.as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let owner_key = handle.owner_api_key().unwrap().expose().clone();
+    Env {
+        handle,
+        clock,
+        client,
+        owner_key,
+        dir,
+    }
+}
+
+impl Env {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut req = self
+            .client
+            .request(method, format!("{}/api/v1{path}", self.handle.http_url));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Answer {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    /// Sends raw bytes as the body.
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Vec<u8>,
+    ) -> Answer {
+        let mut req = self
+            .client
+            .request(method, format!("{}/api/v1{path}", self.handle.http_url))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        Answer {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    /// Lifts the registration and control-plane limits, for tests that register many
+    /// devices from one IP and are not about rate limits.
+    pub async fn relax_limits(&self) {
+        let big = json!({"limit": 1_000_000, "period_secs": 60});
+        let a = self
+            .owner(
+                Method::PATCH,
+                "/org/settings",
+                Some(json!({"rate_limits": {"registration": big, "control_plane": big}})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    }
+
+    pub async fn owner(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
+        self.call(method, path, Some(&self.owner_key), body).await
+    }
+
+    pub async fn create_key(&self, scopes: &[&str]) -> String {
+        let a = self
+            .owner(
+                Method::POST,
+                "/api-keys",
+                Some(json!({"name": "test", "scopes": scopes})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        a.body["key"].as_str().unwrap().to_owned()
+    }
+
+    pub fn bootstrap_token(&self) -> String {
+        self.handle.bootstrap_token().unwrap().expose().clone()
+    }
+
+    /// Adds a member and logs them in; returns the session token.
+    pub async fn session(&self, email: &str, role: &str) -> String {
+        let (password, totp) = self.add_member(email, role).await;
+        let a = self
+            .call(
+                Method::POST,
+                "/auth/login",
+                None,
+                Some(json!({"email": email, "password": password, "mfa_code": self.totp_code(&totp)})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        a.body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Adds a member; returns (password, raw TOTP secret).
+    pub async fn add_member(&self, email: &str, role: &str) -> (String, Vec<u8>) {
+        let a = self
+            .owner(
+                Method::POST,
+                "/org/members",
+                Some(json!({"email": email, "role": role})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        let totp =
+            octomil_cloud::session::totp_from_base32(a.body["totp_secret"].as_str().unwrap())
+                .unwrap();
+        (
+            a.body["initial_password"].as_str().unwrap().to_owned(),
+            totp,
+        )
+    }
+
+    pub fn totp_code(&self, secret: &[u8]) -> String {
+        octomil_cloud::session::totp_code(secret, self.clock_secs()).unwrap()
+    }
+
+    pub fn clock_secs(&self) -> u64 {
+        use octomil_common::Clock;
+        self.clock.now_secs()
+    }
+}
+
+/// A device with its own Ed25519 key.
+pub struct Device {
+    pub id: String,
+    pub key: ed25519_dalek::SigningKey,
+}
+
+impl Device {
+    pub fn new(id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            key: proof::generate_signing_key(),
+        }
+    }
+
+    pub fn register_body(&self, env: &Env, bootstrap: &str) -> Value {
+        let ts = env.clock_secs();
+        json!({
+            "bootstrap_token": bootstrap,
+            "device_id": self.id,
+            "device_public_key": proof::encode_public_key(&self.key.verifying_key()),
+            "proof": {"timestamp": ts, "signature": proof::sign(&self.key, &self.id, ts)},
+            "metadata": {"model": "rpi4"},
+        })
+    }
+
+    pub async fn try_register(&self, env: &Env) -> Answer {
+        let body = self.register_body(env, &env.bootstrap_token());
+        env.call(Method::POST, "/devices/register", None, Some(body))
+            .await
+    }
+
+    pub async fn register(&self, env: &Env) -> RegisterResponse {
+        let a = self.try_register(env).await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        serde_json::from_value(a.body).unwrap()
+    }
+
+    pub async fn try_refresh(&self, env: &Env, refresh_token: &str) -> Answer {
+        env.call(
+            Method::POST,
+            "/devices/refresh",
+            None,
+            Some(json!({"device_id": self.id, "refresh_token": refresh_token})),
+        )
+        .await
+    }
+
+    pub async fn refresh(&self, env: &Env, refresh_token: &str) -> RefreshResponse {
+        let a = self.try_refresh(env, refresh_token).await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        serde_json::from_value(a.body).unwrap()
+    }
+}
