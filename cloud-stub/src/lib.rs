@@ -1,1 +1,3 @@
-//! placeholder
+//! The bundled Octomil Edge cloud: control-plane API, revocation publisher and operator CLI.
+
+pub mod cli;
