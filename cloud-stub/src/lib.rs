@@ -3,6 +3,7 @@
 //! `octomil` operator CLI.
 
 pub mod api;
+pub mod cli;
 pub mod app;
 pub mod error;
 pub mod extract;

@@ -1,0 +1,318 @@
+//! `octomil api-keys create|list|delete`: control-plane API keys (`/api-keys`).
+
+use clap::{Args, Subcommand, ValueEnum};
+use octomil_common::Secret;
+use serde::{Deserialize, Serialize};
+
+use super::output::{Id, Out, Table, ago, clean, rfc3339};
+use super::{ApiClient, CliError, parse_id, parse_scope, parse_text};
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeysCmd {
+    /// Create a key; it is printed once and cannot be shown again
+    Create(CreateArgs),
+    /// List the organization's keys (never the keys themselves)
+    List,
+    /// Delete a key; it stops working at once
+    Delete {
+        #[arg(value_parser = parse_id)]
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// A name to recognise the key by, e.g. ci-pipeline
+    #[arg(long, value_parser = parse_text)]
+    pub name: String,
+    /// Comma-separated scopes, e.g. models:read,models:write
+    #[arg(long, required = true, value_delimiter = ',', value_parser = parse_scope)]
+    pub scopes: Vec<String>,
+    /// live (production) or test (sandbox); the server's default when omitted
+    #[arg(long, value_enum, ignore_case = true)]
+    pub environment: Option<Environment>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Live,
+    Test,
+}
+
+#[derive(Debug, Serialize)]
+struct CreateBody<'a> {
+    name: &'a str,
+    scopes: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<Environment>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CreatedKey {
+    id: Id,
+    key: Secret<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    environment: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyList {
+    api_keys: Vec<KeyInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyInfo {
+    id: Id,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    environment: Option<String>,
+    #[serde(default)]
+    created_at: Option<u64>,
+    #[serde(default)]
+    last_used_at: Option<u64>,
+}
+
+pub async fn run(client: &ApiClient, cmd: ApiKeysCmd, out: &mut Out<'_>) -> Result<(), CliError> {
+    match cmd {
+        ApiKeysCmd::Create(args) => create(client, args, out).await,
+        ApiKeysCmd::List => {
+            let answer = client.get(&["api-keys"]).await?;
+            if out.json {
+                return out.json_value(answer.body.as_ref());
+            }
+            let list: KeyList = answer.parse()?;
+            if list.api_keys.is_empty() {
+                return out.note("no API keys");
+            }
+            out.print(&render_list(&list.api_keys, out.now))
+        }
+        ApiKeysCmd::Delete { id } => {
+            let answer = client.delete(&["api-keys", &id]).await?;
+            if out.json {
+                return out.json_value(answer.body.as_ref());
+            }
+            out.print(&format!("deleted API key {id}"))
+        }
+    }
+}
+
+async fn create(client: &ApiClient, args: CreateArgs, out: &mut Out<'_>) -> Result<(), CliError> {
+    let body = CreateBody {
+        name: &args.name,
+        scopes: dedup(&args.scopes),
+        environment: args.environment,
+    };
+    let answer = client.post(&["api-keys"], &body).await?;
+    // Parse even in JSON mode: the note below needs the id, and a body without a key
+    // would leave the operator with nothing to copy.
+    let created: CreatedKey = answer.parse()?;
+    if out.json {
+        out.json_value(answer.body.as_ref())?;
+    } else {
+        // The key alone on stdout, so `KEY=$(octomil api-keys create ...)` captures it.
+        out.print(created.key.expose())?;
+    }
+    out.note(&created_note(&created))
+}
+
+/// Scopes in the order given, each once.
+fn dedup(scopes: &[String]) -> Vec<&str> {
+    let mut seen: Vec<&str> = Vec::new();
+    for s in scopes {
+        if !seen.contains(&s.as_str()) {
+            seen.push(s);
+        }
+    }
+    seen
+}
+
+fn created_note(k: &CreatedKey) -> String {
+    format!(
+        "created API key {} ({}, {}, scopes {}); store it now: it will not be shown again",
+        clean(&k.id.0),
+        clean(&k.name),
+        clean(k.environment.as_deref().unwrap_or("-")),
+        clean(&k.scopes.join(",")),
+    )
+}
+
+fn render_list(keys: &[KeyInfo], now: u64) -> String {
+    let mut t = Table::new(&["ID", "NAME", "ENV", "SCOPES", "CREATED", "LAST USED"]);
+    for k in keys {
+        t.row(vec![
+            k.id.0.clone(),
+            k.name.clone(),
+            k.environment.clone().unwrap_or_else(|| "-".to_owned()),
+            k.scopes.join(","),
+            k.created_at.map_or_else(|| "-".to_owned(), rfc3339),
+            match k.last_used_at {
+                Some(_) => ago(k.last_used_at, now),
+                None => "never".to_owned(),
+            },
+        ]);
+    }
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Command;
+    use crate::cli::tests::parse;
+    use clap::error::ErrorKind;
+
+    fn cmd(args: &[&str]) -> ApiKeysCmd {
+        match parse(args).unwrap().command {
+            Command::ApiKeys(c) => c,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_create_as_in_the_seed() {
+        let c = cmd(&[
+            "api-keys",
+            "create",
+            "--name",
+            "ci-pipeline",
+            "--scopes",
+            "models:read,models:write,rollouts:write",
+        ]);
+        let ApiKeysCmd::Create(a) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(a.name, "ci-pipeline");
+        assert_eq!(a.scopes, ["models:read", "models:write", "rollouts:write"]);
+        assert_eq!(a.environment, None);
+        let c = cmd(&[
+            "api-keys",
+            "create",
+            "--name",
+            "n",
+            "--scopes",
+            "devices:read",
+            "--environment",
+            "TEST",
+        ]);
+        let ApiKeysCmd::Create(a) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(a.environment, Some(Environment::Test));
+    }
+
+    #[test]
+    fn create_rejects_bad_scopes_and_environments() {
+        for args in [
+            &[
+                "api-keys",
+                "create",
+                "--name",
+                "n",
+                "--scopes",
+                "models:read,devices:admin",
+            ][..],
+            &["api-keys", "create", "--name", "n", "--scopes", ""],
+            &[
+                "api-keys",
+                "create",
+                "--name",
+                "n",
+                "--scopes",
+                "models:read,",
+            ],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{args:?}");
+            assert_eq!(e.exit_code(), 2);
+        }
+        let e = parse(&["api-keys", "create", "--name", "n"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        let e = parse(&[
+            "api-keys",
+            "create",
+            "--name",
+            " ",
+            "--scopes",
+            "models:read",
+        ]);
+        assert_eq!(e.unwrap_err().kind(), ErrorKind::ValueValidation);
+        let e = parse(&[
+            "api-keys",
+            "create",
+            "--name",
+            "n",
+            "--scopes",
+            "models:read",
+            "--environment",
+            "prod",
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn parses_list_and_delete() {
+        assert!(matches!(cmd(&["api-keys", "list"]), ApiKeysCmd::List));
+        let c = cmd(&["api-keys", "delete", "key_42"]);
+        assert!(
+            matches!(c, ApiKeysCmd::Delete { ref id } if id == "key_42"),
+            "{c:?}"
+        );
+        assert!(parse(&["api-keys", "delete"]).is_err());
+    }
+
+    #[test]
+    fn body_names_lowercase_environment_and_unique_scopes() {
+        let scopes = vec!["models:read".to_owned(), "models:read".to_owned()];
+        let body = CreateBody {
+            name: "n",
+            scopes: dedup(&scopes),
+            environment: Some(Environment::Live),
+        };
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            serde_json::json!({"name": "n", "scopes": ["models:read"], "environment": "live"})
+        );
+    }
+
+    #[test]
+    fn created_note_never_holds_the_key() {
+        let k: CreatedKey = serde_json::from_value(serde_json::json!({
+            "id": "k1", "name": "ci", "key": "edg_live_secret", "scopes": ["models:read"],
+            "environment": "live", "created_at": 0
+        }))
+        .unwrap();
+        let note = created_note(&k);
+        assert!(
+            note.contains("k1") && note.contains("not be shown again"),
+            "{note}"
+        );
+        assert!(!note.contains("edg_live_secret"));
+        assert!(!format!("{k:?}").contains("edg_live_secret"));
+    }
+
+    #[test]
+    fn list_renders_a_table() {
+        let list: KeyList = serde_json::from_value(serde_json::json!({"api_keys": [
+            {"id": "k1", "name": "owner", "scopes": ["models:read", "devices:write"],
+             "environment": "live", "created_at": 0, "last_used_at": 3_540},
+            {"id": 7, "name": "ci", "scopes": [], "environment": "test",
+             "created_at": 86_400, "last_used_at": null}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            render_list(&list.api_keys, 3_600),
+            "ID  NAME   ENV   SCOPES                     CREATED               LAST USED\n\
+             k1  owner  live  models:read,devices:write  1970-01-01T00:00:00Z  1m ago\n\
+             7   ci     test                             1970-01-02T00:00:00Z  never\n"
+        );
+    }
+}

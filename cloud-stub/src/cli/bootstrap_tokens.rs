@@ -1,0 +1,164 @@
+//! `octomil bootstrap-tokens create`: the fleet-wide tokens baked into device images.
+
+use clap::{Args, Subcommand};
+use octomil_common::Secret;
+use serde::{Deserialize, Serialize};
+
+use super::output::{Id, Out, clean, when};
+use super::{ApiClient, CliError, parse_duration};
+
+#[derive(Debug, Subcommand)]
+pub enum BootstrapTokensCmd {
+    /// Create a token; it is printed once and cannot be shown again
+    Create(CreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// How many registrations it allows (unlimited when omitted)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_uses: Option<u32>,
+    /// How long it stays valid, e.g. 24h or 7d (no expiry when omitted)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub expires_in: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct CreateBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_uses: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in: Option<&'a str>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CreatedToken {
+    id: Id,
+    token: Secret<String>,
+    #[serde(default)]
+    max_uses: Option<u64>,
+    #[serde(default)]
+    expires_at: Option<u64>,
+}
+
+pub async fn run(
+    client: &ApiClient,
+    cmd: BootstrapTokensCmd,
+    out: &mut Out<'_>,
+) -> Result<(), CliError> {
+    let BootstrapTokensCmd::Create(args) = cmd;
+    let body = CreateBody {
+        max_uses: args.max_uses,
+        expires_in: args.expires_in.as_deref(),
+    };
+    let answer = client.post(&["bootstrap-tokens"], &body).await?;
+    let created: CreatedToken = answer.parse()?;
+    if out.json {
+        out.json_value(answer.body.as_ref())?;
+    } else {
+        // The token alone on stdout, ready for `> bootstrap.token`.
+        out.print(created.token.expose())?;
+    }
+    let note = created_note(&created, out.now);
+    out.note(&note)
+}
+
+fn created_note(t: &CreatedToken, now: u64) -> String {
+    let uses = t
+        .max_uses
+        .map_or_else(|| "unlimited uses".to_owned(), |n| format!("{n} uses"));
+    let expiry = match t.expires_at {
+        Some(_) => format!("expires {}", when(t.expires_at, now)),
+        None => "no expiry".to_owned(),
+    };
+    format!(
+        "created bootstrap token {} ({uses}, {expiry}); store it now: it will not be shown again",
+        clean(&t.id.0)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Command;
+    use crate::cli::tests::parse;
+    use clap::error::ErrorKind;
+
+    fn args(argv: &[&str]) -> CreateArgs {
+        match parse(argv).unwrap().command {
+            Command::BootstrapTokens(BootstrapTokensCmd::Create(a)) => a,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_create() {
+        let a = args(&["bootstrap-tokens", "create"]);
+        assert_eq!((a.max_uses, a.expires_in), (None, None));
+        let a = args(&[
+            "bootstrap-tokens",
+            "create",
+            "--max-uses",
+            "50",
+            "--expires-in",
+            "24h",
+        ]);
+        assert_eq!(a.max_uses, Some(50));
+        assert_eq!(a.expires_in.as_deref(), Some("24h"));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for argv in [
+            &["bootstrap-tokens", "create", "--max-uses", "0"][..],
+            &["bootstrap-tokens", "create", "--max-uses", "-3"],
+            &["bootstrap-tokens", "create", "--max-uses", "many"],
+            &["bootstrap-tokens", "create", "--expires-in", "24"],
+            &["bootstrap-tokens", "create", "--expires-in", "0d"],
+            &["bootstrap-tokens", "create", "--expires-in", "1w"],
+        ] {
+            let e = parse(argv).unwrap_err();
+            assert!(
+                matches!(
+                    e.kind(),
+                    ErrorKind::ValueValidation | ErrorKind::UnknownArgument
+                ),
+                "{argv:?}: {:?}",
+                e.kind()
+            );
+            assert_eq!(e.exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn body_carries_only_what_was_given() {
+        let b = CreateBody {
+            max_uses: None,
+            expires_in: None,
+        };
+        assert_eq!(serde_json::to_string(&b).unwrap(), "{}");
+        let b = CreateBody {
+            max_uses: Some(5),
+            expires_in: Some("24h"),
+        };
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            r#"{"max_uses":5,"expires_in":"24h"}"#
+        );
+    }
+
+    #[test]
+    fn note_describes_without_the_token() {
+        let t: CreatedToken = serde_json::from_value(serde_json::json!({
+            "id": "bt1", "token": "edg_bootstrap_secret", "max_uses": null, "expires_at": 7_200
+        }))
+        .unwrap();
+        let note = created_note(&t, 0);
+        assert_eq!(
+            note,
+            "created bootstrap token bt1 (unlimited uses, expires 1970-01-01T02:00:00Z (in 2h)); \
+             store it now: it will not be shown again"
+        );
+        assert!(!format!("{t:?}").contains("edg_bootstrap_secret"));
+    }
+}

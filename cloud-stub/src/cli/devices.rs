@@ -1,0 +1,291 @@
+//! `octomil devices list|show|revoke|delete`: the fleet as the control plane sees it.
+
+use std::collections::BTreeMap;
+
+use clap::Subcommand;
+use octomil_common::DeviceId;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::output::{Out, Table, ago, key_values, or_dash, when};
+use super::{ApiClient, CliError, parse_device_id, parse_text};
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCmd {
+    /// List every device with its state, presence and key expiry
+    List,
+    /// Show one device
+    Show {
+        #[arg(value_parser = parse_device_id)]
+        id: DeviceId,
+    },
+    /// Revoke a device: its keys die and the revocation is pushed to it
+    Revoke {
+        #[arg(value_parser = parse_device_id)]
+        id: DeviceId,
+        /// Why, for the audit trail and the device's log
+        #[arg(long, value_parser = parse_text)]
+        reason: Option<String>,
+    },
+    /// Delete a revoked device so its id can be provisioned again
+    Delete {
+        #[arg(value_parser = parse_device_id)]
+        id: DeviceId,
+    },
+}
+
+/// `Device` of the API document; unknown values arrive as `null`.
+#[derive(Debug, Deserialize)]
+struct Device {
+    device_id: String,
+    state: String,
+    #[serde(default)]
+    registered_at: Option<u64>,
+    #[serde(default)]
+    last_refresh_at: Option<u64>,
+    #[serde(default)]
+    key_expires_at: Option<u64>,
+    #[serde(default)]
+    revoked_at: Option<u64>,
+    #[serde(default)]
+    revoke_reason: Option<String>,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, Value>>,
+    #[serde(default)]
+    online: Option<bool>,
+    #[serde(default)]
+    last_seen: Option<u64>,
+    #[serde(default)]
+    daemon_version: Option<String>,
+    #[serde(default)]
+    reported_state: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeviceList {
+    devices: Vec<Device>,
+}
+
+#[derive(Debug, Serialize)]
+struct RevokeBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+pub async fn run(client: &ApiClient, cmd: DevicesCmd, out: &mut Out<'_>) -> Result<(), CliError> {
+    match cmd {
+        DevicesCmd::List => {
+            let answer = client.get(&["devices"]).await?;
+            if out.json {
+                return out.json_value(answer.body.as_ref());
+            }
+            let list: DeviceList = answer.parse()?;
+            if list.devices.is_empty() {
+                return out.note("no devices");
+            }
+            out.print(&render_list(&list.devices, out.now))
+        }
+        DevicesCmd::Show { id } => {
+            let answer = client.get(&["devices", id.as_str()]).await?;
+            show(&answer, out)
+        }
+        DevicesCmd::Revoke { id, reason } => {
+            let body = RevokeBody {
+                reason: reason.as_deref(),
+            };
+            let answer = client
+                .post(&["devices", id.as_str(), "revoke"], &body)
+                .await?;
+            show(&answer, out)
+        }
+        DevicesCmd::Delete { id } => {
+            let answer = client.delete(&["devices", id.as_str()]).await?;
+            if out.json {
+                return out.json_value(answer.body.as_ref());
+            }
+            out.print(&format!(
+                "deleted device {id}; its id may be provisioned again"
+            ))
+        }
+    }
+}
+
+fn show(answer: &super::client::Answer, out: &mut Out<'_>) -> Result<(), CliError> {
+    if out.json {
+        return out.json_value(answer.body.as_ref());
+    }
+    let device: Device = answer.parse()?;
+    out.print(&render_one(&device, out.now))
+}
+
+fn online(d: &Device) -> String {
+    match d.online {
+        Some(true) => "yes".to_owned(),
+        Some(false) => "no".to_owned(),
+        None => "-".to_owned(),
+    }
+}
+
+fn render_list(devices: &[Device], now: u64) -> String {
+    let mut t = Table::new(&["ID", "STATE", "ONLINE", "LAST SEEN", "KEY EXPIRES"]);
+    for d in devices {
+        t.row(vec![
+            d.device_id.clone(),
+            d.state.clone(),
+            online(d),
+            ago(d.last_seen, now),
+            when(d.key_expires_at, now),
+        ]);
+    }
+    t.render()
+}
+
+fn render_one(d: &Device, now: u64) -> String {
+    let pairs = [
+        ("device_id", d.device_id.clone()),
+        ("state", d.state.clone()),
+        ("online", online(d)),
+        ("last_seen", when(d.last_seen, now)),
+        ("reported_state", or_dash(d.reported_state.as_deref())),
+        ("daemon_version", or_dash(d.daemon_version.as_deref())),
+        ("registered_at", when(d.registered_at, now)),
+        ("last_refresh_at", when(d.last_refresh_at, now)),
+        ("key_expires_at", when(d.key_expires_at, now)),
+        ("revoked_at", when(d.revoked_at, now)),
+        ("revoke_reason", or_dash(d.revoke_reason.as_deref())),
+    ];
+    let mut text = key_values(&pairs);
+    // Metadata keys are the device's own: list them indented under their own header rather
+    // than mixed into the fixed keys above.
+    if let Some(meta) = d.metadata.as_ref().filter(|m| !m.is_empty()) {
+        text.push_str("metadata:\n");
+        let labels: Vec<String> = meta.keys().map(|k| format!("  {k}")).collect();
+        let rows: Vec<(&str, String)> = labels
+            .iter()
+            .zip(meta.values())
+            .map(|(k, v)| (k.as_str(), value_text(v)))
+            .collect();
+        text.push_str(&key_values(&rows));
+    }
+    text
+}
+
+/// A JSON value as plain text: strings without their quotes, the rest as JSON.
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Command;
+    use crate::cli::tests::parse;
+    use clap::error::ErrorKind;
+
+    fn cmd(args: &[&str]) -> DevicesCmd {
+        match parse(args).unwrap().command {
+            Command::Devices(c) => c,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_every_subcommand() {
+        assert!(matches!(cmd(&["devices", "list"]), DevicesCmd::List));
+        let c = cmd(&["devices", "show", "dev-1"]);
+        assert!(
+            matches!(c, DevicesCmd::Show { ref id } if id.as_str() == "dev-1"),
+            "{c:?}"
+        );
+        let c = cmd(&["devices", "revoke", "dev-1"]);
+        assert!(
+            matches!(c, DevicesCmd::Revoke { reason: None, .. }),
+            "{c:?}"
+        );
+        let c = cmd(&["devices", "revoke", "dev-1", "--reason", "stolen"]);
+        assert!(
+            matches!(c, DevicesCmd::Revoke { ref reason, .. } if reason.as_deref() == Some("stolen")),
+            "{c:?}"
+        );
+        let c = cmd(&["devices", "delete", "dev-1"]);
+        assert!(
+            matches!(c, DevicesCmd::Delete { ref id } if id.as_str() == "dev-1"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_device_ids_and_empty_reasons() {
+        for args in [
+            &["devices", "show", "a/b"][..],
+            &["devices", "revoke", ".."],
+            &["devices", "delete", ""],
+            &["devices", "revoke", "dev-1", "--reason", " "],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{args:?}");
+        }
+        assert!(parse(&["devices", "show"]).is_err());
+    }
+
+    #[test]
+    fn revoke_body_omits_a_missing_reason() {
+        let b = RevokeBody { reason: None };
+        assert_eq!(serde_json::to_string(&b).unwrap(), "{}");
+        let b = RevokeBody {
+            reason: Some("lost"),
+        };
+        assert_eq!(serde_json::to_string(&b).unwrap(), r#"{"reason":"lost"}"#);
+    }
+
+    fn device(json: Value) -> Device {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn list_renders_presence_and_expiry() {
+        let now = 1_000_000;
+        let devices = [
+            device(serde_json::json!({
+                "device_id": "edge-01", "state": "active", "online": true,
+                "last_seen": now - 30, "key_expires_at": now + 7_200,
+            })),
+            device(serde_json::json!({
+                "device_id": "edge-02", "state": "revoked", "online": null,
+                "last_seen": null, "key_expires_at": null,
+            })),
+        ];
+        assert_eq!(
+            render_list(&devices, now),
+            "ID       STATE    ONLINE  LAST SEEN  KEY EXPIRES\n\
+             edge-01  active   yes     30s ago    1970-01-12T15:46:40Z (in 2h)\n\
+             edge-02  revoked  -       -          -\n"
+        );
+    }
+
+    #[test]
+    fn show_lists_fields_then_metadata() {
+        let d = device(serde_json::json!({
+            "device_id": "edge-01", "state": "revoked", "registered_at": 0,
+            "revoked_at": 60, "revoke_reason": "stolen", "online": false,
+            "metadata": {"model": "pi5", "ram_mb": 8192},
+        }));
+        let text = render_one(&d, 120);
+        assert!(
+            text.starts_with("device_id:       edge-01\nstate:           revoked\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("revoked_at:      1970-01-01T00:01:00Z (1m ago)\n"),
+            "{text}"
+        );
+        assert!(text.contains("revoke_reason:   stolen\n"), "{text}");
+        assert!(
+            text.ends_with("metadata:\n  model:  pi5\n  ram_mb: 8192\n"),
+            "{text}"
+        );
+    }
+}
