@@ -3,8 +3,8 @@
 //! `octomil` operator CLI.
 
 pub mod api;
-pub mod cli;
 pub mod app;
+pub mod cli;
 pub mod error;
 pub mod extract;
 pub mod files;
@@ -285,12 +285,14 @@ impl Handle {
     /// Stops accepting, drains in-flight requests within the grace period, and returns.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        let _ = self.task.await;
+        self.wait().await;
     }
 
-    /// Waits until the server stops (after its shutdown token is cancelled).
+    /// Waits until the server stops (after its shutdown token is cancelled). `cloud.json`
+    /// is removed on the way out: it exists exactly while the cloud serves.
     pub async fn wait(self) {
         let _ = self.task.await;
+        let _ = std::fs::remove_file(self.state_dir.join(CloudInfo::FILE));
     }
 }
 

@@ -1,6 +1,8 @@
 //! The whole scope x endpoint matrix and role x action matrix, table-driven. The table here
 //! restates the contract (docs/control-plane-api.md) independently of the server's code.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use reqwest::{Method, StatusCode};

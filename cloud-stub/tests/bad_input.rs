@@ -1,6 +1,8 @@
 //! Bad input everywhere gets 400 with a clear code and changes nothing; a restart keeps
 //! every org, key, device and setting.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use reqwest::{Method, StatusCode};

@@ -1,6 +1,8 @@
 //! Device lifecycle: registration, re-registration, refresh rotation with its grace rule,
 //! key lifetime from org settings, revocation and deletion.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

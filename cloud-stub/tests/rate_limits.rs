@@ -1,5 +1,7 @@
 //! The three cloud-side limits, driven by the manual clock (no sleeps).
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

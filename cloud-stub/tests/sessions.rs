@@ -1,5 +1,7 @@
 //! Dashboard logins and MFA by compliance preset.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use reqwest::{Method, StatusCode};

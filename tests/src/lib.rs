@@ -1,1 +1,177 @@
-//! End-to-end test crate; the tests live in `tests/`.
+//! Harness for end-to-end tests: find the workspace's binaries, run them as processes on temp
+//! dirs and port 0, and wait on files and conditions with deadlines (never bare sleeps).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use octomil_cloud::CloudInfo;
+
+/// Path of a workspace binary next to the running test (`target/<profile>/NAME`).
+///
+/// `cargo test --workspace` builds every binary before any test runs; a lone
+/// `cargo test -p octomil-e2e` needs `cargo build --workspace --bins` first.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (or `cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `f` every 10 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `octomil-cloud serve` process. Killed on drop.
+#[derive(Debug)]
+pub struct CloudProcess {
+    pub child: Child,
+    pub state_dir: PathBuf,
+    pub info: CloudInfo,
+    pub log: PathBuf,
+}
+
+impl CloudProcess {
+    /// Starts the cloud on `state_dir` and waits for its `cloud.json`.
+    pub fn start(state_dir: &Path) -> Self {
+        std::fs::create_dir_all(state_dir.parent().unwrap_or(state_dir)).expect("mkdir");
+        // A cloud.json left by a killed run would point at a dead port.
+        let _ = std::fs::remove_file(state_dir.join(CloudInfo::FILE));
+        let log = state_dir.with_extension("log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin("octomil-cloud"))
+            .args(["serve", "--state-dir"])
+            .arg(state_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn octomil-cloud");
+        let mut me = Self {
+            child,
+            state_dir: state_dir.to_owned(),
+            info: placeholder_info(),
+            log,
+        };
+        me.info = wait_for(Duration::from_secs(30), "cloud.json", || {
+            if let Ok(Some(status)) = me.child.try_wait() {
+                panic!(
+                    "octomil-cloud exited early with {status}: {}",
+                    me.log_text()
+                );
+            }
+            CloudInfo::read(state_dir).ok()
+        });
+        me
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn owner_api_key(&self) -> String {
+        read_trimmed(&self.info.owner_api_key_file)
+    }
+
+    pub fn bootstrap_token(&self) -> String {
+        read_trimmed(&self.info.bootstrap_token_file)
+    }
+
+    /// An `octomil` command with the API URL, CA and Owner key in its environment.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(bin("octomil"));
+        c.env("OCTOMIL_API_URL", &self.info.http_url)
+            .env("OCTOMIL_CA_FILE", &self.info.ca_file)
+            .env("OCTOMIL_API_KEY", self.owner_api_key())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        let child = &mut self.child;
+        wait_for(Duration::from_secs(15), "octomil-cloud to exit", || {
+            child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for CloudProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn placeholder_info() -> CloudInfo {
+    CloudInfo {
+        http_url: String::new(),
+        mqtt_url: None,
+        ca_file: PathBuf::new(),
+        owner_api_key_file: PathBuf::new(),
+        bootstrap_token_file: PathBuf::new(),
+        owner_email: String::new(),
+        owner_password_file: PathBuf::new(),
+        owner_totp_secret_file: PathBuf::new(),
+        revocation_public_key: String::new(),
+    }
+}
+
+pub fn read_trimmed(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+/// Runs a command and returns its output, with stdout and stderr as text.
+pub fn run(cmd: &mut Command) -> (Output, String, String) {
+    let out = cmd.output().expect("run command");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+/// Every file under `dir` (recursively) whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}

@@ -1,7 +1,7 @@
 //! Shared harness for the cloud's integration tests: a real `octomil-cloud` on port 0 with a
 //! manual clock, an HTTPS client that trusts only its CA, and one-line helpers.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::sync::Arc;
 
