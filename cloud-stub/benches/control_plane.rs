@@ -1,1 +1,159 @@
-fn main() {}
+//! Registrations/s and refreshes/s that one `octomil-cloud` sustains: a real HTTPS server on
+//! loopback, state in redb with a durable commit per call, driven by concurrent clients.
+//!
+//! Run: `cargo bench -p octomil-cloud --bench control_plane` (env: BENCH_N, BENCH_CONCURRENCY).
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use octomil_cloud::CloudStub;
+use octomil_common::proof;
+use octomil_common::wire::{RefreshResponse, RegisterResponse};
+use serde_json::json;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+async fn run() {
+    let n = env_or("BENCH_N", 2000);
+    let conc = env_or("BENCH_CONCURRENCY", 8);
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudStub::builder(dir.path().join("state"))
+        .spawn()
+        .await
+        .unwrap();
+    let ca = reqwest::Certificate::from_pem(cloud.ca_pem.as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let base = format!("{}/api/v1", cloud.http_url);
+    let owner = cloud.owner_api_key().unwrap().expose().clone();
+    let boot = cloud.bootstrap_token().unwrap().expose().clone();
+    // The benchmark measures throughput, not the limiter: lift the per-IP and per-device limits.
+    let big = json!({"limit": 1_000_000, "period_secs": 60});
+    let r = client
+        .patch(format!("{base}/org/settings"))
+        .bearer_auth(&owner)
+        .json(&json!({"rate_limits": {"registration": big, "control_plane": big}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    // Device keys and proofs are made up front so the clock measures the server.
+    let bodies: Vec<_> = (0..n)
+        .map(|i| {
+            let id = format!("bench-{i}");
+            let key = proof::generate_signing_key();
+            let ts = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            json!({
+                "bootstrap_token": boot,
+                "device_id": id,
+                "device_public_key": proof::encode_public_key(&key.verifying_key()),
+                "proof": {"timestamp": ts, "signature": proof::sign(&key, &id, ts)},
+            })
+        })
+        .collect();
+
+    println!(
+        "octomil-cloud control-plane benchmark: {n} calls per phase, {conc} concurrent clients, HTTPS on loopback"
+    );
+    let regs: Vec<RegisterResponse> = phase("register", &client, conc, bodies, |c, b| {
+        let url = format!("{base}/devices/register");
+        async move {
+            let r = c.post(url).json(&b).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<RegisterResponse>().await.unwrap()
+        }
+    })
+    .await;
+    let bodies: Vec<_> = regs
+        .iter()
+        .map(|r| json!({"device_id": r.device_id, "refresh_token": r.refresh_token.expose()}))
+        .collect();
+    let _: Vec<RefreshResponse> = phase("refresh", &client, conc, bodies, |c, b| {
+        let url = format!("{base}/devices/refresh");
+        async move {
+            let r = c.post(url).json(&b).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<RefreshResponse>().await.unwrap()
+        }
+    })
+    .await;
+    cloud.shutdown().await;
+}
+
+async fn phase<T, F, Fut>(
+    name: &str,
+    client: &reqwest::Client,
+    conc: usize,
+    bodies: Vec<serde_json::Value>,
+    f: F,
+) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(reqwest::Client, serde_json::Value) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+{
+    let n = bodies.len();
+    let queue = Arc::new(std::sync::Mutex::new(
+        bodies.into_iter().enumerate().collect::<Vec<_>>(),
+    ));
+    let f = Arc::new(f);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (queue, f, client) = (queue.clone(), f.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let Some((i, body)) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let t = Instant::now();
+                let v = f(client.clone(), body).await;
+                out.push((i, v, t.elapsed()));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    let mut lat: Vec<Duration> = all.iter().map(|(_, _, d)| *d).collect();
+    lat.sort();
+    println!(
+        "{name:>9}: {:>7.0} /s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({n} in {:.2} s)",
+        n as f64 / elapsed.as_secs_f64(),
+        percentile(&lat, 0.50).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        elapsed.as_secs_f64()
+    );
+    all.sort_by_key(|(i, _, _)| *i);
+    all.into_iter().map(|(_, v, _)| v).collect()
+}
