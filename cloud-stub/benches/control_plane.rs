@@ -81,8 +81,9 @@ async fn run() {
     println!(
         "octomil-cloud control-plane benchmark: {n} calls per phase, {conc} concurrent clients, HTTPS on loopback"
     );
-    let regs: Vec<RegisterResponse> = phase("register", &client, conc, bodies, |c, b| {
-        let url = format!("{base}/devices/register");
+    let reg_url = format!("{base}/devices/register");
+    let regs: Vec<RegisterResponse> = phase("register", &client, conc, bodies, move |c, b| {
+        let url = reg_url.clone();
         async move {
             let r = c.post(url).json(&b).send().await.unwrap();
             assert!(r.status().is_success(), "{}", r.status());
@@ -94,8 +95,9 @@ async fn run() {
         .iter()
         .map(|r| json!({"device_id": r.device_id, "refresh_token": r.refresh_token.expose()}))
         .collect();
-    let _: Vec<RefreshResponse> = phase("refresh", &client, conc, bodies, |c, b| {
-        let url = format!("{base}/devices/refresh");
+    let refresh_url = format!("{base}/devices/refresh");
+    let _: Vec<RefreshResponse> = phase("refresh", &client, conc, bodies, move |c, b| {
+        let url = refresh_url.clone();
         async move {
             let r = c.post(url).json(&b).send().await.unwrap();
             assert!(r.status().is_success(), "{}", r.status());
