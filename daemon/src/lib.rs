@@ -1,1 +1,4 @@
 //! `octomild`: the Octomil Edge device-identity daemon as a library; `main.rs` is a thin shell.
+
+pub mod client;
+pub mod socket;
