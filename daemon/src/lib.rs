@@ -1,4 +1,5 @@
-//! `octomild`: the Octomil Edge device-identity daemon as a library; `main.rs` is a thin shell.
+//! `octomild`: the Octomil Edge device-identity daemon as a library.
 
 pub mod client;
 pub mod socket;
+pub mod store;

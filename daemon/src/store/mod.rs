@@ -1,0 +1,333 @@
+//! The secure credential store: sealed, crash-safe device state in `state_dir/state.redb`.
+//!
+//! The whole [`Persisted`] state is postcard-encoded and sealed with XChaCha20-Poly1305 under
+//! a [`SealKey`] (see [`seal`] for the record format), and kept as one row of one redb table,
+//! so a save is a single durable write transaction: after `kill -9` or a power cut the store
+//! holds either the previous record or the new one, never a mix. Each record carries a
+//! generation that grows by one per save; the boot-lifetime [`SecretCache`] holds a copy of the
+//! latest record and is believed only when its header matches the disk's. Nothing
+//! unencrypted ever reaches the disk, a log line, an error or `Debug` output.
+
+mod cache;
+#[cfg(test)]
+mod cache_tests;
+mod error;
+mod fsx;
+pub mod seal;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use octomil_common::Secret;
+use octomil_common::wire::{MqttInfo, RateLimits};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable as _, TableDefinition, TableError,
+};
+use serde::{Deserialize, Serialize};
+
+pub use cache::{KEYRING_SERVICE, KeyringCache, NoCache, SecretCache};
+pub use error::StoreError;
+pub use seal::{KeySource, SealKey};
+
+use error::open_error;
+use seal::Header;
+
+/// File name of the database inside the state directory.
+pub const DB_FILE: &str = "state.redb";
+/// The one table and the one row that hold the sealed record.
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("sealed_state");
+const ROW: &str = "persisted";
+/// redb's page cache; the store is a few KiB and the daemon must idle under 10 MiB.
+const DB_CACHE_BYTES: usize = 256 * 1024;
+
+/// Everything the daemon keeps across restarts. Secret fields are [`Secret`]s, so the derived
+/// `Debug` prints `***` for them.
+///
+/// postcard is not self-describing: changing this struct or any type in it (including
+/// `MqttInfo` and `RateLimits` from `common`) changes the on-disk format. Bump
+/// [`seal::FORMAT_VERSION`] and keep a decoder for the old layout; the test
+/// `format_v1_layout_is_pinned` fails until you do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persisted {
+    /// The device's Ed25519 key, made once before first registration.
+    pub identity: Option<Identity>,
+    /// The current device key and refresh token.
+    pub credentials: Option<Credentials>,
+    /// Set once the cloud revoked this device; survives restarts.
+    pub revoked: Option<Revoked>,
+    /// Highest revocation envelope `seq` acted on (replay protection).
+    pub last_revocation_seq: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub device_id: String,
+    pub signing_key_seed: Secret<[u8; 32]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub api_key: Secret<String>,
+    pub refresh_token: Secret<String>,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// Unix seconds when this key was received (lifetime = `expires_at - issued_at`).
+    pub issued_at: u64,
+    pub registered_at_ms: u64,
+    pub last_refresh: Option<u64>,
+    /// The cloud's Ed25519 revocation key, pinned at registration.
+    pub revocation_public_key: [u8; 32],
+    pub mqtt: Option<MqttInfo>,
+    pub rate_limits: RateLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub device_id: String,
+    pub reason: String,
+    /// Unix seconds.
+    pub at: u64,
+    pub seq: Option<u64>,
+}
+
+/// The open store. Cheap to share behind an `Arc`: redb serialises writers, and every load
+/// reads a consistent snapshot.
+pub struct Store {
+    db: Database,
+    key: SealKey,
+    cache: Box<dyn SecretCache>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens `state_dir/state.redb` (dir 0700 and file 0600 from the start: the file is
+    /// created 0600 before redb opens it; looser existing modes are tightened with a warning)
+    /// and checks that the record in it opens with `key`, so a wrong key fails start-up
+    /// instead of the first request. The key is checked through a read-only handle first, so a
+    /// wrong key leaves the file byte for byte as it was (except after a crash, when redb's
+    /// writable open must repair the file before anything can be read).
+    pub fn open(
+        state_dir: &Path,
+        key: SealKey,
+        cache: Box<dyn SecretCache>,
+    ) -> Result<Store, StoreError> {
+        fsx::ensure_private_dir(state_dir)?;
+        let path = state_dir.join(DB_FILE);
+        fsx::ensure_private_file(&path)?;
+        precheck(&path, &key)?;
+        let db = builder().create(&path).map_err(|e| open_error(&path, e))?;
+        let store = Store {
+            db,
+            key,
+            cache,
+            path,
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Cache first (if its record is the one on disk), else decrypt from disk and refill the
+    /// cache. An empty store is `Persisted::default()`; a record that does not open is an
+    /// error, never an empty state.
+    pub fn load(&self) -> Result<Persisted, StoreError> {
+        let Some(disk) = self.read_record()? else {
+            // Nothing on disk: a cached record belongs to a store that was deleted.
+            if self.cache.get().is_some() {
+                self.cache.clear();
+            }
+            return Ok(Persisted::default());
+        };
+        let disk_header = Header::parse(&disk).map_err(|e| e.into_store_error(&self.path))?;
+        if let Some(state) = self.cached_state(&disk_header) {
+            return Ok(state);
+        }
+        let state = seal::open(&self.key, &disk).map_err(|e| e.into_store_error(&self.path))?;
+        self.cache.put(&disk);
+        Ok(state)
+    }
+
+    /// Durable and atomic: one redb write transaction (`Durability::Immediate`) replaces the
+    /// record with `state` sealed at the next generation; then a best-effort cache update.
+    pub fn save(&self, state: &Persisted) -> Result<(), StoreError> {
+        let record = self.commit(|_, generation| {
+            seal::seal(&self.key, generation, state).map_err(|e| e.into_store_error(&self.path))
+        })?;
+        self.cache.put(&record);
+        Ok(())
+    }
+
+    /// Revocation: removes identity and credentials from disk and cache, records `revoked`
+    /// (and its `seq` as the last one acted on), in one durable transaction. A record that no
+    /// longer opens is overwritten all the same: the secrets must go either way.
+    pub fn wipe_secrets(&self, revoked: Revoked) -> Result<(), StoreError> {
+        let record = self.commit(|current, generation| {
+            let mut state = match current.map(|bytes| seal::open(&self.key, bytes)) {
+                None => Persisted::default(),
+                Some(Ok(state)) => state,
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        error = %e.into_store_error(&self.path),
+                        "revocation overwrites an unreadable store"
+                    );
+                    Persisted::default()
+                }
+            };
+            state.identity = None;
+            state.credentials = None;
+            state.last_revocation_seq = state.last_revocation_seq.max(revoked.seq);
+            state.revoked = Some(revoked);
+            seal::seal(&self.key, generation, &state).map_err(|e| e.into_store_error(&self.path))
+        })?;
+        // Drop the old entry outright (its payload leaves kernel memory), then cache the new.
+        self.cache.clear();
+        self.cache.put(&record);
+        Ok(())
+    }
+
+    /// The cached state, if the cache holds exactly the disk's record (same generation and
+    /// nonce) and it opens. Anything else is a miss, logged at debug.
+    fn cached_state(&self, disk: &Header) -> Option<Persisted> {
+        let cached = self.cache.get()?;
+        match Header::parse(&cached) {
+            Ok(header) if header == *disk => match seal::open(&self.key, &cached) {
+                Ok(state) => Some(state),
+                Err(e) => {
+                    tracing::debug!(error = ?e, "cache entry does not open; reading the disk");
+                    None
+                }
+            },
+            Ok(header) => {
+                tracing::debug!(
+                    cached = header.generation,
+                    disk = disk.generation,
+                    "stale cache entry ignored"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = ?e, "unreadable cache entry ignored");
+                None
+            }
+        }
+    }
+
+    fn read_record(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        read_record(&self.db).map_err(|e| self.db_err(e))
+    }
+
+    /// One durable write transaction: `make` gets the current record (if any) and the next
+    /// generation and returns the new sealed record, which replaces the old one on commit.
+    fn commit(
+        &self,
+        make: impl FnOnce(Option<&[u8]>, u64) -> Result<Vec<u8>, StoreError>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| self.db_err(e))?;
+        let record = {
+            let mut table = tx.open_table(TABLE).map_err(|e| self.db_err(e))?;
+            let current = table
+                .get(ROW)
+                .map_err(|e| self.db_err(e))?
+                .map(|guard| guard.value().to_vec());
+            let generation = match &current {
+                None => 1,
+                // A header we cannot read (say, a newer format) is never overwritten.
+                Some(bytes) => Header::parse(bytes)
+                    .map_err(|e| e.into_store_error(&self.path))?
+                    .generation
+                    .checked_add(1)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        path: self.path.clone(),
+                        detail: "the generation counter is exhausted",
+                    })?,
+            };
+            let record = make(current.as_deref(), generation)?;
+            table
+                .insert(ROW, record.as_slice())
+                .map_err(|e| self.db_err(e))?;
+            record
+        };
+        tx.commit().map_err(|e| self.db_err(e))?;
+        Ok(record)
+    }
+
+    fn db_err(&self, e: impl Into<redb::Error>) -> StoreError {
+        StoreError::Database {
+            path: self.path.clone(),
+            source: e.into(),
+        }
+    }
+}
+
+fn builder() -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(DB_CACHE_BYTES);
+    builder
+}
+
+fn read_record(db: &impl ReadableDatabase) -> Result<Option<Vec<u8>>, redb::Error> {
+    let tx = db.begin_read()?;
+    let table = match tx.open_table(TABLE) {
+        Ok(table) => table,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(table.get(ROW)?.map(|guard| guard.value().to_vec()))
+}
+
+/// Checks an existing file through a read-only handle before the writable open, because a
+/// writable redb handle rewrites parts of the file when it opens and closes: a daemon started
+/// with the wrong key must leave the store exactly as it found it. A file that needs redb's
+/// crash recovery cannot be opened read-only; it is checked after the (repairing) writable
+/// open instead.
+fn precheck(path: &Path, key: &SealKey) -> Result<(), StoreError> {
+    let empty = std::fs::metadata(path)
+        .map(|m| m.len() == 0)
+        .unwrap_or(false);
+    if empty {
+        return Ok(());
+    }
+    let db = match builder().open_read_only(path) {
+        Ok(db) => db,
+        Err(e) => {
+            let err = open_error(path, e);
+            return match err {
+                StoreError::Locked { .. } | StoreError::NotAStore { .. } => Err(err),
+                other => {
+                    tracing::debug!(error = %other, "read-only check unavailable; checking after open");
+                    Ok(())
+                }
+            };
+        }
+    };
+    let record = match read_record(&db) {
+        Ok(record) => record,
+        Err(e) => {
+            tracing::debug!(error = %e, "read-only check failed; checking after open");
+            return Ok(());
+        }
+    };
+    match record {
+        Some(bytes) => seal::open(key, &bytes)
+            .map(drop)
+            .map_err(|e| e.into_store_error(path)),
+        None => Ok(()),
+    }
+}

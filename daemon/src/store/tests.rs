@@ -1,0 +1,380 @@
+//! Unit tests of the store: round trips, modes, redaction, keys, corruption and the cache.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use octomil_common::wire::MqttInfo;
+
+use super::*;
+
+const API_KEY: &str = "edg_live_Zq8XkP3vN7mR2tY6wB4cJ9hL1sD5fG0a";
+const REFRESH: &str = "edg_refresh_Mn4Bv8Cx2Zl6Kj0Hg3Fd7Sa1Qw5Er9Ty2Ui6Op4As8Df0Gh";
+const SEED: [u8; 32] = *b"seed-bytes-that-must-stay-secret";
+
+pub(super) fn sample(n: u64) -> Persisted {
+    Persisted {
+        identity: Some(Identity {
+            device_id: "dev-01.test".into(),
+            signing_key_seed: Secret::new(SEED),
+        }),
+        credentials: Some(Credentials {
+            api_key: Secret::new(format!("{API_KEY}{n}")),
+            refresh_token: Secret::new(format!("{REFRESH}{n}")),
+            expires_at: 1_900_000_000 + n,
+            issued_at: 1_899_913_600 + n,
+            registered_at_ms: 1_899_913_600_000,
+            last_refresh: Some(n),
+            revocation_public_key: [7; 32],
+            mqtt: Some(MqttInfo {
+                url: "mqtts://broker.test:8883".into(),
+                topic: "octomil/v1/devices/dev-01.test/revocation".into(),
+                username: "dev-01.test".into(),
+            }),
+            rate_limits: RateLimits::default(),
+        }),
+        revoked: None,
+        last_revocation_seq: Some(3),
+    }
+}
+
+fn key(b: u8) -> SealKey {
+    SealKey::from_bytes([b; 32])
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn store_is_shareable_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Store>();
+}
+
+#[test]
+fn round_trip_and_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    assert_eq!(store.load().unwrap(), Persisted::default(), "empty store");
+    store.save(&sample(1)).unwrap();
+    assert_eq!(store.load().unwrap(), sample(1));
+    store.save(&sample(2)).unwrap();
+    drop(store);
+    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    assert_eq!(store.load().unwrap(), sample(2));
+}
+
+#[test]
+fn second_open_of_the_same_store_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _first = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    let err = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+}
+
+#[test]
+fn dir_and_file_modes_from_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a/state");
+    let store = Store::open(&dir, key(1), Box::new(NoCache)).unwrap();
+    store.save(&sample(1)).unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&tmp.path().join("a")), 0o700);
+    assert_eq!(mode(store.path()), 0o600);
+    assert_eq!(
+        fs::read_dir(&dir).unwrap().count(),
+        1,
+        "one file: {DB_FILE}"
+    );
+}
+
+#[test]
+fn loose_existing_modes_are_tightened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    drop(Store::open(&dir, key(1), Box::new(NoCache)).unwrap());
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(dir.join(DB_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+    drop(Store::open(&dir, key(1), Box::new(NoCache)).unwrap());
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+}
+
+#[test]
+fn debug_prints_no_secret() {
+    let p = sample(1);
+    let shown = format!("{p:?} {p:#?}");
+    assert!(!shown.contains("edg_live_"), "{shown}");
+    assert!(!shown.contains("edg_refresh_"), "{shown}");
+    assert!(!shown.contains("seed-bytes"), "{shown}");
+    // Byte arrays print as numbers: look for the seed's first bytes in that form too.
+    assert!(!shown.contains("115, 101, 101, 100"), "{shown}");
+    assert!(shown.contains("dev-01.test"), "non-secrets still print");
+    assert_eq!(format!("{:?}", key(9)), "SealKey(***)");
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), key(9), Box::new(NoCache)).unwrap();
+    assert!(!format!("{store:?}").contains("9, 9"), "{store:?}");
+}
+
+#[test]
+fn no_secret_bytes_in_the_database_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    for n in 0..5 {
+        store.save(&sample(n)).unwrap();
+    }
+    let bytes = fs::read(store.path()).unwrap();
+    assert!(bytes.len() > 1000, "the file was read");
+    for needle in [
+        API_KEY.as_bytes(),
+        REFRESH.as_bytes(),
+        &SEED[..],
+        b"edg_live_",
+        b"edg_refresh_",
+    ] {
+        assert!(
+            !contains(&bytes, needle),
+            "{:?} found in {DB_FILE}",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    // Sanity: the search does find what really is in the file.
+    assert!(contains(&bytes, b"sealed_state"));
+}
+
+#[test]
+fn wrong_key_is_a_clear_error_and_leaves_the_file_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    store.save(&sample(1)).unwrap();
+    let path = store.path().to_path_buf();
+    drop(store);
+    let before = fs::read(&path).unwrap();
+    let err = Store::open(tmp.path(), key(2), Box::new(NoCache)).unwrap_err();
+    assert!(matches!(err, StoreError::SealKeyMismatch { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cannot be opened with this seal key (key changed or file corrupt)"),
+        "{msg}"
+    );
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    let after = fs::read(&path).unwrap();
+    let diff: Vec<usize> = (0..before.len().max(after.len()))
+        .filter(|&i| before.get(i) != after.get(i))
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "the file changed at {} offsets, first {:?}",
+        diff.len(),
+        &diff[..diff.len().min(20)]
+    );
+    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    assert_eq!(
+        store.load().unwrap(),
+        sample(1),
+        "the right key still opens it"
+    );
+}
+
+#[test]
+fn garbage_file_is_an_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(DB_FILE);
+    let mut garbage = vec![0u8; 64 * 1024];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for b in &mut garbage {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    fs::write(&path, &garbage).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    let err = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap_err();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
+    assert!(err.to_string().contains(DB_FILE), "{err}");
+}
+
+#[test]
+fn truncated_file_is_an_error_or_the_saved_state_never_silently_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    let store = Store::open(&dir, key(1), Box::new(NoCache)).unwrap();
+    store.save(&sample(1)).unwrap();
+    let path = store.path().to_path_buf();
+    drop(store);
+    let full = fs::read(&path).unwrap();
+    for len in [1, 100, 512, 4096, full.len() / 2, full.len() - 1] {
+        fs::write(&path, &full[..len]).unwrap();
+        match Store::open(&dir, key(1), Box::new(NoCache)) {
+            Err(e) => eprintln!("truncated to {len}: {e}"),
+            Ok(store) => assert_eq!(store.load().unwrap(), sample(1), "truncated to {len}"),
+        }
+    }
+}
+
+#[test]
+fn flipped_record_byte_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    store.save(&sample(1)).unwrap();
+    let record = store.read_record().unwrap().unwrap();
+    let path = store.path().to_path_buf();
+    drop(store);
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes
+        .windows(record.len())
+        .position(|w| w == record.as_slice())
+        .expect("the record is stored contiguously");
+    bytes[at + seal::HEADER_LEN + 3] ^= 0x01;
+    fs::write(&path, &bytes).unwrap();
+    let err = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap_err();
+    eprintln!("flipped ciphertext byte: {err}");
+}
+
+#[test]
+fn records_bind_generation_and_version() {
+    let k = key(1);
+    let record = seal::seal(&k, 5, &sample(1)).unwrap();
+    assert_eq!(seal::open(&k, &record).unwrap(), sample(1));
+    let mut other_gen = record.clone();
+    other_gen[1] ^= 1;
+    assert_eq!(seal::open(&k, &other_gen), Err(seal::OpenError::Auth));
+    let mut other_version = record.clone();
+    other_version[0] = 2;
+    assert_eq!(
+        seal::open(&k, &other_version),
+        Err(seal::OpenError::UnknownVersion(2))
+    );
+    assert_eq!(
+        seal::open(&k, &record[..seal::HEADER_LEN + 3]),
+        Err(seal::OpenError::Truncated)
+    );
+    assert_eq!(seal::open(&key(2), &record), Err(seal::OpenError::Auth));
+    let again = seal::seal(&k, 5, &sample(1)).unwrap();
+    assert_ne!(record[9..33], again[9..33], "a fresh nonce per seal");
+}
+
+#[test]
+fn newer_format_on_disk_is_refused_not_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    let mut record = seal::seal(&key(1), 1, &sample(1)).unwrap();
+    record[0] = 9;
+    store.commit(|_, _| Ok(record.clone())).unwrap();
+    let err = store.load().unwrap_err();
+    assert!(
+        matches!(err, StoreError::UnsupportedFormat { found: 9, .. }),
+        "{err}"
+    );
+    assert!(store.save(&sample(2)).is_err());
+    assert_eq!(store.read_record().unwrap().unwrap(), record);
+}
+
+// ---- seal key ----
+
+#[test]
+fn key_file_is_created_0600_and_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key_file = tmp.path().join("new/dir/seal.key");
+    let (k1, src) = SealKey::load_or_create(None, &key_file).unwrap();
+    assert_eq!(src, KeySource::KeyFile(key_file.clone()));
+    assert_eq!(mode(&key_file), 0o600);
+    assert_eq!(mode(key_file.parent().unwrap()), 0o700);
+    assert_eq!(fs::read(&key_file).unwrap(), k1.expose());
+    let (k2, _) = SealKey::load_or_create(None, &key_file).unwrap();
+    assert_eq!(k1.expose(), k2.expose());
+    let (k3, _) = SealKey::load_or_create(None, &tmp.path().join("other.key")).unwrap();
+    assert_ne!(k1.expose(), k3.expose(), "keys are random");
+}
+
+#[test]
+fn key_file_in_base64_and_loose_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key_file = tmp.path().join("seal.key");
+    fs::write(&key_file, "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n").unwrap();
+    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o644)).unwrap();
+    let (k, _) = SealKey::load_or_create(None, &key_file).unwrap();
+    assert_eq!(k.expose(), &[1u8; 32]);
+    assert_eq!(mode(&key_file), 0o600, "tightened");
+}
+
+#[test]
+fn systemd_credential_is_preferred_raw_and_base64() {
+    let tmp = tempfile::tempdir().unwrap();
+    let creds = tmp.path().join("creds");
+    fs::create_dir(&creds).unwrap();
+    let key_file = tmp.path().join("seal.key");
+
+    fs::write(creds.join(seal::CREDENTIAL_NAME), [3u8; 32]).unwrap();
+    let (k, src) = SealKey::load_or_create(Some(&creds), &key_file).unwrap();
+    assert_eq!(src, KeySource::SystemdCredential);
+    assert_eq!(k.expose(), &[3u8; 32]);
+    assert!(
+        !key_file.exists(),
+        "no key file made when the credential exists"
+    );
+
+    // `base64 <<< ...` style: 44 characters and a newline.
+    fs::write(
+        creds.join(seal::CREDENTIAL_NAME),
+        "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=\n",
+    )
+    .unwrap();
+    let (k, src) = SealKey::load_or_create(Some(&creds), &key_file).unwrap();
+    assert_eq!(src, KeySource::SystemdCredential);
+    assert_eq!(k.expose(), &[3u8; 32]);
+
+    // A credentials directory without our credential: the key file it is.
+    let empty = tmp.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let (_, src) = SealKey::load_or_create(Some(&empty), &key_file).unwrap();
+    assert_eq!(src, KeySource::KeyFile(key_file.clone()));
+}
+
+#[test]
+fn bad_key_length_names_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cred = tmp.path().join(seal::CREDENTIAL_NAME);
+    for bad in [
+        &[1u8; 31][..],
+        &[1u8; 33][..],
+        b"not base64 at all but 44 characters long!!!",
+        b"",
+    ] {
+        fs::write(&cred, bad).unwrap();
+        let err = SealKey::load_or_create(Some(tmp.path()), &tmp.path().join("k")).unwrap_err();
+        assert!(matches!(err, StoreError::BadSealKey { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(&cred.display().to_string()), "{msg}");
+        assert!(msg.contains(&format!("found {} bytes", bad.len())), "{msg}");
+    }
+}
+
+/// The postcard layout of format 1, byte for byte. If this fails, a type inside `Persisted`
+/// changed: existing stores would no longer decode. Bump `seal::FORMAT_VERSION`, decode the old
+/// layout on load, then update this constant.
+#[test]
+fn format_v1_layout_is_pinned() {
+    const V1_HEX: &str = concat!(
+        "010b6465762d30312e74657374736565642d62797465732d746861742d6d7573742d737461792d73",
+        "6563726574012a6564675f6c6976655f5a7138586b5033764e376d5232745936774234634a39684c",
+        "3173443566473061313c6564675f726566726573685f4d6e344276384378325a6c364b6a30486733",
+        "4664375361315177354572395479325569364f703441733844663047683181e6fe890781c3f98907",
+        "80b8b3dda53701010707070707070707070707070707070707070707070707070707070707070707",
+        "01186d717474733a2f2f62726f6b65722e746573743a38383833296f63746f6d696c2f76312f6465",
+        "76696365732f6465762d30312e746573742f7265766f636174696f6e0b6465762d30312e74657374",
+        "643ce8073c000103",
+    );
+    assert_eq!(seal::FORMAT_VERSION, 1);
+    let hex: String = postcard::to_allocvec(&sample(1))
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(hex, V1_HEX, "the on-disk format of Persisted changed");
+}
