@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod error;
 pub mod extract;
+pub mod faults;
 pub mod files;
 pub mod init;
 pub mod limits;
@@ -180,6 +181,7 @@ impl Builder {
             revocation_key: init::revocation_key(&dir)?,
             publisher: self.publisher.unwrap_or_else(|| Arc::new(NoTransport)),
             mqtt_url: self.mqtt_url.clone(),
+            faults: Default::default(),
         });
 
         let listener = tokio::net::TcpListener::bind(self.http_listen)

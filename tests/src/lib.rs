@@ -175,3 +175,189 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     }
     hits
 }
+
+/// Options of a test daemon; `DaemonProcess::start` writes them into a config file.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub cloud_url: String,
+    pub ca_file: PathBuf,
+    /// Written to `<dir>/bootstrap_token` when set.
+    pub bootstrap_token: Option<String>,
+    pub device_id: String,
+    /// Extra TOML lines appended to the config.
+    pub extra: String,
+    pub env: Vec<(String, String)>,
+}
+
+/// A running `octomild run` process on a temp dir. Killed (SIGKILL) on drop.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl DaemonOptions {
+    pub fn for_cloud(info: &CloudInfo, bootstrap_token: Option<String>, device_id: &str) -> Self {
+        Self {
+            cloud_url: info.http_url.clone(),
+            ca_file: info.ca_file.clone(),
+            bootstrap_token,
+            device_id: device_id.to_owned(),
+            extra: String::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Writes the config (and bootstrap token) into `dir`; returns the config path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        std::fs::create_dir_all(dir).expect("daemon dir");
+        let boot = dir.join("bootstrap_token");
+        if let Some(t) = &self.bootstrap_token {
+            std::fs::write(&boot, t).expect("bootstrap token");
+        }
+        let config = format!(
+            "cloud_url = {:?}\nca_file = {:?}\nbootstrap_token_file = {:?}\ndevice_id = {:?}\nstate_dir = {:?}\nsocket = {:?}\nshutdown_grace = \"2s\"\n{}\n",
+            self.cloud_url,
+            self.ca_file,
+            boot,
+            self.device_id,
+            dir.join("state"),
+            dir.join("run/octomild.sock"),
+            self.extra
+        );
+        let path = dir.join("octomild.toml");
+        std::fs::write(&path, config).expect("config");
+        path
+    }
+}
+
+impl DaemonProcess {
+    /// Writes the config into `dir` and starts the daemon; waits until its socket answers.
+    pub fn start(dir: &Path, opts: &DaemonOptions) -> Self {
+        let config = opts.write(dir);
+        Self::start_with_config(dir, &config, &opts.env)
+    }
+
+    pub fn start_with_config(dir: &Path, config: &Path, env: &[(String, String)]) -> Self {
+        let log = dir.join("octomild.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let mut cmd = Command::new(bin("octomild"));
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn octomild");
+        let mut me = Self {
+            child,
+            dir: dir.to_owned(),
+            config: config.to_owned(),
+            socket: dir.join("run/octomild.sock"),
+            log,
+        };
+        let socket = me.socket.clone();
+        let child = &mut me.child;
+        let log = me.log.clone();
+        wait_for(Duration::from_secs(30), "the daemon's socket", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "octomild exited early with {status}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::os::unix::net::UnixStream::connect(&socket)
+                .ok()
+                .map(|_| ())
+        });
+        me
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> octomild::client::SocketClient {
+        octomild::client::SocketClient::new(&self.socket, Duration::from_secs(30))
+    }
+
+    /// `GET path` on the socket: (status, JSON body).
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call(http::Method::GET, path).await
+    }
+
+    pub async fn call(&self, method: http::Method, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .client()
+            .request(method, path, None)
+            .await
+            .expect("socket request");
+        let body = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+        (r.status.as_u16(), body)
+    }
+
+    /// Polls `/v1/status` until `state` is `want` or the deadline passes; returns the status.
+    pub async fn wait_state(&self, want: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, body) = self.get("/v1/status").await;
+            if body["state"] == want {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not reach {want} within {timeout:?}; last status {body}\nlog:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The key `/v1/token` serves now.
+    pub async fn token(&self) -> String {
+        let (status, body) = self.get("/v1/token").await;
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let child = &mut self.child;
+        wait_for(Duration::from_secs(15), "octomild to exit", || {
+            child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,182 @@
+//! `octomild status|token|refresh`: thin clients of the socket API, with output for people
+//! (or `--json`) and exit codes a shell script can test.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::client::{ClientError, SocketClient};
+
+/// Exit codes of the client commands.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// The daemon answered with an unexpected error.
+    pub const FAILED: i32 = 1;
+    /// `status`: reachable but not `active` (registering, offline, unregistered).
+    pub const NOT_ACTIVE: i32 = 3;
+    /// The device is revoked.
+    pub const REVOKED: i32 = 4;
+    /// `token`: no valid key right now (not registered yet, or expired while offline); retry.
+    pub const NO_KEY: i32 = 5;
+    /// The daemon is not running (no socket, or nobody listening). EX_UNAVAILABLE.
+    pub const NOT_RUNNING: i32 = 69;
+    /// The socket or the call is not allowed for this user. EX_NOPERM.
+    pub const DENIED: i32 = 77;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Status,
+    Token,
+    Refresh,
+}
+
+/// Runs one client call; prints to stdout/stderr and returns the exit code.
+pub async fn run(call: Call, socket: PathBuf, json: bool) -> i32 {
+    let client = SocketClient::new(socket, Duration::from_secs(60));
+    let (method, path) = match call {
+        Call::Status => (Method::GET, "/v1/status"),
+        Call::Token => (Method::GET, "/v1/token"),
+        Call::Refresh => (Method::POST, "/v1/admin/refresh"),
+    };
+    let resp = match client.request(method, path, None).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("octomild: {e}");
+            return match e {
+                ClientError::NotRunning { .. } => exit::NOT_RUNNING,
+                ClientError::PermissionDenied { .. } => exit::DENIED,
+                _ => exit::FAILED,
+            };
+        }
+    };
+    let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+    if !resp.status.is_success() {
+        let code = body["error"].as_str().unwrap_or("");
+        let message = body["message"].as_str().unwrap_or("");
+        if json {
+            println!("{body}");
+        } else {
+            eprintln!("octomild: {message} ({code})");
+        }
+        return match (resp.status, code) {
+            (_, "device_revoked") => exit::REVOKED,
+            (StatusCode::FORBIDDEN, _) => exit::DENIED,
+            (StatusCode::SERVICE_UNAVAILABLE, "not_registered" | "token_expired") => exit::NO_KEY,
+            _ => exit::FAILED,
+        };
+    }
+    if json {
+        println!("{body}");
+    } else {
+        print_human(call, &body);
+    }
+    match (call, body["state"].as_str()) {
+        (Call::Status, Some("active")) => exit::OK,
+        (Call::Status, Some("revoked")) => exit::REVOKED,
+        (Call::Status, _) => exit::NOT_ACTIVE,
+        _ => exit::OK,
+    }
+}
+
+fn print_human(call: Call, body: &Value) {
+    match call {
+        // The token alone, so `KEY=$(octomild token)` works.
+        Call::Token => println!("{}", body["token"].as_str().unwrap_or("")),
+        Call::Refresh => println!(
+            "refreshed; the new key expires {}",
+            when(&body["expires_at"])
+        ),
+        Call::Status => {
+            let rows = [
+                ("state", text(&body["state"])),
+                ("device", text(&body["device_id"])),
+                ("detail", text(&body["detail"])),
+                ("key expires", when(&body["expires_at"])),
+                ("last refresh", when(&body["last_refresh"])),
+                (
+                    "next refresh",
+                    body["next_refresh_in"]
+                        .as_u64()
+                        .map_or("-".into(), |s| format!("in {s}s")),
+                ),
+                (
+                    "mqtt",
+                    if body["mqtt_connected"] == true {
+                        "connected"
+                    } else {
+                        "not connected"
+                    }
+                    .into(),
+                ),
+                ("version", text(&body["version"])),
+            ];
+            for (k, v) in rows {
+                println!("{:<13} {v}", format!("{k}:"));
+            }
+            if let Some(r) = body["revoked"].as_object() {
+                println!(
+                    "{:<13} {} ({})",
+                    "revoked:",
+                    text(&r["reason"]),
+                    when(&r["at"])
+                );
+            }
+        }
+    }
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().map_or_else(|| "-".to_owned(), str::to_owned)
+}
+
+/// Unix seconds as UTC RFC 3339 plus a relative hint.
+fn when(v: &Value) -> String {
+    let Some(t) = v.as_u64() else {
+        return "-".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let rel = if t >= now {
+        format!("in {}s", t - now)
+    } else {
+        format!("{}s ago", now - t)
+    };
+    format!("{} ({rel})", rfc3339(t))
+}
+
+/// Civil-from-days (Howard Hinnant's algorithm): no time crate for one formatter.
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_935_654), "2026-11-29T07:00:54Z");
+    }
+}

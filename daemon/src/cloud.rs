@@ -1,0 +1,216 @@
+//! The daemon's client of the control plane: register and refresh over HTTPS, trusting only
+//! the configured CA, with every answer classified for the retry logic.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use octomil_common::wire::{
+    ErrorBody, Proof, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse, codes,
+};
+use octomil_common::{Clock, DeviceId, Secret, SystemClock, proof};
+use reqwest::StatusCode;
+
+/// What went wrong with a call, sorted by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    /// Try again later (network, 5xx, timeouts).
+    #[error("cloud unreachable or failing: {0}")]
+    Transient(String),
+    /// Try again after the server's `Retry-After`.
+    #[error("rate limited by the cloud; retry in {0:?}")]
+    RateLimited(Duration),
+    /// The device is revoked: stop for good.
+    #[error("the cloud says this device is revoked")]
+    Revoked,
+    /// Retrying the same request cannot succeed (bad bootstrap token, id taken, refresh token
+    /// rejected...). `code` is the server's error code.
+    #[error("the cloud refused: {message} ({code})")]
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The client itself could not be set up (bad CA file).
+    #[error("cannot set up the cloud client: {0}")]
+    Setup(String),
+}
+
+impl CloudError {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Rejected { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CloudClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl CloudClient {
+    /// A client for `cloud_url` trusting only the CA in `ca_file`.
+    pub fn new(cloud_url: &str, ca_file: &Path, timeout: Duration) -> Result<Self, CloudError> {
+        let pem = std::fs::read(ca_file)
+            .map_err(|e| CloudError::Setup(format!("reading {}: {e}", ca_file.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            CloudError::Setup(format!("{} is not a PEM CA bundle: {e}", ca_file.display()))
+        })?;
+        if certs.is_empty() {
+            return Err(CloudError::Setup(format!(
+                "{} holds no certificate",
+                ca_file.display()
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .tls_certs_only(certs)
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("octomild/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CloudError::Setup(e.to_string()))?;
+        Ok(Self {
+            http,
+            base: format!("{}/api/v1", cloud_url.trim_end_matches('/')),
+        })
+    }
+
+    pub async fn register(
+        &self,
+        bootstrap_token: &Secret<String>,
+        device_id: &DeviceId,
+        key: &SigningKey,
+    ) -> Result<RegisterResponse, CloudError> {
+        let ts = SystemClock.now_secs();
+        let body = RegisterRequest {
+            bootstrap_token: bootstrap_token.clone(),
+            device_id: device_id.clone(),
+            device_public_key: proof::encode_public_key(&key.verifying_key()),
+            proof: Proof {
+                timestamp: ts,
+                signature: proof::sign(key, device_id.as_str(), ts),
+            },
+            metadata: Some(metadata()),
+        };
+        self.post("/devices/register", &body).await
+    }
+
+    pub async fn refresh(
+        &self,
+        device_id: &DeviceId,
+        refresh_token: &Secret<String>,
+    ) -> Result<RefreshResponse, CloudError> {
+        let body = RefreshRequest {
+            device_id: device_id.clone(),
+            refresh_token: refresh_token.clone(),
+        };
+        self.post("/devices/refresh", &body).await
+    }
+
+    async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CloudError> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            // reqwest's errors name the URL, never the body: safe to keep.
+            .map_err(|e| CloudError::Transient(e.to_string()))?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp
+                .json::<T>()
+                .await
+                .map_err(|e| CloudError::Transient(format!("unreadable answer: {e}")));
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let err: Option<ErrorBody> = resp.json().await.ok();
+        Err(classify(status, retry_after, err))
+    }
+}
+
+fn classify(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: Option<ErrorBody>,
+) -> CloudError {
+    let (code, message) = body
+        .map(|b| (b.error, b.message))
+        .unwrap_or_else(|| (String::new(), status.to_string()));
+    if code == codes::DEVICE_REVOKED {
+        return CloudError::Revoked;
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return CloudError::RateLimited(retry_after.unwrap_or(Duration::from_secs(1)));
+    }
+    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
+        return CloudError::Transient(format!("{status}: {message}"));
+    }
+    CloudError::Rejected {
+        status: status.as_u16(),
+        code,
+        message,
+    }
+}
+
+/// What the device tells the cloud about itself at registration.
+fn metadata() -> std::collections::BTreeMap<String, String> {
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("daemon_version".into(), env!("CARGO_PKG_VERSION").into());
+    m.insert("arch".into(), std::env::consts::ARCH.into());
+    if let Ok(u) = nix::sys::utsname::uname() {
+        m.insert("kernel".into(), u.release().to_string_lossy().into_owned());
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(code: &str) -> Option<ErrorBody> {
+        Some(ErrorBody::new(code, "m"))
+    }
+
+    #[test]
+    fn classification() {
+        assert!(matches!(
+            classify(StatusCode::FORBIDDEN, None, body("device_revoked")),
+            CloudError::Revoked
+        ));
+        assert!(matches!(
+            classify(StatusCode::UNAUTHORIZED, None, body("device_revoked")),
+            CloudError::Revoked
+        ));
+        assert!(matches!(
+            classify(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(7)), body("rate_limited")),
+            CloudError::RateLimited(d) if d == Duration::from_secs(7)
+        ));
+        assert!(matches!(
+            classify(StatusCode::BAD_GATEWAY, None, None),
+            CloudError::Transient(_)
+        ));
+        let e = classify(
+            StatusCode::UNAUTHORIZED,
+            None,
+            body("invalid_bootstrap_token"),
+        );
+        assert_eq!(e.code(), Some("invalid_bootstrap_token"));
+        let e = classify(StatusCode::CONFLICT, None, body("device_id_taken"));
+        assert_eq!(e.code(), Some("device_id_taken"));
+    }
+}
