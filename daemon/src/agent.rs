@@ -22,7 +22,7 @@ use crate::cloud::{CloudClient, CloudError};
 use crate::metrics::Metrics;
 use crate::notify::{self, Heartbeat};
 use crate::schedule;
-use crate::state::{self, Phase, RevokedInfo, SnapshotTx, Token};
+use crate::state::{MqttParams, Phase, RevokedInfo, SnapshotTx, Token};
 use crate::store::{Credentials, Identity, Persisted, Revoked, Store};
 
 /// What other tasks may ask of the loop.
@@ -154,9 +154,9 @@ impl Agent {
         }
     }
 
-    fn publish(&self, f: impl FnOnce(&mut state::Snapshot)) {
-        state::update(&self.tx, f);
-        let snap = self.tx.borrow().clone();
+    fn publish(&self, f: impl FnOnce(&mut crate::state::Snapshot)) {
+        self.tx.update(f);
+        let snap = self.tx.borrow();
         notify::status(&format!("{}: {}", snap.phase.as_str(), snap.detail));
     }
 
@@ -327,9 +327,22 @@ impl Agent {
             expires_at: creds.expires_at,
             valid_until,
         });
+        let mqtt = creds.mqtt.as_ref().map(|m| {
+            Arc::new(MqttParams {
+                url: m.url.clone(),
+                topic: m.topic.clone(),
+                username: m.username.clone(),
+                revocation_public_key: creds.revocation_public_key,
+                registered_at_ms: creds.registered_at_ms,
+                last_seq: self.persisted.last_revocation_seq,
+            })
+        });
         self.publish(|s| {
             s.phase = Phase::Active;
             s.token = Some(token);
+            if s.mqtt != mqtt {
+                s.mqtt = mqtt;
+            }
             s.last_refresh = creds.last_refresh;
             s.next_refresh = Some(next);
             s.rate_limits = Some(creds.rate_limits);
@@ -472,6 +485,18 @@ impl Agent {
     /// Wipes the secrets, persists `revoked`, and publishes it. Logged once, at WARN.
     async fn revoke(&mut self, reason: String, seq: Option<u64>) -> Flow {
         let at = SystemClock.now_secs();
+        // Withhold the key first (one snapshot swap), then take the time to wipe and persist.
+        let info = RevokedInfo {
+            reason: reason.clone(),
+            at,
+        };
+        self.publish(|s| {
+            s.phase = Phase::Revoked;
+            s.token = None;
+            s.next_refresh = None;
+            s.detail = "revoked by the cloud".into();
+            s.revoked = Some(info);
+        });
         let revoked = Revoked {
             device_id: self.device_id.as_str().to_owned(),
             reason: reason.clone(),

@@ -49,6 +49,9 @@ pub struct Config {
     pub cloud_timeout: Duration,
     /// How long shutdown waits for in-flight requests; default `5s`.
     pub shutdown_grace: Duration,
+    /// MQTT keep-alive of the revocation session; default `60s`. The broker declares the
+    /// device offline (Last Will) after 1.5 times this without traffic.
+    pub mqtt_keepalive: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +105,7 @@ const KEYS: &[&str] = &[
     "max_connections",
     "cloud_timeout",
     "shutdown_grace",
+    "mqtt_keepalive",
 ];
 
 /// Reads and validates `path`.
@@ -274,6 +278,7 @@ pub fn parse(path: &Path, text: &str, env: &Env) -> Result<Config, ConfigError> 
     };
     let cloud_timeout = p.duration("cloud_timeout", Duration::from_secs(10), 1..=300);
     let shutdown_grace = p.duration("shutdown_grace", Duration::from_secs(5), 0..=300);
+    let mqtt_keepalive = p.duration("mqtt_keepalive", Duration::from_secs(60), 1..=3600);
 
     if !p.problems.is_empty() {
         return Err(fail(p.problems));
@@ -299,6 +304,7 @@ pub fn parse(path: &Path, text: &str, env: &Env) -> Result<Config, ConfigError> 
         max_connections,
         cloud_timeout,
         shutdown_grace,
+        mqtt_keepalive,
     })
 }
 
@@ -460,6 +466,7 @@ mod tests {
             max_connections = 8
             cloud_timeout = "30s"
             shutdown_grace = "1s"
+            mqtt_keepalive = "5s"
             "#,
         );
         assert_eq!(c.device_id.as_str(), "edge-01");
@@ -469,6 +476,7 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.max_connections, 8);
         assert_eq!(c.shutdown_grace, Duration::from_secs(1));
+        assert_eq!(c.mqtt_keepalive, Duration::from_secs(5));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod client;
 pub mod cloud;
 pub mod config;
 pub mod metrics;
+pub mod mqtt;
 pub mod notify;
 pub mod run;
 pub mod schedule;

@@ -15,8 +15,12 @@ pub struct Metrics {
     pub refresh_failure: AtomicU64,
     pub register_success: AtomicU64,
     pub register_failure: AtomicU64,
+    pub mqtt_revocations: AtomicU64,
+    pub mqtt_disconnects: AtomicU64,
     /// (route, status) -> count.
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// Messages on the revocation topic that changed nothing, by reason.
+    rejected_envelopes: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -27,6 +31,14 @@ impl Metrics {
     pub fn request(&self, route: &'static str, status: u16) {
         let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry((route, status)).or_default() += 1;
+    }
+
+    pub fn envelope_rejected(&self, reason: &'static str) {
+        let mut m = self
+            .rejected_envelopes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *m.entry(reason).or_default() += 1;
     }
 
     /// Renders every metric; `extra` is appended (socket counters and the like).
@@ -86,6 +98,33 @@ impl Metrics {
                 "octomild_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
+        counter(
+            &mut out,
+            "octomild_mqtt_revocations_total",
+            "Verified revocations received over MQTT.",
+            &[("", get(&self.mqtt_revocations))],
+        );
+        counter(
+            &mut out,
+            "octomild_mqtt_disconnects_total",
+            "Revocation-session connection failures.",
+            &[("", get(&self.mqtt_disconnects))],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP octomild_mqtt_rejected_total Messages on the revocation topic ignored, by reason.\n# TYPE octomild_mqtt_rejected_total counter"
+        );
+        let rejected = self
+            .rejected_envelopes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (reason, n) in rejected.iter() {
+            let _ = writeln!(
+                out,
+                "octomild_mqtt_rejected_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        drop(rejected);
         out.push_str(extra);
         out
     }
@@ -94,6 +133,10 @@ impl Metrics {
 pub fn counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
     for (labels, v) in series {
-        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::notify::{self, Heartbeat};
 use crate::socket::{self, AccessPolicy, SocketOptions, SocketStats};
-use crate::state::{Snapshot, update};
+use crate::state::{Snapshot, SnapshotTx};
 use crate::store::{KeyringCache, SealKey, Store};
 
 /// Why the daemon could not start.
@@ -31,6 +31,8 @@ pub enum RunError {
     Cloud(#[from] crate::cloud::CloudError),
     #[error(transparent)]
     Socket(#[from] crate::socket::SocketError),
+    #[error("TLS setup: {0}")]
+    Tls(String),
 }
 
 /// Swaps the log filter (built by the binary, which owns the subscriber).
@@ -75,10 +77,13 @@ pub async fn run(
             })??
     };
     let cloud = CloudClient::new(&config.cloud_url, &config.ca_file, config.cloud_timeout)?;
+    let ca_pem = std::fs::read(&config.ca_file).map_err(|source| RunError::StateDir {
+        path: config.ca_file.clone(),
+        source,
+    })?;
+    let mqtt_tls = crate::mqtt::tls_config(&ca_pem).map_err(RunError::Tls)?;
 
-    let (tx, rx) = watch::channel(Arc::new(Snapshot::new(
-        config.device_id.as_str().to_owned(),
-    )));
+    let (tx, rx) = SnapshotTx::new(Snapshot::new(config.device_id.as_str().to_owned()));
     let metrics = Arc::new(Metrics::default());
     let stats = Arc::new(SocketStats::default());
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(16);
@@ -130,17 +135,30 @@ pub async fn run(
                 .map(octomil_common::Secret::new),
         },
         tx: tx.clone(),
-        metrics,
+        metrics: metrics.clone(),
         heartbeat: heartbeat.clone(),
         beat_every: notify::beat_interval(watchdog),
         commands: cmd_rx,
         shutdown: agent_stop.clone(),
     };
     tasks.spawn(agent.run());
+    tasks.spawn(
+        crate::mqtt::Session {
+            device_id: config.device_id.as_str().to_owned(),
+            tls: mqtt_tls,
+            keepalive: config.mqtt_keepalive,
+            snapshot: rx.clone(),
+            tx: tx.clone(),
+            commands: cmd_tx.clone(),
+            metrics,
+            shutdown: agent_stop.clone(),
+        }
+        .run(),
+    );
     if let Some(w) = watchdog {
         tasks.spawn(notify::watchdog(w, heartbeat, agent_stop.clone()));
     }
-    update(&tx, |s| s.detail = "serving".into());
+    tx.update(|s| s.detail = "serving".into());
     notify::ready(&format!("serving on {}", config.socket.display()));
     tracing::info!(socket = %config.socket.display(), device_id = %config.device_id, "octomild ready");
 

@@ -69,6 +69,19 @@ pub struct RevokedInfo {
     pub at: u64,
 }
 
+/// What the MQTT session needs, from the latest credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttParams {
+    pub url: String,
+    pub topic: String,
+    pub username: String,
+    /// The cloud's pinned revocation-signing key (from the registration answer, over TLS).
+    pub revocation_public_key: [u8; 32],
+    /// Unix ms of the registration: envelopes issued before it are stale.
+    pub registered_at_ms: u64,
+    pub last_seq: Option<u64>,
+}
+
 /// Everything the socket API reports. Cheap to clone (the token is behind an `Arc`).
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -83,6 +96,8 @@ pub struct Snapshot {
     pub detail: String,
     pub revoked: Option<RevokedInfo>,
     pub rate_limits: Option<RateLimits>,
+    /// `None` until registered, or when the cloud runs without a broker.
+    pub mqtt: Option<Arc<MqttParams>>,
 }
 
 impl Snapshot {
@@ -97,18 +112,91 @@ impl Snapshot {
             detail: "starting".into(),
             revoked: None,
             rate_limits: None,
+            mqtt: None,
         }
     }
 }
 
-pub type SnapshotTx = tokio::sync::watch::Sender<Arc<Snapshot>>;
 pub type SnapshotRx = tokio::sync::watch::Receiver<Arc<Snapshot>>;
 
-/// Applies `f` to a copy of the current snapshot and publishes it.
-pub fn update(tx: &SnapshotTx, f: impl FnOnce(&mut Snapshot)) {
-    tx.send_modify(|cur| {
-        let mut next = (**cur).clone();
-        f(&mut next);
-        *cur = Arc::new(next);
-    });
+/// The one writer side of the snapshot, shared by the refresh loop and the MQTT session.
+/// It carries the revocation latch: once [`SnapshotTx::revoke_now`] ran, every later update
+/// is forced to `revoked` without a key, so a refresh that finishes after a push can never
+/// put a key back.
+#[derive(Debug, Clone)]
+pub struct SnapshotTx {
+    tx: Arc<tokio::sync::watch::Sender<Arc<Snapshot>>>,
+    revoked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SnapshotTx {
+    pub fn new(initial: Snapshot) -> (Self, SnapshotRx) {
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
+        let me = Self {
+            tx: Arc::new(tx),
+            revoked: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        (me, rx)
+    }
+
+    pub fn borrow(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
+    }
+
+    /// Applies `f` to a copy of the current snapshot and publishes it.
+    pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        self.tx.send_modify(|cur| {
+            let mut next = (**cur).clone();
+            f(&mut next);
+            // Checked under the channel's lock: ordered with revoke_now's own update.
+            if self.revoked.load(std::sync::atomic::Ordering::SeqCst) {
+                next.phase = Phase::Revoked;
+                next.token = None;
+                next.next_refresh = None;
+            }
+            *cur = Arc::new(next);
+        });
+    }
+
+    /// Withholds the key at once (a verified revocation arrived); persisting it is the
+    /// refresh loop's job.
+    pub fn revoke_now(&self, reason: &str, at: u64) {
+        self.revoked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.update(|s| {
+            s.detail = "revoked by the cloud".into();
+            s.revoked = Some(RevokedInfo {
+                reason: reason.to_owned(),
+                at,
+            });
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latch_wins_over_later_updates() {
+        let (tx, rx) = SnapshotTx::new(Snapshot::new("d".into()));
+        tx.update(|s| s.phase = Phase::Active);
+        assert_eq!(rx.borrow().phase, Phase::Active);
+        tx.revoke_now("stolen", 1);
+        tx.update(|s| {
+            s.phase = Phase::Active;
+            s.token = Some(Arc::new(Token {
+                secret: octomil_common::Secret::new("k".into()),
+                expires_at: 2,
+                valid_until: Instant::now(),
+            }));
+        });
+        let s = rx.borrow().clone();
+        assert_eq!(s.phase, Phase::Revoked);
+        assert!(s.token.is_none());
+        assert_eq!(
+            s.revoked.as_ref().map(|r| r.reason.as_str()),
+            Some("stolen")
+        );
+    }
 }
