@@ -60,7 +60,7 @@ run "$bin/octomil" org settings --device-token-expiry 48h
 run "$bin/octomil" devices revoke demo-device-1 --reason "demo: device reported stolen"
 # With the MQTT push the daemon refuses at once; without a broker it learns at its next
 # refresh, which we force here.
-if ! wait_for 3 "the push" sh -c "! curl -sf --unix-socket '$OCTOMIL_SOCKET' http://localhost/v1/token"; then
+if ! wait_for 3 "the revocation push (forcing a refresh instead)" sh -c "! curl -sf --unix-socket '$OCTOMIL_SOCKET' http://localhost/v1/token"; then
   run "$bin/octomild" refresh || true
 fi
 say "curl --unix-socket $OCTOMIL_SOCKET http://localhost/v1/token"
