@@ -95,6 +95,15 @@ impl Gcra {
         ((self.tau_ns - used.min(self.tau_ns)) / self.emission_ns) as u32
     }
 
+    /// Caps a TAT at one full burst ahead of `now_ms`. A wall clock that jumped back leaves
+    /// the TAT far in the future; this bounds the debt to one period.
+    pub fn clamp(&self, tat_ns: &mut u64, now_ms: u64) {
+        let max = now_ms.saturating_mul(1_000_000).saturating_add(self.tau_ns);
+        if *tat_ns > max {
+            *tat_ns = max;
+        }
+    }
+
     /// True once `tat` is in the past: the bucket is full and the state can be forgotten.
     pub fn is_idle(&self, tat_ns: u64, now_ms: u64) -> bool {
         tat_ns <= now_ms.saturating_mul(1_000_000)
@@ -166,6 +175,18 @@ mod tests {
         assert!(g.is_idle(tat, 60_000));
         // Idle time does not bank more than one burst.
         assert_eq!(g.remaining(tat, 600_000), 100);
+    }
+
+    #[test]
+    fn clamp_bounds_debt_to_one_burst() {
+        let g = Gcra::per_minute(100);
+        let mut tat = u64::MAX / 2;
+        g.clamp(&mut tat, 1_000);
+        assert_eq!(g.remaining(tat, 1_000), 0);
+        assert_eq!(g.remaining(tat, 61_000), 100);
+        let mut small = 5;
+        g.clamp(&mut small, 1_000);
+        assert_eq!(small, 5, "a TAT in the past is left alone");
     }
 
     proptest::proptest! {

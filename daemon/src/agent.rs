@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use octomil_common::wire::codes;
+use octomil_common::wire::{Surface, codes};
 use octomil_common::{Clock, DeviceId, Secret, SystemClock};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, unit_random};
 use crate::cloud::{CloudClient, CloudError};
+use crate::limits::{Denied, Limiter};
 use crate::metrics::Metrics;
 use crate::notify::{self, Heartbeat};
 use crate::schedule;
@@ -83,6 +84,8 @@ pub struct Agent {
     pub bootstrap: BootstrapSource,
     pub tx: SnapshotTx,
     pub metrics: Arc<Metrics>,
+    /// Local rate limits: the daemon's own control-plane calls draw from the same budget.
+    pub limits: Arc<Limiter>,
     pub heartbeat: Arc<Heartbeat>,
     pub beat_every: Duration,
     pub commands: mpsc::Receiver<Command>,
@@ -160,6 +163,26 @@ impl Agent {
         notify::status(&format!("{}: {}", snap.phase.as_str(), snap.detail));
     }
 
+    /// Takes one control-plane permit for the daemon's own call; how long to wait if the local
+    /// budget (or a pause the cloud asked for) says not yet.
+    fn control_plane_wait(&self) -> Option<Duration> {
+        match self
+            .limits
+            .acquire(Surface::ControlPlane, 1, None, SystemClock.now_ms())
+        {
+            Err(Denied::Wait { wait_ms, .. }) => Some(Duration::from_millis(wait_ms)),
+            _ => None,
+        }
+    }
+
+    /// A 429 from the cloud pauses the control plane locally, for everyone.
+    fn cloud_said_wait(&self, d: Duration) {
+        self.limits.pause(
+            Surface::ControlPlane,
+            SystemClock.now_ms() + d.as_millis() as u64,
+        );
+    }
+
     async fn save(&self, p: Persisted) -> Result<(), String> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.save(&p))
@@ -204,6 +227,25 @@ impl Agent {
                 Ok(t) => t,
                 Err(why) => return self.park(why).await,
             };
+            if let Some(wait) = self.control_plane_wait() {
+                self.publish(|s| {
+                    s.phase = Phase::Registering;
+                    s.detail = format!(
+                        "waiting {} ms for the control-plane budget",
+                        wait.as_millis()
+                    );
+                });
+                match self.wait(wait).await {
+                    Wake::Shutdown => return Flow::Stop,
+                    Wake::Command(c) => {
+                        if let Some(f) = self.command_while_unregistered(c).await {
+                            return f;
+                        }
+                    }
+                    Wake::Elapsed => {}
+                }
+                continue;
+            }
             self.publish(|s| {
                 s.phase = Phase::Registering;
                 s.detail = "registering with the cloud".into();
@@ -233,6 +275,7 @@ impl Agent {
                         None
                     } else {
                         self.persisted = next;
+                        self.limits.set_limits(resp.rate_limits);
                         Metrics::inc(&self.metrics.register_success);
                         tracing::info!(device_id = %self.device_id, "registered with the cloud");
                         return Flow::Continue;
@@ -245,6 +288,7 @@ impl Agent {
                 }
                 Err(CloudError::RateLimited(d)) => {
                     Metrics::inc(&self.metrics.register_failure);
+                    self.cloud_said_wait(d);
                     Some(d)
                 }
                 Err(CloudError::Transient(e)) => {
@@ -316,6 +360,7 @@ impl Agent {
         let Some(creds) = self.persisted.credentials.clone() else {
             return Flow::Continue;
         };
+        self.limits.set_limits(creds.rate_limits);
         let now_wall = SystemClock.now_secs();
         let lifetime = Duration::from_secs(creds.expires_at.saturating_sub(creds.issued_at));
         let remaining = Duration::from_secs(creds.expires_at.saturating_sub(now_wall));
@@ -372,6 +417,23 @@ impl Agent {
     ) -> Flow {
         let mut attempt = 0u32;
         loop {
+            if let Some(wait) = self.control_plane_wait() {
+                self.publish(|s| {
+                    s.detail = format!(
+                        "refresh waits {} ms for the control-plane budget",
+                        wait.as_millis()
+                    )
+                });
+                match self.wait(wait).await {
+                    Wake::Shutdown => return Flow::Stop,
+                    Wake::Command(Command::Refresh(reply)) => forced = Some(reply),
+                    Wake::Command(Command::Revoke { reason, seq }) => {
+                        return self.revoke(reason, seq).await;
+                    }
+                    Wake::Command(Command::Reload) | Wake::Elapsed => {}
+                }
+                continue;
+            }
             let result = self
                 .cloud
                 .refresh(&self.device_id, &creds.refresh_token)
@@ -396,6 +458,7 @@ impl Agent {
                     match self.save(p.clone()).await {
                         Ok(()) => {
                             self.persisted = p;
+                            self.limits.set_limits(resp.rate_limits);
                             Metrics::inc(&self.metrics.refresh_success);
                             tracing::info!(
                                 expires_at = resp.expires_at,
@@ -438,6 +501,7 @@ impl Agent {
                     return Flow::Continue;
                 }
                 Err(CloudError::RateLimited(d)) => {
+                    self.cloud_said_wait(d);
                     (Some(d), "rate limited by the cloud".to_owned())
                 }
                 Err(e) => (None, e.to_string()),

@@ -22,26 +22,36 @@ pub mod exit {
     pub const NO_KEY: i32 = 5;
     /// The daemon is not running (no socket, or nobody listening). EX_UNAVAILABLE.
     pub const NOT_RUNNING: i32 = 69;
+    /// `acquire`: the budget is spent; the wait is printed. EX_TEMPFAIL.
+    pub const RATE_LIMITED: i32 = 75;
     /// The socket or the call is not allowed for this user. EX_NOPERM.
     pub const DENIED: i32 = 77;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Status,
     Token,
     Refresh,
+    /// Take `n` permits of a surface's local budget.
+    Acquire {
+        surface: String,
+        n: u32,
+    },
 }
 
 /// Runs one client call; prints to stdout/stderr and returns the exit code.
 pub async fn run(call: Call, socket: PathBuf, json: bool) -> i32 {
     let client = SocketClient::new(socket, Duration::from_secs(60));
-    let (method, path) = match call {
-        Call::Status => (Method::GET, "/v1/status"),
-        Call::Token => (Method::GET, "/v1/token"),
-        Call::Refresh => (Method::POST, "/v1/admin/refresh"),
+    let (method, path) = match &call {
+        Call::Status => (Method::GET, "/v1/status".to_owned()),
+        Call::Token => (Method::GET, "/v1/token".to_owned()),
+        Call::Refresh => (Method::POST, "/v1/admin/refresh".to_owned()),
+        Call::Acquire { surface, n } => {
+            (Method::POST, format!("/v1/limits/{surface}/acquire?n={n}"))
+        }
     };
-    let resp = match client.request(method, path, None).await {
+    let resp = match client.request(method, &path, None).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("octomild: {e}");
@@ -63,6 +73,7 @@ pub async fn run(call: Call, socket: PathBuf, json: bool) -> i32 {
         }
         return match (resp.status, code) {
             (_, "device_revoked") => exit::REVOKED,
+            (StatusCode::TOO_MANY_REQUESTS, _) => exit::RATE_LIMITED,
             (StatusCode::FORBIDDEN, _) => exit::DENIED,
             (StatusCode::SERVICE_UNAVAILABLE, "not_registered" | "token_expired") => exit::NO_KEY,
             _ => exit::FAILED,
@@ -71,7 +82,7 @@ pub async fn run(call: Call, socket: PathBuf, json: bool) -> i32 {
     if json {
         println!("{body}");
     } else {
-        print_human(call, &body);
+        print_human(&call, &body);
     }
     match (call, body["state"].as_str()) {
         (Call::Status, Some("active")) => exit::OK,
@@ -81,8 +92,12 @@ pub async fn run(call: Call, socket: PathBuf, json: bool) -> i32 {
     }
 }
 
-fn print_human(call: Call, body: &Value) {
+fn print_human(call: &Call, body: &Value) {
     match call {
+        Call::Acquire { surface, .. } => println!(
+            "granted {} {surface} permit(s); {} left of {} per {}s",
+            body["granted"], body["remaining"], body["limit"], body["period_secs"]
+        ),
         // The token alone, so `KEY=$(octomild token)` works.
         Call::Token => println!("{}", body["token"].as_str().unwrap_or("")),
         Call::Refresh => println!(

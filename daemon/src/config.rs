@@ -52,6 +52,9 @@ pub struct Config {
     /// MQTT keep-alive of the revocation session; default `60s`. The broker declares the
     /// device offline (Last Will) after 1.5 times this without traffic.
     pub mqtt_keepalive: Duration,
+    /// Cap each caller uid at this fraction (0 < x <= 1) of every local rate limit, so one
+    /// app cannot take the whole budget; default: no cap (first come, first served).
+    pub limit_per_uid_share: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +109,7 @@ const KEYS: &[&str] = &[
     "cloud_timeout",
     "shutdown_grace",
     "mqtt_keepalive",
+    "limit_per_uid_share",
 ];
 
 /// Reads and validates `path`.
@@ -279,6 +283,19 @@ pub fn parse(path: &Path, text: &str, env: &Env) -> Result<Config, ConfigError> 
     let cloud_timeout = p.duration("cloud_timeout", Duration::from_secs(10), 1..=300);
     let shutdown_grace = p.duration("shutdown_grace", Duration::from_secs(5), 0..=300);
     let mqtt_keepalive = p.duration("mqtt_keepalive", Duration::from_secs(60), 1..=3600);
+    let limit_per_uid_share = match table.get("limit_per_uid_share") {
+        None => None,
+        Some(v) => match v.as_float().or_else(|| v.as_integer().map(|i| i as f64)) {
+            Some(x) if x > 0.0 && x <= 1.0 => Some(x),
+            _ => {
+                p.problem(
+                    "limit_per_uid_share",
+                    "must be a number greater than 0 and at most 1 (e.g. 0.5)",
+                );
+                None
+            }
+        },
+    };
 
     if !p.problems.is_empty() {
         return Err(fail(p.problems));
@@ -305,6 +322,7 @@ pub fn parse(path: &Path, text: &str, env: &Env) -> Result<Config, ConfigError> 
         cloud_timeout,
         shutdown_grace,
         mqtt_keepalive,
+        limit_per_uid_share,
     })
 }
 
@@ -467,6 +485,7 @@ mod tests {
             cloud_timeout = "30s"
             shutdown_grace = "1s"
             mqtt_keepalive = "5s"
+            limit_per_uid_share = 0.25
             "#,
         );
         assert_eq!(c.device_id.as_str(), "edge-01");
@@ -477,6 +496,7 @@ mod tests {
         assert_eq!(c.max_connections, 8);
         assert_eq!(c.shutdown_grace, Duration::from_secs(1));
         assert_eq!(c.mqtt_keepalive, Duration::from_secs(5));
+        assert_eq!(c.limit_per_uid_share, Some(0.25));
     }
 
     #[test]
@@ -492,6 +512,7 @@ mod tests {
             log_format = "xml"
             max_connections = 0
             cloud_timeout = "forever"
+            limit_per_uid_share = 2
             "#,
         );
         let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
@@ -506,6 +527,7 @@ mod tests {
             "log_format",
             "max_connections",
             "cloud_timeout",
+            "limit_per_uid_share",
         ] {
             assert!(keys.contains(&k), "no problem reported for {k}: {got:?}");
         }

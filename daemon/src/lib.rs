@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod cloud;
 pub mod config;
+pub mod limits;
 pub mod metrics;
 pub mod mqtt;
 pub mod notify;

@@ -37,6 +37,16 @@ enum Cmd {
     Token(ClientArgs),
     /// Refresh the device key now (root only).
     Refresh(ClientArgs),
+    /// Take permits of the local rate-limit budget (exit 75 with the wait when spent).
+    Acquire {
+        /// `control_plane` or `inference`.
+        surface: String,
+        /// How many permits, all or nothing.
+        #[arg(long, default_value_t = 1)]
+        n: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +76,11 @@ fn main() -> ExitCode {
         Cmd::Status(a) => rt.block_on(cli::run(Call::Status, a.socket, a.json)),
         Cmd::Token(a) => rt.block_on(cli::run(Call::Token, a.socket, a.json)),
         Cmd::Refresh(a) => rt.block_on(cli::run(Call::Refresh, a.socket, a.json)),
+        Cmd::Acquire { surface, n, client } => rt.block_on(cli::run(
+            Call::Acquire { surface, n },
+            client.socket,
+            client.json,
+        )),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

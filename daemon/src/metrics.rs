@@ -21,6 +21,9 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     /// Messages on the revocation topic that changed nothing, by reason.
     rejected_envelopes: Mutex<BTreeMap<&'static str, u64>>,
+    /// Local rate limits: permits granted, and refusals by (surface, reason).
+    limit_grants: Mutex<BTreeMap<&'static str, u64>>,
+    limit_refusals: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -31,6 +34,19 @@ impl Metrics {
     pub fn request(&self, route: &'static str, status: u16) {
         let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry((route, status)).or_default() += 1;
+    }
+
+    pub fn limit_grant(&self, surface: &'static str, n: u32) {
+        let mut m = self.limit_grants.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(surface).or_default() += u64::from(n);
+    }
+
+    pub fn limit_refusal(&self, surface: &'static str, reason: &'static str) {
+        let mut m = self
+            .limit_refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *m.entry((surface, reason)).or_default() += 1;
     }
 
     pub fn envelope_rejected(&self, reason: &'static str) {
@@ -125,6 +141,36 @@ impl Metrics {
             );
         }
         drop(rejected);
+        let _ = writeln!(
+            out,
+            "# HELP octomild_limit_permits_granted_total Local rate-limit permits granted, by surface.\n# TYPE octomild_limit_permits_granted_total counter"
+        );
+        for (surface, n) in self
+            .limit_grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "octomild_limit_permits_granted_total{{surface=\"{surface}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP octomild_limit_refusals_total Local rate-limit refusals, by surface and reason.\n# TYPE octomild_limit_refusals_total counter"
+        );
+        for ((surface, reason), n) in self
+            .limit_refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "octomild_limit_refusals_total{{surface=\"{surface}\",reason=\"{reason}\"}} {n}"
+            );
+        }
         out.push_str(extra);
         out
     }

@@ -11,6 +11,7 @@ use crate::agent::{Agent, BootstrapSource, Command};
 use crate::api::{self, ApiState};
 use crate::cloud::CloudClient;
 use crate::config::Config;
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::notify::{self, Heartbeat};
 use crate::socket::{self, AccessPolicy, SocketOptions, SocketStats};
@@ -85,6 +86,10 @@ pub async fn run(
 
     let (tx, rx) = SnapshotTx::new(Snapshot::new(config.device_id.as_str().to_owned()));
     let metrics = Arc::new(Metrics::default());
+    let limits = Arc::new(Limiter::open(
+        Some(config.state_dir.join("limits.bin")),
+        config.limit_per_uid_share,
+    ));
     let stats = Arc::new(SocketStats::default());
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(16);
     let (policy_tx, policy_rx) = watch::channel(Arc::new(policy(&config)));
@@ -101,6 +106,7 @@ pub async fn run(
         snapshot: rx.clone(),
         commands: cmd_tx.clone(),
         metrics: metrics.clone(),
+        limits: limits.clone(),
         socket_stats: stats.clone(),
         refresh_timeout: config.cloud_timeout * 2,
     });
@@ -136,12 +142,14 @@ pub async fn run(
         },
         tx: tx.clone(),
         metrics: metrics.clone(),
+        limits: limits.clone(),
         heartbeat: heartbeat.clone(),
         beat_every: notify::beat_interval(watchdog),
         commands: cmd_rx,
         shutdown: agent_stop.clone(),
     };
     tasks.spawn(agent.run());
+    tasks.spawn(save_limits(limits.clone(), agent_stop.clone()));
     tasks.spawn(
         crate::mqtt::Session {
             device_id: config.device_id.as_str().to_owned(),
@@ -177,8 +185,27 @@ pub async fn run(
     reload.abort();
     tasks.close();
     tasks.wait().await;
+    if let Err(e) = limits.save_if_dirty() {
+        tracing::warn!(error = %e, "could not save the rate-limit state");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Saves the limiter state at most once a second while it changes (a restart loop must not
+/// reset a spent budget; a second of grants is what a crash can forget).
+async fn save_limits(limits: Arc<Limiter>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let l = limits.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || l.save_if_dirty()).await {
+            tracing::warn!(error = %e, "could not save the rate-limit state");
+        }
+    }
 }
 
 fn policy(config: &Config) -> AccessPolicy {

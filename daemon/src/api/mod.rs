@@ -5,6 +5,7 @@ mod get_metrics;
 mod get_status;
 mod get_token;
 mod post_admin_refresh;
+mod post_limits_acquire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ pub struct ApiState {
     pub snapshot: SnapshotRx,
     pub commands: mpsc::Sender<Command>,
     pub metrics: Arc<Metrics>,
+    pub limits: Arc<crate::limits::Limiter>,
     pub socket_stats: Arc<SocketStats>,
     /// How long `POST /v1/admin/refresh` waits for the cloud.
     pub refresh_timeout: Duration,
@@ -40,6 +42,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(get_status::status))
         .route("/v1/token", get(get_token::token))
         .route("/v1/admin/refresh", post(post_admin_refresh::refresh))
+        .route(
+            "/v1/limits/{surface}/acquire",
+            post(post_limits_acquire::acquire),
+        )
         .route("/metrics", get(get_metrics::metrics))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such endpoint")
@@ -58,6 +64,7 @@ async fn count(State(state): State<ApiState>, req: Request, next: Next) -> Respo
         Some("/v1/status") => "/v1/status",
         Some("/v1/token") => "/v1/token",
         Some("/v1/admin/refresh") => "/v1/admin/refresh",
+        Some("/v1/limits/{surface}/acquire") => "/v1/limits/acquire",
         Some("/metrics") => "/metrics",
         _ => "other",
     };
