@@ -258,7 +258,7 @@ impl Agent {
                     let creds = Credentials {
                         api_key: resp.api_key,
                         refresh_token: resp.refresh_token,
-                        expires_at: resp.expires_at,
+                        expires_at: now + lifetime_secs(resp.expires_in, resp.expires_at, now),
                         issued_at: now,
                         registered_at_ms: SystemClock.now_ms(),
                         last_refresh: None,
@@ -445,7 +445,7 @@ impl Agent {
                     let next = Credentials {
                         api_key: resp.api_key,
                         refresh_token: resp.refresh_token,
-                        expires_at: resp.expires_at,
+                        expires_at: now + lifetime_secs(resp.expires_in, resp.expires_at, now),
                         issued_at: now,
                         last_refresh: Some(now),
                         rate_limits: resp.rate_limits,
@@ -461,11 +461,19 @@ impl Agent {
                             self.limits.set_limits(resp.rate_limits);
                             Metrics::inc(&self.metrics.refresh_success);
                             tracing::info!(
-                                expires_at = resp.expires_at,
+                                expires_at = self
+                                    .persisted
+                                    .credentials
+                                    .as_ref()
+                                    .map_or(0, |c| c.expires_at),
                                 "refreshed the device key"
                             );
                             if let Some(r) = forced.take() {
-                                let _ = r.send(Ok(resp.expires_at));
+                                let _ = r.send(Ok(self
+                                    .persisted
+                                    .credentials
+                                    .as_ref()
+                                    .map_or(0, |c| c.expires_at)));
                             }
                             return Flow::Continue;
                         }
@@ -612,4 +620,12 @@ fn decode_key(b64: &str) -> [u8; 32] {
     octomil_common::proof::decode_public_key(b64)
         .map(|k| k.to_bytes())
         .unwrap_or([0; 32])
+}
+
+/// A key's lifetime from the cloud's answer: `expires_in` when given; otherwise the distance
+/// from our clock to `expires_at` (only right when the clocks agree). Every expiry the daemon
+/// keeps is `receipt time + lifetime` on the device's own clock, so a device whose clock is
+/// hours off the cloud's still refreshes on time and never serves an expired key.
+fn lifetime_secs(expires_in: Option<u64>, expires_at: u64, now: u64) -> u64 {
+    expires_in.unwrap_or_else(|| expires_at.saturating_sub(now))
 }

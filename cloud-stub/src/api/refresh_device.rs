@@ -86,6 +86,7 @@ pub async fn refresh(
         api_key,
         refresh_token,
         expires_at,
+        expires_in: Some(settings.device_token_expiry_secs),
         rate_limits: settings.rate_limits.device_view(),
     }))
 }

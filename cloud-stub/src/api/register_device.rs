@@ -133,6 +133,7 @@ pub async fn register(
         api_key,
         refresh_token,
         expires_at,
+        expires_in: Some(expiry),
         revocation_public_key: proof::encode_public_key(&state.revocation_key.verifying_key()),
         rate_limits: settings.rate_limits.device_view(),
     }))

@@ -17,5 +17,9 @@ pub struct RefreshResponse {
     pub refresh_token: Secret<String>,
     /// Unix seconds at which `api_key` stops working.
     pub expires_at: u64,
+    /// The key's lifetime in seconds. Devices schedule from this, never from
+    /// `expires_at - their clock`: an edge device's wall clock may be far off the cloud's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
     pub rate_limits: RateLimits,
 }

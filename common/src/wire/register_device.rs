@@ -34,6 +34,10 @@ pub struct RegisterResponse {
     pub refresh_token: Secret<String>,
     /// Unix seconds at which `api_key` stops working.
     pub expires_at: u64,
+    /// The key's lifetime in seconds. Devices schedule from this, never from
+    /// `expires_at - their clock`: an edge device's wall clock may be far off the cloud's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
     /// Where revocations are pushed; `null` when the cloud runs without a broker.
     pub mqtt: Option<MqttInfo>,
     /// Base64url Ed25519 key that signs revocation envelopes; the device pins it.

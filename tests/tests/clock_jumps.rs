@@ -1,0 +1,137 @@
+//! Wall-clock jumps on the device (libfaketime under the daemon only; the cloud keeps real
+//! time): the refresh schedule and key validity run on the monotonic clock, so a jump neither
+//! skips a refresh, nor causes a refresh storm, nor makes the daemon serve or withhold a key
+//! wrongly. Skipped (and says so) where libfaketime is not installed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use octomil_cloud::CloudStub;
+use octomil_cloud::faults::DeviceCall;
+use octomil_e2e::{DaemonOptions, DaemonProcess};
+use serde_json::json;
+
+const LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+fn faketime() -> Option<PathBuf> {
+    let p = PathBuf::from(LIB);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED: libfaketime not installed ({LIB}); apt-get install faketime");
+        None
+    }
+}
+
+/// Sets the daemon's wall-clock offset in seconds (read on every clock call).
+fn jump(file: &Path, offset_secs: i64) {
+    std::fs::write(file, format!("{offset_secs:+}\n")).unwrap();
+}
+
+async fn setup(
+    tmp: &Path,
+    lib: &Path,
+    id: &str,
+) -> (octomil_cloud::Handle, DaemonProcess, PathBuf) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let handle = CloudStub::builder(tmp.join("cloud")).spawn().await.unwrap();
+    let ca = reqwest::Certificate::from_pem(handle.ca_pem.as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let r = client
+        .patch(format!("{}/api/v1/org/settings", handle.http_url))
+        .bearer_auth(handle.owner_api_key().unwrap().expose())
+        .json(&json!({"device_token_expiry": "6s"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let offset = tmp.join("faketime");
+    jump(&offset, 0);
+    let mut opts = DaemonOptions::for_cloud(
+        &handle.info,
+        Some(handle.bootstrap_token().unwrap().expose().clone()),
+        id,
+    );
+    opts.env = vec![
+        ("LD_PRELOAD".into(), lib.display().to_string()),
+        (
+            "FAKETIME_TIMESTAMP_FILE".into(),
+            offset.display().to_string(),
+        ),
+        ("FAKETIME_NO_CACHE".into(), "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ];
+    let d = DaemonProcess::start(&tmp.join("d"), &opts);
+    d.wait_state("active", Duration::from_secs(20)).await;
+    (handle, d, offset)
+}
+
+/// Polls the token for `window`: every answer must be 200; returns the distinct keys seen.
+async fn watch_tokens(d: &DaemonProcess, window: Duration) -> Vec<String> {
+    let end = Instant::now() + window;
+    let mut seen: Vec<String> = Vec::new();
+    while Instant::now() < end {
+        let (code, body) = d.get("/v1/token").await;
+        assert_eq!(code, 200, "{body}\n{}", d.log_text());
+        let t = body["token"].as_str().unwrap().to_owned();
+        if seen.last() != Some(&t) {
+            seen.push(t);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backward_jump_does_not_skip_a_refresh() {
+    let Some(lib) = faketime() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (cloud, d, offset) = setup(tmp.path(), &lib, "clock-back").await;
+    // Half an hour back (the server certificate is backdated one hour, so TLS still works).
+    jump(&offset, -1800);
+    let before = cloud.cloud.faults.calls(DeviceCall::Refresh).len();
+    // A 6 s key refreshes at 4.2-4.8 s: within 8 s there must be a new key, and the old one
+    // served until then.
+    let seen = watch_tokens(&d, Duration::from_secs(8)).await;
+    assert!(
+        seen.len() >= 2,
+        "no refresh after the clock went back\n{}",
+        d.log_text()
+    );
+    let refreshes = cloud.cloud.faults.calls(DeviceCall::Refresh).len() - before;
+    assert!(refreshes <= 3, "{refreshes} refreshes in 8 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_jump_causes_no_refresh_storm_and_keeps_the_key() {
+    let Some(lib) = faketime() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (cloud, d, offset) = setup(tmp.path(), &lib, "clock-fwd").await;
+    // Two hours ahead: by the wall clock the 6 s key is long expired, but it is not.
+    jump(&offset, 7200);
+    let before = cloud.cloud.faults.calls(DeviceCall::Refresh).len();
+    let seen = watch_tokens(&d, Duration::from_secs(8)).await;
+    let refreshes = cloud.cloud.faults.calls(DeviceCall::Refresh).len() - before;
+    // One refresh per 4.2-4.8 s of a 6 s key: at most 2 in 8 s, at least 1.
+    assert!(
+        (1..=2).contains(&refreshes),
+        "{refreshes} refreshes in 8 s after the jump\n{}",
+        d.log_text()
+    );
+    assert!(seen.len() >= 2);
+    // The jump really reached the daemon: its last refresh is stamped two hours ahead.
+    let (_, status) = d.get("/v1/status").await;
+    let real_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        status["last_refresh"].as_u64().unwrap() > real_now + 7000,
+        "{status}"
+    );
+}
