@@ -2,11 +2,13 @@
 //! endpoint answers with. One file per call, named as the cloud's handler is.
 
 pub mod error;
+pub mod presence;
 pub mod rate_limits;
 pub mod refresh_device;
 pub mod register_device;
 
 pub use error::{ErrorBody, codes};
+pub use presence::Presence;
 pub use rate_limits::{RateLimit, RateLimits, Surface};
 pub use refresh_device::{RefreshRequest, RefreshResponse};
 pub use register_device::{MqttInfo, Proof, RegisterRequest, RegisterResponse};
