@@ -8,7 +8,7 @@ use octomil_cloud::{Builder, CloudStub};
 use octomil_common::ManualClock;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, Incoming, LastWill, MqttOptions, NetworkOptions, Publish,
-    QoS, TlsConfiguration, Transport,
+    QoS, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 
@@ -126,17 +126,37 @@ impl TestClient {
         }
     }
 
-    /// Subscribes at QoS 1 and waits for the SUBACK.
+    /// Subscribes at QoS 1 and waits for a successful SUBACK.
     pub async fn subscribe(&mut self, filter: &str) {
+        let codes = self.subscribe_result(filter).await;
+        assert!(
+            codes.iter().all(|c| *c != SubscribeReasonCode::Failure),
+            "subscription to {filter} refused"
+        );
+    }
+
+    /// Subscribes at QoS 1 and returns the SUBACK's return codes.
+    pub async fn subscribe_result(&mut self, filter: &str) -> Vec<SubscribeReasonCode> {
         self.client
             .subscribe(filter, QoS::AtLeastOnce)
             .await
             .unwrap();
         loop {
             match self.next_event().await.unwrap() {
-                Event::Incoming(Incoming::SubAck(_)) => return,
+                Event::Incoming(Incoming::SubAck(a)) => return a.return_codes,
                 Event::Incoming(Incoming::Publish(p)) => panic!("publish before SUBACK: {p:?}"),
                 _ => {}
+            }
+        }
+    }
+
+    /// The next message on any topic.
+    pub async fn next_any_publish(&mut self) -> Publish {
+        loop {
+            match self.next_event().await {
+                Ok(Event::Incoming(Incoming::Publish(p))) => return p,
+                Ok(_) => {}
+                Err(e) => panic!("connection failed while waiting for a message: {e}"),
             }
         }
     }
