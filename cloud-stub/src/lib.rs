@@ -37,10 +37,6 @@ use crate::store::{Environment, Store};
 pub use crate::app::AppState;
 pub use crate::mqtt::{ExternalBroker, MqttMode};
 
-/// How long `spawn` waits for the cloud's own session to log in to its embedded broker.
-#[cfg(feature = "embedded-broker")]
-const EMBEDDED_BROKER_DEADLINE: Duration = Duration::from_secs(10);
-
 /// Why the cloud could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
@@ -255,37 +251,7 @@ impl Builder {
         let mqtt_stop = CancellationToken::new();
         let mut mqtt_up = None;
         if let Some((session, prepared)) = session {
-            #[cfg(feature = "embedded-broker")]
-            let embedded = match prepared.broker {
-                Some(plan) => {
-                    let addr = plan.addr;
-                    mqtt::broker::start(plan, Arc::downgrade(&cloud))?;
-                    Some(addr)
-                }
-                None => None,
-            };
-            #[cfg(not(feature = "embedded-broker"))]
-            let _ = prepared;
-            let up = session.spawn(&tasks, cloud.clone(), mqtt_stop.clone());
-            // An embedded broker must be serving before cloud.json says so; an external
-            // one may come and go, and the outbox covers the gap.
-            #[cfg(feature = "embedded-broker")]
-            if let Some(addr) = embedded {
-                let mut watch = up.clone();
-                let ready = tokio::time::timeout(EMBEDDED_BROKER_DEADLINE, watch.wait_for(|u| *u))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-                if !ready {
-                    mqtt_stop.cancel();
-                    tasks.close();
-                    tasks.wait().await;
-                    return Err(mqtt::MqttError::BrokerDown {
-                        addr,
-                        secs: EMBEDDED_BROKER_DEADLINE.as_secs(),
-                    }
-                    .into());
-                }
-            }
+            let up = mqtt::start(session, prepared, &cloud, &tasks, &mqtt_stop).await?;
             mqtt_up = Some(up);
         }
 

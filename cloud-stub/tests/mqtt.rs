@@ -175,6 +175,13 @@ async fn the_broker_refuses_wrong_credentials() {
             .await
             .is_ok()
     );
+    // An expired key is refused too.
+    env.clock.advance(Duration::from_secs(25 * 3600));
+    assert!(
+        device_session(&env, &d.id, reg.api_key.expose(), None)
+            .await
+            .is_err()
+    );
     // The cloud's own name is not available as a device id.
     let a = Device::new("octomil-cloud").try_register(&env).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{:?}", a.body);

@@ -152,7 +152,6 @@ impl std::fmt::Display for BrokerUrl {
 }
 
 /// What `spawn` needs to bring the transport up, decided before the cloud state exists.
-#[derive(Debug)]
 pub(crate) struct Prepared {
     /// The URL devices get in `cloud.json` and the register answer.
     pub device_url: String,
@@ -161,6 +160,62 @@ pub(crate) struct Prepared {
     pub vouched_presence: bool,
     #[cfg(feature = "embedded-broker")]
     pub broker: Option<broker::Plan>,
+}
+
+/// By hand: rumqttc's `MqttOptions` prints its credentials.
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("device_url", &self.device_url)
+            .field("vouched_presence", &self.vouched_presence)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long `spawn` waits for the cloud's own session to log in to its embedded broker.
+#[cfg(feature = "embedded-broker")]
+const EMBEDDED_BROKER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Starts the embedded broker (if any) and the cloud's session on `tasks`. An embedded broker
+/// must be serving before `cloud.json` says so, so this waits for the session to log in; an
+/// external broker may come and go (the outbox covers the gap). Returns a watch of the
+/// session being up.
+pub(crate) async fn start(
+    session: publisher::Session,
+    prepared: Prepared,
+    cloud: &crate::AppState,
+    tasks: &tokio_util::task::TaskTracker,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<tokio::sync::watch::Receiver<bool>, MqttError> {
+    #[cfg(feature = "embedded-broker")]
+    let embedded = match prepared.broker {
+        Some(plan) => {
+            let addr = plan.addr;
+            broker::start(plan, std::sync::Arc::downgrade(cloud))?;
+            Some(addr)
+        }
+        None => None,
+    };
+    #[cfg(not(feature = "embedded-broker"))]
+    let _ = prepared;
+    let up = session.spawn(tasks, cloud.clone(), stop.clone());
+    #[cfg(feature = "embedded-broker")]
+    if let Some(addr) = embedded {
+        let mut watch = up.clone();
+        let ready = tokio::time::timeout(EMBEDDED_BROKER_DEADLINE, watch.wait_for(|u| *u))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !ready {
+            stop.cancel();
+            tasks.close();
+            tasks.wait().await;
+            return Err(MqttError::BrokerDown {
+                addr,
+                secs: EMBEDDED_BROKER_DEADLINE.as_secs(),
+            });
+        }
+    }
+    Ok(up)
 }
 
 /// Resolves `mode` into client options (and a broker plan in embedded mode). `None` when
