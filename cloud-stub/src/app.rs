@@ -21,6 +21,8 @@ pub struct Cloud {
     pub publisher: Arc<dyn RevocationPublisher>,
     /// MQTT URL devices connect to, if a broker is configured.
     pub mqtt_url: Option<String>,
+    /// What devices last reported on their status topics.
+    pub presence: crate::mqtt::presence::PresenceTable,
     /// Failure switches for tests (all off by default).
     pub faults: crate::faults::Faults,
 }

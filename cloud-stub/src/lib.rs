@@ -11,6 +11,7 @@ pub mod faults;
 pub mod files;
 pub mod init;
 pub mod limits;
+pub mod mqtt;
 pub mod publisher;
 pub mod scope;
 pub mod serve;
@@ -28,10 +29,13 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Cloud;
+use crate::mqtt::presence::PresenceTable;
+use crate::mqtt::publisher::MqttPublisher;
 use crate::publisher::{NoTransport, RevocationPublisher};
 use crate::store::{Environment, Store};
 
 pub use crate::app::AppState;
+pub use crate::mqtt::{ExternalBroker, MqttMode};
 
 /// Why the cloud could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,8 @@ pub enum CloudError {
     },
     #[error("provisioning failed: {0}")]
     Init(String),
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttError),
 }
 
 /// `DIR/cloud.json`: where a running cloud is and where its first-start secrets are.
@@ -90,6 +96,9 @@ impl CloudStub {
             extra_names: Vec::new(),
             publisher: None,
             mqtt_url: None,
+            mqtt: MqttMode::Disabled,
+            mqtt_device_url: None,
+            mqtt_ack_timeout: mqtt::DEFAULT_ACK_TIMEOUT,
             grace: Duration::from_secs(10),
         }
     }
@@ -106,6 +115,9 @@ pub struct Builder {
     extra_names: Vec<String>,
     publisher: Option<Arc<dyn RevocationPublisher>>,
     mqtt_url: Option<String>,
+    mqtt: MqttMode,
+    mqtt_device_url: Option<String>,
+    mqtt_ack_timeout: Duration,
     grace: Duration,
 }
 
@@ -139,9 +151,30 @@ impl Builder {
         self
     }
 
+    /// A custom revocation publisher (tests). Used only with `MqttMode::Disabled`.
     pub fn publisher(mut self, p: Arc<dyn RevocationPublisher>, mqtt_url: Option<String>) -> Self {
         self.publisher = Some(p);
         self.mqtt_url = mqtt_url;
+        self
+    }
+
+    /// The revocation transport (default for the library: `Disabled`; the binary defaults to
+    /// `Embedded`).
+    pub fn mqtt(mut self, mode: MqttMode) -> Self {
+        self.mqtt = mode;
+        self
+    }
+
+    /// The broker URL devices are told, when it differs from the one the cloud uses (a
+    /// public name for the embedded broker, or a device-facing listener of an external one).
+    pub fn mqtt_device_url(mut self, url: impl Into<String>) -> Self {
+        self.mqtt_device_url = Some(url.into());
+        self
+    }
+
+    /// How long a revoke waits for the broker's PUBACK before answering 202 (default 5 s).
+    pub fn mqtt_ack_timeout(mut self, timeout: Duration) -> Self {
+        self.mqtt_ack_timeout = timeout;
         self
     }
 
@@ -173,17 +206,7 @@ impl Builder {
                     .map(|m| m.email.clone())
             })
             .unwrap_or(self.owner_email);
-        let cloud = Arc::new(Cloud {
-            store,
-            limiter: limits::Limiter::new(self.clock.clone()),
-            clock: self.clock,
-            sessions: session::SessionKeys::new(init::session_key(&dir)?),
-            revocation_key: init::revocation_key(&dir)?,
-            publisher: self.publisher.unwrap_or_else(|| Arc::new(NoTransport)),
-            mqtt_url: self.mqtt_url.clone(),
-            faults: Default::default(),
-        });
-
+        // Bind before anything starts, so a taken port fails fast and leaves nothing running.
         let listener = tokio::net::TcpListener::bind(self.http_listen)
             .await
             .map_err(|source| CloudError::Listen {
@@ -194,6 +217,44 @@ impl Builder {
             addr: self.http_listen,
             source,
         })?;
+
+        let prepared = mqtt::prepare(&self.mqtt, &dir, &pki, self.mqtt_device_url)?;
+        let (publisher, session, mqtt_url, vouched): (Arc<dyn RevocationPublisher>, _, _, _) =
+            match prepared {
+                Some(p) => {
+                    let (publisher, session) =
+                        MqttPublisher::new(p.options.clone(), self.mqtt_ack_timeout);
+                    let vouched = p.vouched_presence;
+                    let url = Some(p.device_url.clone());
+                    (Arc::new(publisher), Some((session, p)), url, vouched)
+                }
+                None => (
+                    self.publisher.unwrap_or_else(|| Arc::new(NoTransport)),
+                    None,
+                    self.mqtt_url,
+                    false,
+                ),
+            };
+        let cloud = Arc::new(Cloud {
+            store,
+            limiter: limits::Limiter::new(self.clock.clone()),
+            clock: self.clock,
+            sessions: session::SessionKeys::new(init::session_key(&dir)?),
+            revocation_key: init::revocation_key(&dir)?,
+            publisher,
+            mqtt_url: mqtt_url.clone(),
+            presence: PresenceTable::new(vouched),
+            faults: Default::default(),
+        });
+
+        let tasks = tokio_util::task::TaskTracker::new();
+        let mqtt_stop = CancellationToken::new();
+        let mut mqtt_up = None;
+        if let Some((session, prepared)) = session {
+            let up = mqtt::start(session, prepared, &cloud, &tasks, &mqtt_stop).await?;
+            mqtt_up = Some(up);
+        }
+
         let host = match addr.ip() {
             std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
             std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
@@ -214,7 +275,7 @@ impl Builder {
         let secrets = init::SecretFiles::in_dir(&dir);
         let info = CloudInfo {
             http_url: http_url.clone(),
-            mqtt_url: self.mqtt_url,
+            mqtt_url,
             ca_file: absolute(&pki.ca_file),
             owner_api_key_file: absolute(&secrets.owner_api_key),
             bootstrap_token_file: absolute(&secrets.bootstrap_token),
@@ -237,6 +298,9 @@ impl Builder {
             cloud,
             shutdown,
             task,
+            tasks,
+            mqtt_stop,
+            mqtt_up,
         })
     }
 }
@@ -258,6 +322,11 @@ pub struct Handle {
     pub cloud: AppState,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// The MQTT session and outbox tasks; stopped after the HTTP drain, so revokes still in
+    /// flight get their PUBACK.
+    tasks: tokio_util::task::TaskTracker,
+    mqtt_stop: CancellationToken,
+    mqtt_up: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Handle {
@@ -279,6 +348,11 @@ impl Handle {
         session::totp_from_base32(b32.expose()).map_err(std::io::Error::other)
     }
 
+    /// Whether the cloud's MQTT session is connected to its broker (false without MQTT).
+    pub fn mqtt_connected(&self) -> bool {
+        self.mqtt_up.as_ref().is_some_and(|u| *u.borrow())
+    }
+
     /// A token that cancels the server when cancelled (e.g. from a signal handler).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -294,6 +368,9 @@ impl Handle {
     /// is removed on the way out: it exists exactly while the cloud serves.
     pub async fn wait(self) {
         let _ = self.task.await;
+        self.mqtt_stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
         let _ = std::fs::remove_file(self.state_dir.join(CloudInfo::FILE));
     }
 }

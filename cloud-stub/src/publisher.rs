@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use octomil_common::DeviceId;
 
@@ -13,18 +14,27 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum PublishError {
     #[error("no revocation transport is configured")]
     NotConfigured,
-    #[error("broker did not acknowledge: {0}")]
+    #[error("the broker did not acknowledge within {0:?}; the outbox keeps retrying")]
+    Timeout(Duration),
+    #[error("broker: {0}")]
     Broker(String),
 }
 
-/// Delivers a sealed revocation envelope to a device's revocation topic. Implementations
-/// return only once the transport has taken responsibility for it (PUBACK for MQTT).
+/// Delivers a retained payload on a device's revocation topic: a sealed envelope, or an empty
+/// payload that clears the retained revocation. Implementations resolve only once the
+/// transport has taken responsibility for it (PUBACK for MQTT), with how long that took.
 pub trait RevocationPublisher: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether payloads go through the persisted outbox first (a transport will deliver them
+    /// even if this call times out or the cloud restarts).
+    fn durable(&self) -> bool {
+        false
+    }
+
     fn publish<'a>(
         &'a self,
         device: &'a DeviceId,
-        envelope: Vec<u8>,
-    ) -> BoxFuture<'a, Result<(), PublishError>>;
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Duration, PublishError>>;
 }
 
 /// The publisher of a cloud with no broker: the revocation is recorded and every credential
@@ -36,10 +46,10 @@ impl RevocationPublisher for NoTransport {
     fn publish<'a>(
         &'a self,
         device: &'a DeviceId,
-        _envelope: Vec<u8>,
-    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        _payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Duration, PublishError>> {
         Box::pin(async move {
-            tracing::info!(device_id = %device, "no revocation transport configured; the device learns of it at its next refresh");
+            tracing::debug!(device_id = %device, "no revocation transport configured; the device learns of it at its next refresh");
             Err(PublishError::NotConfigured)
         })
     }

@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, MaybeBody};
+use crate::mqtt::outbox;
+use crate::mqtt::presence::Seen;
+use crate::publisher::PublishError;
 use crate::scope::{Role, Rule, Scope};
 use crate::store::{Change, DeviceRecord, DeviceState};
 
@@ -34,12 +37,27 @@ pub struct DeviceView {
     pub last_seen: Option<u64>,
     pub daemon_version: Option<String>,
     pub reported_state: Option<String>,
-    /// For a revoke answer: whether the transport acknowledged the envelope.
+    /// For a revoke answer: whether the broker acknowledged the envelope (PUBACK).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revocation_published: Option<bool>,
+    /// For a revoke answer: milliseconds from publishing to the broker's PUBACK.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation_ack_ms: Option<u64>,
 }
 
 impl DeviceView {
+    /// The record plus what the device last reported on its status topic.
+    pub fn with_presence(d: &DeviceRecord, seen: Option<Seen>) -> Self {
+        let seen = seen.unwrap_or_default();
+        Self {
+            online: seen.online,
+            last_seen: seen.last_seen,
+            daemon_version: seen.daemon_version,
+            reported_state: seen.state,
+            ..Self::of(d)
+        }
+    }
+
     pub fn of(d: &DeviceRecord) -> Self {
         Self {
             device_id: d.device_id.clone(),
@@ -55,6 +73,7 @@ impl DeviceView {
             daemon_version: None,
             reported_state: None,
             revocation_published: None,
+            revocation_ack_ms: None,
         }
     }
 }
@@ -70,9 +89,12 @@ pub(super) fn parse_id(id: &str) -> ApiResult<DeviceId> {
 
 pub async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<DeviceList>> {
     auth.require(READ)?;
-    let devices = state
-        .store
-        .read(|m| m.devices.values().map(DeviceView::of).collect());
+    let devices = state.store.read(|m| {
+        m.devices
+            .values()
+            .map(|d| DeviceView::with_presence(d, state.presence.get(&d.device_id)))
+            .collect()
+    });
     Ok(Json(DeviceList { devices }))
 }
 
@@ -85,7 +107,11 @@ pub async fn show(
     let id = parse_id(&id)?;
     state
         .store
-        .read(|m| m.devices.get(id.as_str()).map(DeviceView::of))
+        .read(|m| {
+            m.devices
+                .get(id.as_str())
+                .map(|d| DeviceView::with_presence(d, state.presence.get(id.as_str())))
+        })
         .map(Json)
         .ok_or_else(|| ApiError::not_found("device"))
 }
@@ -97,12 +123,16 @@ pub struct RevokeRequest {
     pub reason: Option<String>,
 }
 
+/// Records the revocation and its outbox entry in one commit, then publishes the envelope and
+/// waits (bounded) for the broker's PUBACK: 200 with `revocation_published: true` once the
+/// broker has it, 202 with `false` if it did not answer in time (the outbox keeps retrying),
+/// 200 with `false` when the cloud has no broker (the device learns at its next refresh).
 pub async fn revoke(
     State(state): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
     MaybeBody(body): MaybeBody<RevokeRequest>,
-) -> ApiResult<Json<DeviceView>> {
+) -> ApiResult<(StatusCode, Json<DeviceView>)> {
     auth.require(WRITE)?;
     let id = parse_id(&id)?;
     let reason = body
@@ -127,20 +157,32 @@ pub async fn revoke(
         d.revoke_reason = Some(reason.clone());
         d.revocation_seq += 1;
         let sealed = seal(&state.revocation_key, &d, now_ms)?;
-        Ok::<_, ApiError>(((DeviceView::of(&d), sealed), vec![Change::Device(d)]))
+        let view = DeviceView::with_presence(&d, state.presence.get(id.as_str()));
+        let mut changes = vec![Change::Device(d)];
+        if state.publisher.durable() {
+            changes.push(outbox::entry(&id, sealed.clone(), now_ms));
+        }
+        Ok::<_, ApiError>(((view, sealed), changes))
     })?;
     tracing::info!(device_id = %id, auth = %auth.subject(), "device revoked");
-    let published = match state.publisher.publish(&id, sealed).await {
-        Ok(()) => true,
+    let (status, published, ack_ms) = match state.publisher.publish(&id, sealed).await {
+        Ok(took) => {
+            let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+            tracing::info!(device_id = %id, ack_ms = ms, "revocation acknowledged by the broker");
+            (StatusCode::OK, true, Some(ms))
+        }
+        Err(PublishError::NotConfigured) => (StatusCode::OK, false, None),
         Err(e) => {
-            tracing::warn!(device_id = %id, error = %e, "revocation recorded but not pushed");
-            false
+            tracing::warn!(device_id = %id, error = %e, "revocation recorded, not yet acknowledged by the broker");
+            (StatusCode::ACCEPTED, false, None)
         }
     };
-    Ok(Json(DeviceView {
+    let view = DeviceView {
         revocation_published: Some(published),
+        revocation_ack_ms: ack_ms,
         ..view
-    }))
+    };
+    Ok((status, Json(view)))
 }
 
 fn seal(key: &SigningKey, d: &DeviceRecord, now_ms: u64) -> ApiResult<Vec<u8>> {
@@ -160,14 +202,33 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     auth.require(WRITE)?;
     let id = parse_id(&id)?;
+    let now_ms = state.clock.now_ms();
+    let durable = state.publisher.durable();
     state.store.write(|m| match m.devices.get(id.as_str()) {
         None => Err(ApiError::not_found("device")),
         Some(d) if d.state != DeviceState::Revoked => Err(ApiError::conflict(
             codes::CONFLICT,
             "only a revoked device can be deleted; revoke it first",
         )),
-        Some(_) => Ok(((), vec![Change::DeleteDevice(id.as_str().to_owned())])),
+        Some(_) => {
+            let mut changes = vec![Change::DeleteDevice(id.as_str().to_owned())];
+            // Clear the retained revocation (replacing any undelivered one), so a
+            // re-provisioned device with this id does not read its predecessor's.
+            if durable {
+                changes.push(outbox::entry(&id, Vec::new(), now_ms));
+            }
+            Ok(((), changes))
+        }
     })?;
+    state.presence.forget(id.as_str());
     tracing::info!(device_id = %id, auth = %auth.subject(), "device deleted");
+    // Wait (bounded) for the clear, so a device registered right after starts clean; the
+    // outbox delivers it later otherwise.
+    match state.publisher.publish(&id, Vec::new()).await {
+        Ok(_) | Err(PublishError::NotConfigured) => {}
+        Err(e) => {
+            tracing::warn!(device_id = %id, error = %e, "retained revocation not cleared yet")
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -41,6 +41,13 @@ pub async fn register(
     .map_err(|e| {
         ApiError::bad_request(codes::INVALID_TOKEN_FORMAT, format!("bootstrap_token: {e}"))
     })?;
+    if req.device_id.as_str() == crate::mqtt::CLOUD_USERNAME {
+        // The cloud's own broker login; a device by that name could never log in.
+        return Err(ApiError::bad_request(
+            codes::INVALID_DEVICE_ID,
+            "this device id is reserved",
+        ));
+    }
     let public_key = proof::decode_public_key(&req.device_public_key)
         .map_err(|e| ApiError::bad_request(codes::INVALID_PROOF, e.to_string()))?;
     let now_ms = state.clock.now_ms();

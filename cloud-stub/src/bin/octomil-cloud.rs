@@ -2,11 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use octomil_cloud::CloudStub;
 use octomil_cloud::store::Environment;
+use octomil_cloud::{CloudStub, ExternalBroker, MqttMode};
+use octomil_common::Secret;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +52,75 @@ struct ServeArgs {
     sandbox: bool,
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
+    #[command(flatten)]
+    mqtt: MqttArgs,
+}
+
+/// Where revocations go: the embedded broker (default), an external broker, or nowhere.
+#[derive(Debug, clap::Args)]
+struct MqttArgs {
+    /// Embedded broker (MQTT 3.1.1 over TLS) listen address; port 0 picks a free port (see
+    /// mqtt_url in cloud.json).
+    #[arg(long, default_value = "127.0.0.1:0", conflicts_with_all = ["mqtt_broker", "no_mqtt"])]
+    mqtt_listen: SocketAddr,
+    /// Use this external broker instead of the embedded one: mqtts://host:port, or
+    /// mqtt://host:port to a loopback host.
+    #[arg(long, value_name = "URL", conflicts_with = "no_mqtt")]
+    mqtt_broker: Option<String>,
+    /// Username of the cloud's session on the external broker.
+    #[arg(long, requires = "mqtt_broker")]
+    mqtt_username: Option<String>,
+    /// File holding the password of the cloud's session on the external broker.
+    #[arg(long, value_name = "FILE", requires = "mqtt_broker")]
+    mqtt_password_file: Option<PathBuf>,
+    /// CA that signed the external broker's certificate (default: the cloud's own CA).
+    #[arg(long, value_name = "FILE", requires = "mqtt_broker")]
+    mqtt_ca_file: Option<PathBuf>,
+    /// Broker URL handed to devices, when it differs from the one the cloud uses.
+    #[arg(long, value_name = "URL", conflicts_with = "no_mqtt")]
+    mqtt_device_url: Option<String>,
+    /// How long a revoke waits for the broker's acknowledgement before answering 202.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    mqtt_ack_timeout_ms: u64,
+    /// Run without any broker: revocations take effect at each device's next refresh.
+    #[arg(long)]
+    no_mqtt: bool,
+}
+
+impl MqttArgs {
+    fn mode(&self) -> anyhow::Result<MqttMode> {
+        if self.no_mqtt {
+            return Ok(MqttMode::Disabled);
+        }
+        let Some(url) = &self.mqtt_broker else {
+            return Ok(embedded(self.mqtt_listen));
+        };
+        let password = match &self.mqtt_password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --mqtt-password-file {}", path.display()))?;
+                Some(Secret::new(text.trim_end_matches(['\r', '\n']).to_owned()))
+            }
+            None => None,
+        };
+        Ok(MqttMode::External(ExternalBroker {
+            url: url.clone(),
+            username: self.mqtt_username.clone(),
+            password,
+            ca_file: self.mqtt_ca_file.clone(),
+        }))
+    }
+}
+
+#[cfg(feature = "embedded-broker")]
+fn embedded(listen: SocketAddr) -> MqttMode {
+    MqttMode::Embedded { listen }
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+fn embedded(_listen: SocketAddr) -> MqttMode {
+    tracing::warn!("built without the embedded broker: pass --mqtt-broker to push revocations");
+    MqttMode::Disabled
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,7 +141,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         Environment::Live
     };
-    let handle = CloudStub::builder(&args.state_dir)
+    let mut builder = CloudStub::builder(&args.state_dir)
+        .mqtt(args.mqtt.mode()?)
+        .mqtt_ack_timeout(Duration::from_millis(args.mqtt.mqtt_ack_timeout_ms));
+    if let Some(url) = &args.mqtt.mqtt_device_url {
+        builder = builder.mqtt_device_url(url.clone());
+    }
+    let handle = builder
         .http_listen(args.http_listen)
         .extra_names(args.tls_names)
         .owner_email(args.owner_email)
@@ -79,8 +156,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("starting octomil-cloud in {}", args.state_dir.display()))?;
     eprintln!(
-        "octomil-cloud listening on {} (state in {})",
+        "octomil-cloud listening on {} (MQTT: {}; state in {})",
         handle.http_url,
+        handle.info.mqtt_url.as_deref().unwrap_or("none"),
         args.state_dir.display()
     );
     let stop = handle.shutdown_token();
@@ -113,7 +191,8 @@ async fn wait_for_signal() {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rumqttd logs every connection at INFO: keep its warnings and errors only.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -28,6 +28,8 @@ pub struct ClientOptions {
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub url: String,
+    /// HTTP status (always 2xx: anything else is an error).
+    pub status: u16,
     pub body: Option<Value>,
 }
 
@@ -159,7 +161,11 @@ impl ApiClient {
             })?;
             Some(value)
         };
-        Ok(Answer { url: shown, body })
+        Ok(Answer {
+            url: shown,
+            status: status.as_u16(),
+            body,
+        })
     }
 
     /// Sorts a reqwest failure into "never connected", "too slow" and "broke midway",

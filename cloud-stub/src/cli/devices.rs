@@ -59,6 +59,10 @@ struct Device {
     daemon_version: Option<String>,
     #[serde(default)]
     reported_state: Option<String>,
+    #[serde(default)]
+    revocation_published: Option<bool>,
+    #[serde(default)]
+    revocation_ack_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,7 +100,12 @@ pub async fn run(client: &ApiClient, cmd: DevicesCmd, out: &mut Out<'_>) -> Resu
             let answer = client
                 .post(&["devices", id.as_str(), "revoke"], &body)
                 .await?;
-            show(&answer, out)
+            show(&answer, out)?;
+            if out.json {
+                return Ok(());
+            }
+            let device: Device = answer.parse()?;
+            out.print(&push_outcome(&device, answer.status, out.now))
         }
         DevicesCmd::Delete { id } => {
             let answer = client.delete(&["devices", id.as_str()]).await?;
@@ -118,6 +127,24 @@ fn show(answer: &super::client::Answer, out: &mut Out<'_>) -> Result<(), CliErro
     out.print(&render_one(&device, out.now))
 }
 
+/// One line on what happened to the revocation push: acknowledged by the broker (and
+/// when), still being retried, or not pushed at all.
+fn push_outcome(d: &Device, status: u16, now: u64) -> String {
+    match (d.revocation_published, d.revocation_ack_ms) {
+        (Some(true), Some(ms)) => format!(
+            "revocation pushed: the broker acknowledged it {ms} ms after publishing (at {})",
+            when(Some(now), now)
+        ),
+        (Some(true), None) => "revocation pushed: the broker acknowledged it".to_owned(),
+        _ if status == 202 => "revocation recorded; the broker has not acknowledged it yet: \
+             the cloud keeps retrying, and the device is refused at its next refresh anyway"
+            .to_owned(),
+        _ => "revocation recorded; the cloud has no broker, so the device learns of it at its \
+             next refresh"
+            .to_owned(),
+    }
+}
+
 fn online(d: &Device) -> String {
     match d.online {
         Some(true) => "yes".to_owned(),
@@ -127,13 +154,23 @@ fn online(d: &Device) -> String {
 }
 
 fn render_list(devices: &[Device], now: u64) -> String {
-    let mut t = Table::new(&["ID", "STATE", "ONLINE", "LAST SEEN", "KEY EXPIRES"]);
+    let mut t = Table::new(&[
+        "ID",
+        "STATE",
+        "ONLINE",
+        "LAST SEEN",
+        "REPORTED",
+        "VERSION",
+        "KEY EXPIRES",
+    ]);
     for d in devices {
         t.row(vec![
             d.device_id.clone(),
             d.state.clone(),
             online(d),
             ago(d.last_seen, now),
+            or_dash(d.reported_state.as_deref()),
+            or_dash(d.daemon_version.as_deref()),
             when(d.key_expires_at, now),
         ]);
     }
@@ -252,6 +289,7 @@ mod tests {
             device(serde_json::json!({
                 "device_id": "edge-01", "state": "active", "online": true,
                 "last_seen": now - 30, "key_expires_at": now + 7_200,
+                "reported_state": "active", "daemon_version": "0.1.0",
             })),
             device(serde_json::json!({
                 "device_id": "edge-02", "state": "revoked", "online": null,
@@ -260,10 +298,28 @@ mod tests {
         ];
         assert_eq!(
             render_list(&devices, now),
-            "ID       STATE    ONLINE  LAST SEEN  KEY EXPIRES\n\
-             edge-01  active   yes     30s ago    1970-01-12T15:46:40Z (in 2h)\n\
-             edge-02  revoked  -       -          -\n"
+            "ID       STATE    ONLINE  LAST SEEN  REPORTED  VERSION  KEY EXPIRES\n\
+             edge-01  active   yes     30s ago    active    0.1.0    1970-01-12T15:46:40Z (in 2h)\n\
+             edge-02  revoked  -       -          -         -        -\n"
         );
+    }
+
+    #[test]
+    fn revoke_says_whether_the_broker_acknowledged() {
+        let acked = device(serde_json::json!({
+            "device_id": "e", "state": "revoked", "revocation_published": true,
+            "revocation_ack_ms": 3,
+        }));
+        let text = push_outcome(&acked, 200, 60);
+        assert!(
+            text.contains("acknowledged it 3 ms after publishing (at 1970-01-01T00:01:00Z"),
+            "{text}"
+        );
+        let pending = device(serde_json::json!({
+            "device_id": "e", "state": "revoked", "revocation_published": false,
+        }));
+        assert!(push_outcome(&pending, 202, 0).contains("keeps retrying"));
+        assert!(push_outcome(&pending, 200, 0).contains("no broker"));
     }
 
     #[test]

@@ -20,6 +20,8 @@ const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 const BOOTSTRAP: TableDefinition<&str, &[u8]> = TableDefinition::new("bootstrap_tokens");
 const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
+/// Retained MQTT messages not yet acknowledged by the broker, keyed by device id.
+const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("mqtt_outbox");
 const ORG_KEY: &str = "org";
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,8 @@ pub enum Change {
     Member(MemberRecord),
     DeleteMember(String),
     Resource(ResourceRecord),
+    OutboxPut(OutboxRecord),
+    DeleteOutbox(String),
 }
 
 /// Everything the cloud knows, with the hash indexes that make bearer lookups O(1).
@@ -72,6 +76,8 @@ pub struct Model {
     pub members: BTreeMap<String, MemberRecord>,
     /// Keyed by `kind/parent/id`, so listing a kind is a range scan.
     pub resources: BTreeMap<String, ResourceRecord>,
+    /// Retained messages owed to the broker, by device id (one per device: the newest wins).
+    pub outbox: BTreeMap<String, OutboxRecord>,
     api_key_by_hash: HashMap<Hash, String>,
     device_by_key_hash: HashMap<Hash, String>,
     bootstrap_by_hash: HashMap<Hash, String>,
@@ -144,6 +150,12 @@ impl Model {
                 let key = Self::resource_key(&r.kind, r.parent.as_deref(), &r.id);
                 self.resources.insert(key, r);
             }
+            Change::OutboxPut(o) => {
+                self.outbox.insert(o.device_id.clone(), o);
+            }
+            Change::DeleteOutbox(id) => {
+                self.outbox.remove(&id);
+            }
         }
     }
 
@@ -171,7 +183,9 @@ impl Store {
         {
             // Create the tables so read transactions on a fresh file find them.
             let tx = db.begin_write()?;
-            for t in [ORG, API_KEYS, DEVICES, BOOTSTRAP, MEMBERS, RESOURCES] {
+            for t in [
+                ORG, API_KEYS, DEVICES, BOOTSTRAP, MEMBERS, RESOURCES, OUTBOX,
+            ] {
                 tx.open_table(t)?;
             }
             tx.commit()?;
@@ -194,6 +208,9 @@ impl Store {
         }
         for r in load(&tx, RESOURCES, "resources")? {
             model.apply(Change::Resource(r));
+        }
+        for r in load(&tx, OUTBOX, "mqtt_outbox")? {
+            model.apply(Change::OutboxPut(r));
         }
         Ok(Self {
             db,
@@ -247,6 +264,8 @@ impl Store {
                     &Model::resource_key(&r.kind, r.parent.as_deref(), &r.id),
                     r,
                 )?,
+                Change::OutboxPut(o) => put(&tx, OUTBOX, &o.device_id, o)?,
+                Change::DeleteOutbox(id) => del(&tx, OUTBOX, id)?,
             }
         }
         tx.commit()?;

@@ -217,3 +217,16 @@ pub struct ResourceRecord {
     pub spec_json: String,
     pub created_at: u64,
 }
+
+/// A retained message the cloud owes the broker: the latest revocation envelope of a device,
+/// or an empty payload that clears it (after `DELETE /devices/{id}`). Written in the same
+/// commit as the state change it announces and deleted once the broker acknowledged exactly
+/// this payload, so neither a broker outage nor a cloud restart loses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxRecord {
+    pub device_id: String,
+    /// The sealed envelope, or empty to clear the retained revocation.
+    pub payload: Vec<u8>,
+    /// Unix milliseconds at which the entry was queued.
+    pub queued_at_ms: u64,
+}

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod mqtt;
+
 use std::sync::Arc;
 
 use octomil_cloud::{CloudStub, Handle};
@@ -48,6 +50,11 @@ pub async fn start_in(dir: tempfile::TempDir) -> Env {
         .spawn()
         .await
         .unwrap();
+    env_for(handle, clock, dir)
+}
+
+/// The harness around an already started cloud.
+pub fn env_for(handle: Handle, clock: ManualClock, dir: tempfile::TempDir) -> Env {
     let ca = reqwest::Certificate::from_pem(handle.ca_pem.as_bytes()).unwrap();
     let client = reqwest::Client::builder()
         .tls_certs_only([ca])

@@ -1,0 +1,378 @@
+//! The revocation transport over MQTT: which broker (embedded, external, none), the cloud's own client session, the outbox and presence.
+//!
+//! In every mode the cloud talks to the broker as an ordinary rumqttc client: it publishes
+//! revocations retained at QoS 1 and subscribes to the devices' status topics. Embedded mode
+//! additionally runs rumqttd in-process (see [`broker`]).
+
+#[cfg(feature = "embedded-broker")]
+pub mod auth;
+pub mod backoff;
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
+pub mod correlate;
+pub mod outbox;
+pub mod presence;
+pub mod publisher;
+mod session;
+
+use std::net::IpAddr;
+#[cfg(feature = "embedded-broker")]
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use octomil_common::{Secret, token};
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+
+use crate::files::{self, FilesError};
+use crate::tls::{self, Pki, TlsError};
+
+/// Username of the cloud's own session on the embedded broker (devices use their id, which
+/// the register endpoint refuses to hand out under this name).
+pub const CLOUD_USERNAME: &str = "octomil-cloud";
+/// The cloud's embedded-broker password: random, 0600 in the state dir.
+const CLOUD_SECRET_FILE: &str = "mqtt_cloud_password";
+/// How long `POST /devices/{id}/revoke` waits for the broker's PUBACK before answering 202.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keep-alive of the cloud's session: how soon it notices a dead broker.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Subscription the cloud's session holds (and re-takes after each reconnect).
+pub const STATUS_FILTER: &str = "octomil/v1/devices/+/status";
+
+/// Where the cloud's MQTT traffic goes.
+#[derive(Debug, Clone)]
+pub enum MqttMode {
+    /// No broker: revocations are recorded and enforced at the next refresh, not pushed.
+    Disabled,
+    /// rumqttd in this process, MQTT 3.1.1 over TLS with the cloud's server certificate.
+    /// Port 0 picks a free port (see [`broker`] for the race that implies).
+    #[cfg(feature = "embedded-broker")]
+    Embedded { listen: SocketAddr },
+    /// Any MQTT 3.1.1 broker (Mosquitto, EMQX, HiveMQ); the cloud is one of its clients.
+    External(ExternalBroker),
+}
+
+/// How the cloud reaches an external broker.
+#[derive(Debug, Clone)]
+pub struct ExternalBroker {
+    /// `mqtts://host:port`, or `mqtt://host:port` to a loopback host (development).
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<Secret<String>>,
+    /// CA that signed the broker's certificate; default: the cloud's own CA.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("MQTT broker URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: &'static str },
+    #[error(
+        "mqtt:// carries credentials in clear text; it is only allowed to a loopback host, not {host:?} (use mqtts://)"
+    )]
+    PlainNotLoopback { host: String },
+    #[error("cannot listen for MQTT on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reading the broker CA {}: {source}", path.display())]
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    #[error(
+        "the embedded MQTT broker on {addr} did not accept the cloud's session within {secs} s \
+         (port taken between choosing and binding it?)"
+    )]
+    BrokerDown { addr: SocketAddr, secs: u64 },
+}
+
+/// A parsed broker URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<Self, MqttError> {
+        let bad = |reason| MqttError::BadUrl {
+            url: url.to_owned(),
+            reason,
+        };
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(bad("the scheme must be mqtts:// or mqtt://"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '@', '?', '#']) {
+            return Err(bad("only host[:port] may follow the scheme"));
+        }
+        if rest.starts_with('[') {
+            return Err(bad("IPv6 literals are not supported; use a host name"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().map_err(|_| bad("the port is not a number"))?),
+            None => (rest, if tls { 8883 } else { 1883 }),
+        };
+        if host.is_empty() || port == 0 {
+            return Err(bad("host and a non-zero port are required"));
+        }
+        let url = Self {
+            tls,
+            host: host.to_owned(),
+            port,
+        };
+        if !tls && !url.is_loopback() {
+            return Err(MqttError::PlainNotLoopback { host: url.host });
+        }
+        Ok(url)
+    }
+
+    fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+impl std::fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+/// What `spawn` needs to bring the transport up, decided before the cloud state exists.
+pub(crate) struct Prepared {
+    /// The URL devices get in `cloud.json` and the register answer.
+    pub device_url: String,
+    pub options: MqttOptions,
+    /// Only believe a device's "online" if it authenticated to our broker (embedded mode).
+    pub vouched_presence: bool,
+    #[cfg(feature = "embedded-broker")]
+    pub broker: Option<broker::Plan>,
+}
+
+/// By hand: rumqttc's `MqttOptions` prints its credentials.
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("device_url", &self.device_url)
+            .field("vouched_presence", &self.vouched_presence)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long `spawn` waits for the cloud's own session to log in to its embedded broker.
+#[cfg(feature = "embedded-broker")]
+const EMBEDDED_BROKER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Starts the embedded broker (if any) and the cloud's session on `tasks`. An embedded broker
+/// must be serving before `cloud.json` says so, so this waits for the session to log in; an
+/// external broker may come and go (the outbox covers the gap). Returns a watch of the
+/// session being up.
+pub(crate) async fn start(
+    session: publisher::Session,
+    prepared: Prepared,
+    cloud: &crate::AppState,
+    tasks: &tokio_util::task::TaskTracker,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<tokio::sync::watch::Receiver<bool>, MqttError> {
+    #[cfg(feature = "embedded-broker")]
+    let embedded = match prepared.broker {
+        Some(plan) => {
+            let addr = plan.addr;
+            broker::start(plan, std::sync::Arc::downgrade(cloud))?;
+            Some(addr)
+        }
+        None => None,
+    };
+    #[cfg(not(feature = "embedded-broker"))]
+    let _ = prepared;
+    let up = session.spawn(tasks, cloud.clone(), stop.clone());
+    #[cfg(feature = "embedded-broker")]
+    if let Some(addr) = embedded {
+        let mut watch = up.clone();
+        let ready = tokio::time::timeout(EMBEDDED_BROKER_DEADLINE, watch.wait_for(|u| *u))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !ready {
+            stop.cancel();
+            tasks.close();
+            tasks.wait().await;
+            return Err(MqttError::BrokerDown {
+                addr,
+                secs: EMBEDDED_BROKER_DEADLINE.as_secs(),
+            });
+        }
+    }
+    Ok(up)
+}
+
+/// Resolves `mode` into client options (and a broker plan in embedded mode). `None` when
+/// MQTT is disabled.
+pub(crate) fn prepare(
+    mode: &MqttMode,
+    dir: &Path,
+    pki: &Pki,
+    device_url: Option<String>,
+) -> Result<Option<Prepared>, MqttError> {
+    match mode {
+        MqttMode::Disabled => Ok(None),
+        #[cfg(feature = "embedded-broker")]
+        MqttMode::Embedded { listen } => {
+            let secret = cloud_secret(dir)?;
+            let plan = broker::Plan::new(*listen, dir, &secret)?;
+            let local = plan.local_addr();
+            let url = BrokerUrl {
+                tls: true,
+                // rumqttc cannot dial an IPv6 literal; the certificate also names localhost.
+                host: match local.ip() {
+                    IpAddr::V4(ip) => ip.to_string(),
+                    IpAddr::V6(_) => "localhost".into(),
+                },
+                port: local.port(),
+            };
+            let id = format!("{CLOUD_USERNAME}:{}", token::random_base62(8).expose());
+            let mut options = client_options(&id, &url, pki.client_config());
+            options.set_credentials(CLOUD_USERNAME, secret.expose().as_str());
+            Ok(Some(Prepared {
+                device_url: device_url.unwrap_or_else(|| plan.device_url()),
+                options,
+                vouched_presence: true,
+                broker: Some(plan),
+            }))
+        }
+        MqttMode::External(ext) => {
+            let url = BrokerUrl::parse(&ext.url)?;
+            let tls = match &ext.ca_file {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|source| MqttError::CaFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    tls::client_config_from_ca_pem(&pem)?
+                }
+                None => pki.client_config(),
+            };
+            let id = format!("{CLOUD_USERNAME}:{}", token::random_base62(8).expose());
+            let mut options = client_options(&id, &url, tls);
+            if let Some(user) = &ext.username {
+                let pass = ext.password.as_ref().map(|p| p.expose().clone());
+                options.set_credentials(user.as_str(), pass.unwrap_or_default());
+            }
+            Ok(Some(Prepared {
+                device_url: device_url.unwrap_or_else(|| url.to_string()),
+                options,
+                vouched_presence: false,
+                #[cfg(feature = "embedded-broker")]
+                broker: None,
+            }))
+        }
+    }
+}
+
+/// Options of the cloud's session: clean session (the outbox, not the broker, remembers
+/// what is owed), TLS with the given trust, a keep-alive that notices a dead broker.
+fn client_options(
+    client_id: &str,
+    url: &BrokerUrl,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, url.host.as_str(), url.port);
+    options.set_clean_session(true);
+    options.set_keep_alive(KEEP_ALIVE);
+    options.set_max_packet_size(64 * 1024, 64 * 1024);
+    if url.tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
+    options
+}
+
+/// The cloud's password on the embedded broker, created on first start.
+fn cloud_secret(dir: &Path) -> Result<Secret<String>, MqttError> {
+    let path = dir.join(CLOUD_SECRET_FILE);
+    match files::read_secret_string(&path) {
+        Ok(s) if !s.expose().is_empty() => Ok(s),
+        _ => {
+            let secret = token::random_base62(32);
+            files::write_private(&path, secret.expose().as_bytes())?;
+            Ok(secret)
+        }
+    }
+}
+
+/// Device id named by a `octomil/v1/devices/{id}/{leaf}` topic.
+pub fn device_of_topic<'a>(topic: &'a str, leaf: &str) -> Option<&'a str> {
+    topic
+        .strip_prefix("octomil/v1/devices/")?
+        .strip_suffix(leaf)?
+        .strip_suffix('/')
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_parse_with_default_ports_and_refuse_clear_text_off_loopback() {
+        let u = BrokerUrl::parse("mqtts://broker.example:8884").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port),
+            (true, "broker.example", 8884)
+        );
+        assert_eq!(BrokerUrl::parse("mqtts://b").unwrap().port, 8883);
+        assert_eq!(BrokerUrl::parse("mqtt://127.0.0.1").unwrap().port, 1883);
+        assert_eq!(
+            BrokerUrl::parse("mqtt://localhost:1884/")
+                .unwrap()
+                .to_string(),
+            "mqtt://localhost:1884"
+        );
+        assert!(matches!(
+            BrokerUrl::parse("mqtt://broker.example:1883"),
+            Err(MqttError::PlainNotLoopback { .. })
+        ));
+        for bad in [
+            "tcp://x:1",
+            "mqtts://",
+            "mqtts://x:0",
+            "mqtts://x:port",
+            "mqtts://u@x:1",
+            "mqtts://x:1/path",
+            "mqtts://[::1]:1",
+        ] {
+            assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn topics_name_their_device() {
+        assert_eq!(
+            device_of_topic("octomil/v1/devices/d-1/status", "status"),
+            Some("d-1")
+        );
+        assert_eq!(
+            device_of_topic("octomil/v1/devices//status", "status"),
+            None
+        );
+        assert_eq!(
+            device_of_topic("octomil/v1/devices/a/b/status", "status"),
+            None
+        );
+        assert_eq!(
+            device_of_topic("octomil/v1/devices/a/revocation", "status"),
+            None
+        );
+    }
+}

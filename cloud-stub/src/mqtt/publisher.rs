@@ -1,0 +1,183 @@
+//! The MQTT revocation publisher: hands retained QoS 1 publishes to rumqttc and answers each caller when the broker's PUBACK for exactly that message arrives.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use octomil_common::DeviceId;
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, NetworkOptions, QoS};
+use tokio::sync::oneshot;
+
+use super::STATUS_FILTER;
+use super::correlate::{Correlator, Message};
+use crate::publisher::{BoxFuture, PublishError, RevocationPublisher};
+
+/// Capacity of rumqttc's request queue. Requests wait there while the broker is away; when
+/// it is full, publishing fails fast and the outbox retries later.
+const QUEUE: usize = 4096;
+
+/// A caller waiting for one message's PUBACK.
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<()>,
+}
+
+/// Everything behind the publisher's lock: handing a request to rumqttc and recording it in
+/// the correlator happen under it, so the two queues cannot disagree on order.
+#[derive(Debug, Default)]
+pub(super) struct State {
+    pub corr: Correlator,
+    waiters: HashMap<Message, Vec<Waiter>>,
+    next_id: u64,
+}
+
+/// What the publisher and the session task share.
+#[derive(Debug)]
+pub(super) struct Shared {
+    client: AsyncClient,
+    state: Mutex<State>,
+    ack_timeout: Duration,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands `m` to rumqttc unless an identical publish is already on its way.
+    pub fn enqueue(&self, st: &mut State, m: Message) -> Result<(), PublishError> {
+        if st.corr.is_pending(&m) {
+            return Ok(());
+        }
+        self.client
+            .try_publish(m.topic.as_str(), QoS::AtLeastOnce, true, m.payload.clone())
+            .map_err(|_| PublishError::Broker("the MQTT request queue is full".into()))?;
+        st.corr.enqueued(m);
+        Ok(())
+    }
+
+    /// Queues the status subscription, which doubles as the correlator's marker.
+    pub fn enqueue_marker(&self, st: &mut State) {
+        if self
+            .client
+            .try_subscribe(STATUS_FILTER, QoS::AtLeastOnce)
+            .is_ok()
+        {
+            st.corr.marker_enqueued();
+        }
+    }
+
+    /// The broker acknowledged `m`: wake everyone waiting for it.
+    pub fn resolve(&self, st: &mut State, m: &Message) {
+        for w in st.waiters.remove(m).unwrap_or_default() {
+            let _ = w.tx.send(());
+        }
+    }
+
+    fn forget_waiter(&self, m: &Message, id: u64) {
+        let mut st = self.lock();
+        if let Some(ws) = st.waiters.get_mut(m) {
+            ws.retain(|w| w.id != id);
+            if ws.is_empty() {
+                st.waiters.remove(m);
+            }
+        }
+    }
+}
+
+/// The cloud's [`RevocationPublisher`] over MQTT. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MqttPublisher {
+    shared: Arc<Shared>,
+}
+
+/// The half that must be driven: rumqttc's event loop plus the shared state.
+pub(crate) struct Session {
+    pub(super) shared: Arc<Shared>,
+    pub(super) eventloop: EventLoop,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+impl MqttPublisher {
+    /// A publisher and the session that drives it (see [`Session::spawn`]).
+    pub(crate) fn new(options: MqttOptions, ack_timeout: Duration) -> (Self, Session) {
+        let (client, mut eventloop) = AsyncClient::new(options, QUEUE);
+        let mut net = NetworkOptions::new();
+        // Revocations are single small packets: do not let Nagle hold them back.
+        net.set_tcp_nodelay(true);
+        net.set_connection_timeout(5);
+        eventloop.set_network_options(net);
+        let shared = Arc::new(Shared {
+            client,
+            state: Mutex::new(State::default()),
+            ack_timeout,
+        });
+        // The first request in the queue: the subscription (and first marker).
+        shared.enqueue_marker(&mut shared.lock());
+        (
+            Self {
+                shared: shared.clone(),
+            },
+            Session { shared, eventloop },
+        )
+    }
+
+    /// Publishes `payload` retained on `topic` and waits (bounded) for its PUBACK.
+    pub async fn publish_retained(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> Result<Duration, PublishError> {
+        let started = Instant::now();
+        let m = Message { topic, payload };
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut st = self.shared.lock();
+            let id = st.next_id;
+            st.next_id += 1;
+            // Wait first, then send: a fast PUBACK cannot slip past.
+            st.waiters
+                .entry(m.clone())
+                .or_default()
+                .push(Waiter { id, tx });
+            if let Err(e) = self.shared.enqueue(&mut st, m.clone()) {
+                drop(st);
+                self.shared.forget_waiter(&m, id);
+                return Err(e);
+            }
+            id
+        };
+        match tokio::time::timeout(self.shared.ack_timeout, rx).await {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            _ => {
+                self.shared.forget_waiter(&m, id);
+                Err(PublishError::Timeout(self.shared.ack_timeout))
+            }
+        }
+    }
+
+    /// Whether the cloud's session is connected to the broker right now.
+    pub fn is_connected(&self) -> bool {
+        self.shared.lock().corr.is_connected()
+    }
+}
+
+impl RevocationPublisher for MqttPublisher {
+    fn durable(&self) -> bool {
+        true
+    }
+
+    fn publish<'a>(
+        &'a self,
+        device: &'a DeviceId,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Duration, PublishError>> {
+        Box::pin(self.publish_retained(device.revocation_topic(), payload))
+    }
+}

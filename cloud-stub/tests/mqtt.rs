@@ -1,0 +1,353 @@
+//! Revocation push and presence over MQTT: the embedded broker, an external broker that is
+//! away and comes back, the persisted outbox across a restart.
+
+#![cfg(feature = "embedded-broker")]
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use octomil_cloud::{ExternalBroker, MqttMode};
+use octomil_common::envelope;
+use octomil_common::proof;
+use octomil_common::wire::Presence;
+use reqwest::{Method, StatusCode};
+use rumqttc::{LastWill, QoS};
+use serde_json::Value;
+
+use support::mqtt::{Login, TestClient, eventually, free_port, plain_broker, start_with};
+use support::{Device, Env};
+
+fn embedded() -> MqttMode {
+    MqttMode::Embedded {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
+fn external(url: String) -> MqttMode {
+    MqttMode::External(ExternalBroker {
+        url,
+        username: None,
+        password: None,
+        ca_file: None,
+    })
+}
+
+fn mqtt_url(env: &Env) -> String {
+    env.handle.info.mqtt_url.clone().unwrap()
+}
+
+/// Logs in as a registered device: client id = username = device id, password = its key.
+async fn device_session(
+    env: &Env,
+    id: &str,
+    key: &str,
+    will: Option<LastWill>,
+) -> Result<TestClient, String> {
+    TestClient::connect(Login {
+        url: &mqtt_url(env),
+        ca_pem: Some(&env.handle.ca_pem),
+        client_id: id,
+        username: id,
+        password: key,
+        will,
+        clean: false,
+    })
+    .await
+}
+
+/// Logs in to the embedded broker with the cloud's own credentials (an observer).
+async fn cloud_session(env: &Env) -> TestClient {
+    let secret = std::fs::read_to_string(env.handle.state_dir.join("mqtt_cloud_password")).unwrap();
+    TestClient::connect(Login {
+        url: &mqtt_url(env),
+        ca_pem: Some(&env.handle.ca_pem),
+        client_id: "test-observer",
+        username: "octomil-cloud",
+        password: &secret,
+        will: None,
+        clean: true,
+    })
+    .await
+    .unwrap()
+}
+
+async fn revoke(env: &Env, id: &str) -> (StatusCode, Value) {
+    let a = env
+        .owner(
+            Method::POST,
+            &format!("/devices/{id}/revoke"),
+            Some(serde_json::json!({"reason": "stolen"})),
+        )
+        .await;
+    (a.status, a.body)
+}
+
+fn assert_envelope_for(env: &Env, payload: &[u8], id: &str) -> envelope::Revocation {
+    let key = proof::decode_public_key(&env.handle.info.revocation_public_key).unwrap();
+    let rev = envelope::open(payload, &key).unwrap();
+    assert_eq!(rev.device_id, id);
+    assert_eq!(rev.reason, "stolen");
+    rev
+}
+
+async fn outbox_len(env: &Env) -> usize {
+    env.handle.cloud.store.read(|m| m.outbox.len())
+}
+
+#[tokio::test]
+async fn a_subscribed_device_receives_a_verifiable_revocation_after_the_puback() {
+    let env = start_with(tempfile::tempdir().unwrap(), |b| b.mqtt(embedded())).await;
+    assert!(env.handle.mqtt_connected());
+    assert!(mqtt_url(&env).starts_with("mqtts://127.0.0.1:"));
+    let d = Device::new("edge-mqtt-1");
+    let reg = d.register(&env).await;
+    let info = reg.mqtt.clone().unwrap();
+    assert_eq!(info.url, mqtt_url(&env));
+    assert_eq!(info.username, d.id);
+    assert_eq!(info.topic, "octomil/v1/devices/edge-mqtt-1/revocation");
+
+    let mut dev = device_session(&env, &d.id, reg.api_key.expose(), None)
+        .await
+        .unwrap();
+    dev.subscribe(&info.topic).await;
+
+    let (status, body) = revoke(&env, &d.id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["revocation_published"], true);
+    let ack_ms = body["revocation_ack_ms"].as_u64().unwrap();
+    println!("embedded broker: publish to PUBACK {ack_ms} ms");
+
+    let p = dev.next_publish(&info.topic).await;
+    let rev = assert_envelope_for(&env, &p.payload, &d.id);
+    assert_eq!(rev.seq, 1);
+    eventually("the outbox entry to be deleted", || async {
+        (outbox_len(&env).await == 0).then_some(())
+    })
+    .await;
+
+    // The revoked key no longer opens a session.
+    drop(dev);
+    let again = device_session(&env, &d.id, reg.api_key.expose(), None).await;
+    assert!(again.is_err(), "a revoked device's key must be refused");
+    env.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_broker_refuses_wrong_credentials() {
+    let env = start_with(tempfile::tempdir().unwrap(), |b| b.mqtt(embedded())).await;
+    let d = Device::new("edge-mqtt-2");
+    let reg = d.register(&env).await;
+    let other = Device::new("edge-mqtt-3");
+    let other_reg = other.register(&env).await;
+    let wrong_key = octomil_common::token::generate(octomil_common::TokenKind::Live);
+
+    let refused = [
+        (d.id.as_str(), d.id.as_str(), wrong_key.expose().as_str()),
+        // Another device's key, under this device's name.
+        (
+            d.id.as_str(),
+            d.id.as_str(),
+            other_reg.api_key.expose().as_str(),
+        ),
+        // Right key, but a client id that is not the username.
+        ("someone-else", d.id.as_str(), reg.api_key.expose().as_str()),
+        ("x", "octomil-cloud", "not-the-secret"),
+        ("x", "no such/user", "x"),
+    ];
+    for (client_id, username, password) in refused {
+        let r = TestClient::connect(Login {
+            url: &mqtt_url(&env),
+            ca_pem: Some(&env.handle.ca_pem),
+            client_id,
+            username,
+            password,
+            will: None,
+            clean: true,
+        })
+        .await;
+        assert!(r.is_err(), "{client_id}/{username} must be refused");
+    }
+    assert!(
+        device_session(&env, &d.id, reg.api_key.expose(), None)
+            .await
+            .is_ok()
+    );
+    // An expired key is refused too.
+    env.clock.advance(Duration::from_secs(25 * 3600));
+    assert!(
+        device_session(&env, &d.id, reg.api_key.expose(), None)
+            .await
+            .is_err()
+    );
+    // The cloud's own name is not available as a device id.
+    let a = Device::new("octomil-cloud").try_register(&env).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{:?}", a.body);
+    env.handle.shutdown().await;
+}
+
+fn presence_of(list: &Value, id: &str) -> Value {
+    list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_id"] == id)
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn presence_shows_online_and_then_offline_by_last_will() {
+    let env = start_with(tempfile::tempdir().unwrap(), |b| b.mqtt(embedded())).await;
+    let d = Device::new("edge-mqtt-4");
+    let reg = d.register(&env).await;
+    let status_topic = format!("octomil/v1/devices/{}/status", d.id);
+    let will = LastWill::new(
+        status_topic.clone(),
+        serde_json::to_vec(&Presence::last_will()).unwrap(),
+        QoS::AtLeastOnce,
+        true,
+    );
+    let mut dev = device_session(&env, &d.id, reg.api_key.expose(), Some(will))
+        .await
+        .unwrap();
+    let online = Presence {
+        online: true,
+        state: "active".into(),
+        daemon_version: Some("9.9.9".into()),
+        expires_at: Some(reg.expires_at),
+    };
+    dev.publish_retained(&status_topic, serde_json::to_vec(&online).unwrap())
+        .await;
+
+    let seen = eventually("the device to show online", || async {
+        let list = env.owner(Method::GET, "/devices", None).await.body;
+        let p = presence_of(&list, &d.id);
+        (p["online"] == true).then_some(p)
+    })
+    .await;
+    assert_eq!(seen["daemon_version"], "9.9.9");
+    assert_eq!(seen["reported_state"], "active");
+    assert!(seen["last_seen"].as_u64().is_some());
+
+    // Garbage on the status topic changes nothing.
+    dev.publish_retained(&status_topic, b"{not json".to_vec())
+        .await;
+    dev.publish_retained(&status_topic, vec![b' '; 4096]).await;
+    let ignored = eventually("junk to be counted", || async {
+        let n = env.handle.cloud.presence.ignored();
+        (n >= 2).then_some(n)
+    })
+    .await;
+    assert_eq!(ignored, 2);
+
+    dev.kill();
+    let seen = eventually("the Last Will to mark it offline", || async {
+        let a = env
+            .owner(Method::GET, &format!("/devices/{}", d.id), None)
+            .await;
+        (a.body["online"] == false).then_some(a.body)
+    })
+    .await;
+    assert_eq!(seen["reported_state"], "offline");
+    assert_eq!(seen["daemon_version"], "9.9.9");
+    env.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_gets_202_and_the_outbox_delivers_when_it_appears() {
+    let port = free_port();
+    let env = start_with(tempfile::tempdir().unwrap(), |b| {
+        b.mqtt(external(format!("mqtt://127.0.0.1:{port}")))
+            .mqtt_ack_timeout(Duration::from_millis(300))
+    })
+    .await;
+    assert_eq!(mqtt_url(&env), format!("mqtt://127.0.0.1:{port}"));
+    let d = Device::new("edge-mqtt-5");
+    d.register(&env).await;
+    let (status, body) = revoke(&env, &d.id).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["revocation_published"], false);
+    assert_eq!(body["state"], "revoked");
+    assert_eq!(outbox_len(&env).await, 1);
+
+    plain_broker(port);
+    let mut observer = eventually("the late broker to accept a client", || async {
+        TestClient::connect(Login {
+            url: &format!("mqtt://127.0.0.1:{port}"),
+            ca_pem: None,
+            client_id: "observer",
+            username: "observer",
+            password: "x",
+            will: None,
+            clean: true,
+        })
+        .await
+        .ok()
+    })
+    .await;
+    let topic = format!("octomil/v1/devices/{}/revocation", d.id);
+    observer.subscribe(&topic).await;
+    let p = observer.next_publish(&topic).await;
+    assert_envelope_for(&env, &p.payload, &d.id);
+    eventually("the outbox to empty", || async {
+        (outbox_len(&env).await == 0).then_some(())
+    })
+    .await;
+    env.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_outbox_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = start_with(dir, |b| {
+        b.mqtt(external(format!("mqtt://127.0.0.1:{port}")))
+            .mqtt_ack_timeout(Duration::from_millis(200))
+    })
+    .await;
+    let d = Device::new("edge-mqtt-6");
+    d.register(&env).await;
+    let (status, _) = revoke(&env, &d.id).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let Env { handle, dir, .. } = env;
+    handle.shutdown().await;
+
+    let env = start_with(dir, |b| b.mqtt(embedded())).await;
+    let mut observer = cloud_session(&env).await;
+    let topic = format!("octomil/v1/devices/{}/revocation", d.id);
+    observer.subscribe(&topic).await;
+    let p = observer.next_publish(&topic).await;
+    assert!(p.retain, "revocations are retained");
+    assert_envelope_for(&env, &p.payload, &d.id);
+    eventually("the outbox to empty", || async {
+        (outbox_len(&env).await == 0).then_some(())
+    })
+    .await;
+    env.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_a_device_clears_its_retained_revocation() {
+    let env = start_with(tempfile::tempdir().unwrap(), |b| b.mqtt(embedded())).await;
+    let d = Device::new("edge-mqtt-7");
+    d.register(&env).await;
+    let (status, _) = revoke(&env, &d.id).await;
+    assert_eq!(status, StatusCode::OK);
+    let topic = format!("octomil/v1/devices/{}/revocation", d.id);
+    let mut observer = cloud_session(&env).await;
+    observer.subscribe(&topic).await;
+    assert!(observer.next_publish(&topic).await.retain);
+
+    let a = env
+        .owner(Method::DELETE, &format!("/devices/{}", d.id), None)
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    // The clear reaches live subscribers as an empty message, and the broker drops the
+    // retained revocation with it (MQTT 3.1.1 §3.3.1.3), so a re-provisioned id starts clean.
+    assert!(observer.next_publish(&topic).await.payload.is_empty());
+    assert_eq!(outbox_len(&env).await, 0);
+    env.handle.shutdown().await;
+}

@@ -1,0 +1,234 @@
+//! MQTT helpers for the cloud's tests: a cloud with a broker, an rumqttc client that plays a
+//! device (or an observer), a throwaway plain broker, and polling with deadlines.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use octomil_cloud::{Builder, CloudStub};
+use octomil_common::ManualClock;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, Incoming, LastWill, MqttOptions, NetworkOptions, Publish,
+    QoS, SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use tokio::sync::mpsc;
+
+use super::Env;
+
+/// How long any single wait in these tests may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Starts a cloud in `dir` with the builder adjusted by `f` (the MQTT mode, mostly).
+pub async fn start_with(dir: tempfile::TempDir, f: impl FnOnce(Builder) -> Builder) -> Env {
+    super::install_crypto();
+    let clock = ManualClock::new();
+    let builder = CloudStub::builder(dir.path().join("state")).clock(Arc::new(clock.clone()));
+    let handle = f(builder).spawn().await.unwrap();
+    super::env_for(handle, clock, dir)
+}
+
+/// A free loopback port (nothing listens on it once this returns).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Polls `f` until it returns `Some`, failing the test at the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An MQTT client whose event loop runs in a task; events arrive on a channel.
+pub struct TestClient {
+    pub client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<Event, String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Connection parameters for [`TestClient::connect`].
+pub struct Login<'a> {
+    pub url: &'a str,
+    pub ca_pem: Option<&'a str>,
+    pub client_id: &'a str,
+    pub username: &'a str,
+    pub password: &'a str,
+    pub will: Option<LastWill>,
+    pub clean: bool,
+}
+
+impl TestClient {
+    /// Connects and waits for the CONNACK; returns the connection error instead if the broker
+    /// refuses (or drops) the login. The event loop stops at its first error.
+    pub async fn connect(login: Login<'_>) -> Result<Self, String> {
+        let (tls, rest) = match login.url.strip_prefix("mqtts://") {
+            Some(r) => (true, r),
+            None => (false, login.url.strip_prefix("mqtt://").unwrap()),
+        };
+        let (host, port) = rest.rsplit_once(':').unwrap();
+        let mut o = MqttOptions::new(login.client_id, host, port.parse().unwrap());
+        o.set_credentials(login.username, login.password)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_clean_session(login.clean);
+        if let Some(w) = login.will {
+            o.set_last_will(w);
+        }
+        if tls {
+            let cfg =
+                octomil_cloud::tls::client_config_from_ca_pem(login.ca_pem.unwrap().as_bytes())
+                    .unwrap();
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(cfg)));
+        }
+        let (client, mut eventloop) = AsyncClient::new(o, 64);
+        let mut net = NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
+        let (tx, events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                let e = eventloop.poll().await;
+                let stop = e.is_err();
+                if tx
+                    .send(e.map_err(|e: ConnectionError| e.to_string()))
+                    .is_err()
+                    || stop
+                {
+                    break;
+                }
+            }
+        });
+        let mut c = Self {
+            client,
+            events,
+            task,
+        };
+        match c.next_event().await {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => Ok(c),
+            Ok(other) => Err(format!("expected CONNACK, got {other:?}")),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn next_event(&mut self) -> Result<Event, String> {
+        match tokio::time::timeout(DEADLINE, self.events.recv()).await {
+            Ok(Some(e)) => e,
+            Ok(None) => Err("event loop ended".into()),
+            Err(_) => panic!("no MQTT event within {DEADLINE:?}"),
+        }
+    }
+
+    /// Subscribes at QoS 1 and waits for a successful SUBACK.
+    pub async fn subscribe(&mut self, filter: &str) {
+        let codes = self.subscribe_result(filter).await;
+        assert!(
+            codes.iter().all(|c| *c != SubscribeReasonCode::Failure),
+            "subscription to {filter} refused"
+        );
+    }
+
+    /// Subscribes at QoS 1 and returns the SUBACK's return codes.
+    pub async fn subscribe_result(&mut self, filter: &str) -> Vec<SubscribeReasonCode> {
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        loop {
+            match self.next_event().await.unwrap() {
+                Event::Incoming(Incoming::SubAck(a)) => return a.return_codes,
+                Event::Incoming(Incoming::Publish(p)) => panic!("publish before SUBACK: {p:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next message on any topic.
+    pub async fn next_any_publish(&mut self) -> Publish {
+        loop {
+            match self.next_event().await {
+                Ok(Event::Incoming(Incoming::Publish(p))) => return p,
+                Ok(_) => {}
+                Err(e) => panic!("connection failed while waiting for a message: {e}"),
+            }
+        }
+    }
+
+    /// The next message on `topic` (others are skipped).
+    pub async fn next_publish(&mut self, topic: &str) -> Publish {
+        loop {
+            match self.next_event().await {
+                Ok(Event::Incoming(Incoming::Publish(p))) if p.topic == topic => return p,
+                Ok(_) => {}
+                Err(e) => panic!("connection failed while waiting on {topic}: {e}"),
+            }
+        }
+    }
+
+    /// Publishes retained at QoS 1 and waits for the PUBACK.
+    pub async fn publish_retained(&mut self, topic: &str, payload: Vec<u8>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .unwrap();
+        loop {
+            if let Event::Incoming(Incoming::PubAck(_)) = self.next_event().await.unwrap() {
+                return;
+            }
+        }
+    }
+
+    /// Drops the connection without DISCONNECT, as a power cut would: the broker sends the
+    /// Last Will.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a plain-TCP rumqttd on `127.0.0.1:port` with no authentication: a broker that
+/// "appears" in the middle of a test. Like every rumqttd, it lives until the process ends.
+pub fn plain_broker(port: u16) {
+    use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+    let server = ServerSettings {
+        name: format!("test-plain-{port}"),
+        listen: ([127, 0, 0, 1], port).into(),
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 5000,
+            max_payload_size: 20 * 1024,
+            max_inflight_count: 100,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 1000 + usize::from(port),
+        router: RouterConfig {
+            max_connections: 100,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 10,
+            ..RouterConfig::default()
+        },
+        v4: Some([("1".to_owned(), server)].into_iter().collect()),
+        ..Config::default()
+    };
+    std::thread::spawn(move || {
+        let _ = Broker::new(config).start();
+    });
+}
