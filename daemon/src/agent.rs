@@ -35,6 +35,9 @@ pub enum Command {
     Reload,
     /// A verified revocation (MQTT push): take the revocation path.
     Revoke { reason: String, seq: Option<u64> },
+    /// The broker keeps refusing our session (a revoked device's key no longer logs in):
+    /// ask the cloud now with a refresh instead of waiting for the schedule.
+    Check,
 }
 
 /// Where the bootstrap token may come from, in order.
@@ -350,7 +353,7 @@ impl Agent {
                 let _ = reply.send(Err("not registered yet; registration retried now".into()));
                 None
             }
-            Command::Reload => None,
+            Command::Reload | Command::Check => None,
             Command::Revoke { reason, seq } => Some(self.revoke(reason, seq).await),
         }
     }
@@ -403,6 +406,9 @@ impl Agent {
             Wake::Elapsed => {}
             Wake::Command(Command::Refresh(reply)) => forced = Some(reply),
             Wake::Command(Command::Reload) => return Flow::Continue,
+            Wake::Command(Command::Check) => {
+                tracing::info!("the broker refuses our session; checking with the cloud")
+            }
             Wake::Command(Command::Revoke { reason, seq }) => {
                 return self.revoke(reason, seq).await;
             }
@@ -430,7 +436,7 @@ impl Agent {
                     Wake::Command(Command::Revoke { reason, seq }) => {
                         return self.revoke(reason, seq).await;
                     }
-                    Wake::Command(Command::Reload) | Wake::Elapsed => {}
+                    Wake::Command(Command::Reload | Command::Check) | Wake::Elapsed => {}
                 }
                 continue;
             }
@@ -546,7 +552,7 @@ impl Agent {
                     forced = Some(reply);
                     attempt = 0;
                 }
-                Wake::Command(Command::Reload) => {}
+                Wake::Command(Command::Reload | Command::Check) => {}
                 Wake::Command(Command::Revoke { reason, seq }) => {
                     return self.revoke(reason, seq).await;
                 }

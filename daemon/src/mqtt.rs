@@ -25,6 +25,13 @@ const RECONNECT: Backoff = Backoff {
     base: Duration::from_secs(1),
     cap: Duration::from_secs(60),
 };
+/// After this many failed connects in a row, ask the refresh loop to check with the cloud (a
+/// revoked device's key no longer logs in to the broker, and the push cannot reach it)...
+const CHECK_AFTER_FAILURES: u32 = 2;
+/// ...first after this long, doubling up to `CHECK_MAX` while the broker stays unusable (a
+/// broker outage must not turn a fleet into a refresh storm).
+const CHECK_EVERY: Duration = Duration::from_secs(30);
+const CHECK_MAX: Duration = Duration::from_secs(30 * 60);
 /// Envelopes are at most 1 KiB; anything up to this is read and rejected by the decoder (a
 /// smaller limit would make rumqttc drop the connection and the broker redeliver a retained
 /// oversized message forever).
@@ -162,6 +169,8 @@ impl Session {
         let mut rx = self.snapshot.clone();
         let mut current_token = token.to_owned();
         let mut failures = 0u32;
+        let mut last_check: Option<tokio::time::Instant> = None;
+        let mut check_every = CHECK_EVERY;
         loop {
             tokio::select! {
                 biased;
@@ -192,8 +201,9 @@ impl Session {
                     }
                 }
                 ev = eventloop.poll() => match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         failures = 0;
+                        check_every = CHECK_EVERY;
                         tracing::info!(topic = %params.topic, "revocation session connected");
                         self.set_connected(true);
                         let _ = client.subscribe(params.topic.clone(), QoS::AtLeastOnce).await;
@@ -205,9 +215,21 @@ impl Session {
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => {
+                                        Err(e) => {
                         self.set_connected(false);
                         Metrics::inc(&self.metrics.mqtt_disconnects);
+                                                // A broker that is down (refused, unreachable) says nothing about us; one
+                        // that accepts the connection and then drops it may be refusing our key.
+                        if !broker_down(&e)
+                            && failures + 1 >= CHECK_AFTER_FAILURES
+                            && last_check.is_none_or(|t| t.elapsed() >= check_every)
+                        {
+                            if last_check.is_some() {
+                                check_every = (check_every * 2).min(CHECK_MAX);
+                            }
+                            last_check = Some(tokio::time::Instant::now());
+                            let _ = self.commands.try_send(Command::Check);
+                        }
                         let delay = RECONNECT.delay(failures, unit_random(), None).max(Duration::from_millis(200));
                         failures = failures.saturating_add(1);
                         tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "revocation session down; reconnecting");
@@ -334,6 +356,23 @@ impl Session {
         if self.tx.borrow().mqtt_connected != up {
             self.tx.update(|s| s.mqtt_connected = up);
         }
+    }
+}
+
+/// Errors that mean "no broker there" rather than "the broker turned us away".
+fn broker_down(e: &rumqttc::ConnectionError) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        rumqttc::ConnectionError::NetworkTimeout | rumqttc::ConnectionError::FlushTimeout => true,
+        rumqttc::ConnectionError::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionRefused
+                | ErrorKind::HostUnreachable
+                | ErrorKind::NetworkUnreachable
+                | ErrorKind::TimedOut
+                | ErrorKind::AddrNotAvailable
+        ),
+        _ => false,
     }
 }
 

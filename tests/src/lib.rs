@@ -1,6 +1,9 @@
 //! Harness for end-to-end tests: find the workspace's binaries, run them as processes on temp
 //! dirs and port 0, and wait on files and conditions with deadlines (never bare sleeps).
 
+pub mod mosquitto;
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,127 @@
+//! A real Mosquitto for interop tests and benchmarks: TLS listener with the cloud's own server
+//! certificate, a password file, and per-device pattern ACLs (the setup
+//! `docs/mosquitto.conf.example` shows). Started per test on a free port; killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// `name` on PATH, or in the sbin directories Debian installs daemons to.
+pub fn find(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Both binaries the harness needs, or `None` (the caller reports SKIPPED).
+pub fn available() -> bool {
+    find("mosquitto").is_some() && find("mosquitto_passwd").is_some()
+}
+
+/// A free loopback port (bound and released: another process may take it in between).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Child,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Mosquitto {
+    /// Starts Mosquitto in `dir` on `port`, serving TLS with `state_dir/server.{pem,key}`
+    /// (the cloud's certificate, so devices trust it with the cloud's CA).
+    pub fn start(dir: &Path, state_dir: &Path, port: u16) -> Self {
+        std::fs::create_dir_all(dir).expect("mosquitto dir");
+        let passwd = dir.join("passwd");
+        if !passwd.exists() {
+            std::fs::write(&passwd, "").expect("passwd");
+        }
+        let acl = dir.join("acl");
+        std::fs::write(
+            &acl,
+            "user octomil-cloud\n\
+             topic write octomil/v1/devices/+/revocation\n\
+             topic read octomil/v1/devices/+/status\n\
+             \n\
+             pattern read octomil/v1/devices/%u/revocation\n\
+             pattern write octomil/v1/devices/%u/status\n",
+        )
+        .expect("acl");
+        let log = dir.join("mosquitto.log");
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root\npersistence false\nlog_dest file {log}\nallow_anonymous false\n\
+                 password_file {passwd}\nacl_file {acl}\nmax_keepalive 3600\n\
+                 listener {port} 127.0.0.1\ncertfile {state}/server.pem\nkeyfile {state}/server.key\n",
+                log = log.display(),
+                passwd = passwd.display(),
+                acl = acl.display(),
+                state = state_dir.display(),
+            ),
+        )
+        .expect("conf");
+        let child = Command::new(find("mosquitto").expect("mosquitto"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto");
+        crate::wait_for(
+            std::time::Duration::from_secs(10),
+            "mosquitto to listen",
+            || {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .ok()
+                    .map(|_| ())
+            },
+        );
+        Self {
+            child,
+            dir: dir.to_owned(),
+            port,
+            log,
+        }
+    }
+
+    /// Adds (or replaces) a login and makes the running broker reload its password file.
+    pub fn add_user(&self, user: &str, password: &str) {
+        let ok = Command::new(find("mosquitto_passwd").expect("mosquitto_passwd"))
+            .arg("-b")
+            .arg(self.dir.join("passwd"))
+            .args([user, password])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("mosquitto_passwd");
+        assert!(ok.success(), "mosquitto_passwd failed");
+        let _ = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,404 @@
+//! Revocation push end to end: the real daemon, the real cloud with its embedded broker (and a
+//! real Mosquitto for interop), signed envelopes on the device's topic.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use octomil_cloud::{CloudStub, ExternalBroker, Handle, MqttMode};
+use octomil_common::envelope::{self, Revocation};
+use octomil_common::{Secret, token};
+use octomil_e2e::mosquitto::{self, Mosquitto};
+use octomil_e2e::proxy::Proxy;
+use octomil_e2e::{DaemonOptions, DaemonProcess};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use serde_json::json;
+
+struct Cloud {
+    handle: Handle,
+    client: reqwest::Client,
+    owner: String,
+}
+
+fn install() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+async fn embedded(dir: &std::path::Path, device_url: Option<(SocketAddr, String)>) -> Cloud {
+    install();
+    let mut b = CloudStub::builder(dir.join("cloud"));
+    b = match device_url {
+        Some((listen, url)) => b.mqtt(MqttMode::Embedded { listen }).mqtt_device_url(url),
+        None => b.mqtt(MqttMode::Embedded {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        }),
+    };
+    wrap(b.spawn().await.unwrap())
+}
+
+fn wrap(handle: Handle) -> Cloud {
+    let ca = reqwest::Certificate::from_pem(handle.ca_pem.as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let owner = handle.owner_api_key().unwrap().expose().clone();
+    Cloud {
+        handle,
+        client,
+        owner,
+    }
+}
+
+impl Cloud {
+    fn opts(&self, id: &str) -> DaemonOptions {
+        let mut o = DaemonOptions::for_cloud(
+            &self.handle.info,
+            Some(self.handle.bootstrap_token().unwrap().expose().clone()),
+            id,
+        );
+        o.extra = "mqtt_keepalive = \"2s\"\n".into();
+        o
+    }
+
+    async fn revoke(&self, id: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(format!(
+                "{}/api/v1/devices/{id}/revoke",
+                self.handle.http_url
+            ))
+            .bearer_auth(&self.owner)
+            .json(&json!({"reason": "test revocation"}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    async fn device(&self, id: &str) -> serde_json::Value {
+        self.client
+            .get(format!("{}/api/v1/devices/{id}", self.handle.http_url))
+            .bearer_auth(&self.owner)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+async fn wait_mqtt(d: &DaemonProcess) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, s) = d.get("/v1/status").await;
+        if s["mqtt_connected"] == true {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no MQTT session: {s}\n{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `/v1/token` until it answers 403 `device_revoked`; returns how long that took.
+async fn until_refused(d: &DaemonProcess, since: Instant, limit: Duration) -> Duration {
+    loop {
+        let (code, body) = d.get("/v1/token").await;
+        if code == 403 {
+            assert_eq!(body["error"], "device_revoked");
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < limit,
+            "still serving a key {:?} after the revoke\n{}",
+            since.elapsed(),
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_revocation_stops_the_key_within_a_second_and_survives_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = embedded(tmp.path(), None).await;
+    let dir = tmp.path().join("d");
+    let d = DaemonProcess::start(&dir, &c.opts("push-1"));
+    d.wait_state("active", Duration::from_secs(20)).await;
+    wait_mqtt(&d).await;
+    let t0 = Instant::now();
+    let (code, body) = c.revoke("push-1").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["revocation_published"], true);
+    let took = until_refused(&d, t0, Duration::from_secs(1)).await;
+    eprintln!("revoke-to-refusal: {took:?}");
+    let s = d.wait_state("revoked", Duration::from_secs(5)).await;
+    assert_eq!(s["revoked"]["reason"], "test revocation");
+    d.kill9();
+    let d = DaemonProcess::start_with_config(&dir, &dir.join("octomild.toml"), &[]);
+    d.wait_state("revoked", Duration::from_secs(5)).await;
+    assert_eq!(d.get("/v1/token").await.0, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_stopped_while_revoked_ends_revoked_when_started() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = embedded(tmp.path(), None).await;
+    let dir = tmp.path().join("d");
+    let d = DaemonProcess::start(&dir, &c.opts("stopped-1"));
+    d.wait_state("active", Duration::from_secs(20)).await;
+    wait_mqtt(&d).await;
+    assert!(d.terminate().success());
+    c.revoke("stopped-1").await;
+    let d = DaemonProcess::start_with_config(&dir, &dir.join("octomild.toml"), &[]);
+    d.wait_state("revoked", Duration::from_secs(10)).await;
+    assert_eq!(d.get("/v1/token").await.0, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_broker_link_was_cut_during_the_revoke_ends_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    install();
+    let broker: SocketAddr = format!("127.0.0.1:{}", mosquitto::free_port())
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(broker).await;
+    let c = embedded(
+        tmp.path(),
+        Some((broker, format!("mqtts://127.0.0.1:{}", proxy.addr.port()))),
+    )
+    .await;
+    let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("cut-1"));
+    d.wait_state("active", Duration::from_secs(20)).await;
+    wait_mqtt(&d).await;
+    proxy.cut();
+    let (code, _) = c.revoke("cut-1").await;
+    assert_eq!(code, 200, "the cloud's own session is not behind the proxy");
+    // The link comes back; the daemon reconnects, the broker turns its dead key away, and the
+    // daemon asks the cloud, which says revoked.
+    proxy.restore();
+    d.wait_state("revoked", Duration::from_secs(15)).await;
+    assert_eq!(d.get("/v1/token").await.0, 403);
+}
+
+/// Publishes raw payloads on a device's revocation topic as the cloud's own broker user.
+async fn publish_raw(c: &Cloud, device: &str, payloads: Vec<Vec<u8>>) {
+    let state = &c.handle.state_dir;
+    let secret = std::fs::read_to_string(state.join("mqtt_cloud_password")).unwrap();
+    let url = c.handle.info.mqtt_url.clone().unwrap();
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut o = MqttOptions::new("test-forger", "127.0.0.1", port);
+    o.set_credentials("octomil-cloud", secret.trim());
+    let tls = octomild::mqtt::tls_config(c.handle.ca_pem.as_bytes()).unwrap();
+    o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    let (client, mut ev) = AsyncClient::new(o, 64);
+    let n = payloads.len();
+    for p in payloads {
+        client
+            .publish(
+                format!("octomil/v1/devices/{device}/revocation"),
+                QoS::AtLeastOnce,
+                true,
+                p,
+            )
+            .await
+            .unwrap();
+    }
+    let mut acks = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acks < n {
+        assert!(
+            Instant::now() < deadline,
+            "broker did not ack the test publishes"
+        );
+        if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
+            tokio::time::timeout(Duration::from_secs(10), ev.poll()).await
+        {
+            acks += 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replayed_cross_device_and_garbage_envelopes_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = embedded(tmp.path(), None).await;
+    let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("target-1"));
+    d.wait_state("active", Duration::from_secs(20)).await;
+    wait_mqtt(&d).await;
+    let key = d.token().await;
+    let raw = std::fs::read_to_string(c.handle.state_dir.join("revocation.key")).unwrap();
+    let seed: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(raw.trim())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let cloud_key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let rev = |id: &str, issued_at: u64| Revocation {
+        device_id: id.into(),
+        issued_at,
+        seq: 1,
+        reason: "forged".into(),
+    };
+    let forger = octomil_common::proof::generate_signing_key();
+    let valid = envelope::seal(&rev("target-1", now), &cloud_key).unwrap();
+    let mut wrong_version = valid.clone();
+    wrong_version[0] = 9;
+    let payloads = vec![
+        envelope::seal(&rev("target-1", now), &forger).unwrap(), // wrong key
+        envelope::seal(&rev("someone-else", now), &cloud_key).unwrap(), // cross-device
+        envelope::seal(&rev("target-1", now - 3_600_000), &cloud_key).unwrap(), // before registration (a replay)
+        valid[..valid.len() - 10].to_vec(), // cut into the signature: does not verify
+        valid[..20].to_vec(),               // shorter than any envelope
+        wrong_version,                      // unknown version
+        (0..300).map(|i| (i * 7 + 3) as u8).collect(), // random bytes
+        vec![1u8; 5000],                    // oversized
+        b"{\"revoked\": true}".to_vec(),    // not even an envelope
+    ];
+    publish_raw(&c, "target-1", payloads).await;
+    // Every one of them is counted as rejected; none changed anything.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let r = d
+            .client()
+            .request(http::Method::GET, "/metrics", None)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let total: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("octomild_mqtt_rejected_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if total >= 9 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {total} rejections counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for reason in [
+        "bad_signature",
+        "wrong_device",
+        "stale",
+        "truncated",
+        "unknown_version",
+        "oversized",
+    ] {
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"")),
+            "{reason} not counted:\n{metrics}"
+        );
+    }
+    let (_, s) = d.get("/v1/status").await;
+    assert_eq!(s["state"], "active");
+    assert_eq!(d.token().await, key);
+    // The session survived the garbage: a real revocation still gets through.
+    let t0 = Instant::now();
+    c.revoke("target-1").await;
+    until_refused(&d, t0, Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_shows_online_and_a_killed_daemon_offline_within_its_keepalive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = embedded(tmp.path(), None).await;
+    let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("presence-1"));
+    d.wait_state("active", Duration::from_secs(20)).await;
+    wait_mqtt(&d).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = c.device("presence-1").await;
+        if v["online"] == true {
+            assert_eq!(v["reported_state"], "active");
+            assert_eq!(v["daemon_version"], env!("CARGO_PKG_VERSION"));
+            assert!(v["last_seen"].as_u64().is_some());
+            break;
+        }
+        assert!(Instant::now() < deadline, "never online: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The CLI shows the same.
+    let cli = std::process::Command::new(octomil_e2e::bin("octomil"))
+        .env("OCTOMIL_API_URL", &c.handle.http_url)
+        .env("OCTOMIL_CA_FILE", &c.handle.info.ca_file)
+        .env("OCTOMIL_API_KEY", &c.owner)
+        .args(["devices", "list", "--json"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(list["devices"][0]["online"], true, "{list}");
+    let killed = Instant::now();
+    d.kill9();
+    loop {
+        let v = c.device("presence-1").await;
+        if v["online"] == false {
+            break;
+        }
+        // keep-alive 2 s: offline within 1.5 x 2 s.
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "still online {:?} after kill -9",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("offline after {:?}", killed.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_revocation_flows_through_a_real_mosquitto() {
+    if !mosquitto::available() {
+        println!("SKIPPED: mosquitto not installed (apt-get install mosquitto)");
+        return;
+    }
+    install();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("cloud");
+    // The cloud's PKI first: Mosquitto serves the cloud's own server certificate.
+    octomil_cloud::tls::Pki::load_or_create(&state, &[]).unwrap();
+    let broker = Mosquitto::start(
+        &tmp.path().join("mosquitto"),
+        &state,
+        mosquitto::free_port(),
+    );
+    let cloud_secret = token::random_base62(32);
+    broker.add_user("octomil-cloud", cloud_secret.expose());
+    let handle = CloudStub::builder(&state)
+        .mqtt(MqttMode::External(ExternalBroker {
+            url: broker.url(),
+            username: Some("octomil-cloud".into()),
+            password: Some(Secret::new(cloud_secret.expose().clone())),
+            ca_file: None,
+        }))
+        .spawn()
+        .await
+        .unwrap();
+    let c = wrap(handle);
+    let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("mosq-1"));
+    d.wait_state("active", Duration::from_secs(20)).await;
+    // A static password file cannot follow key rotation: the test enrols the device's current
+    // key, as an auth plugin calling the cloud would (docs/mqtt.md).
+    broker.add_user("mosq-1", &d.token().await);
+    wait_mqtt(&d).await;
+    let t0 = Instant::now();
+    let (code, body) = c.revoke("mosq-1").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["revocation_published"], true);
+    let took = until_refused(&d, t0, Duration::from_secs(1)).await;
+    eprintln!("revoke-to-refusal through Mosquitto: {took:?}");
+    d.wait_state("revoked", Duration::from_secs(5)).await;
+}
