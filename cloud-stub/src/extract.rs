@@ -23,15 +23,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
-            .await
-            .map_err(|_| {
-                ApiError::bad_request(
-                    codes::BODY_TOO_LARGE,
-                    format!("request body is over {MAX_BODY_BYTES} bytes"),
-                )
-            })?;
-        parse_json(&bytes).map(Body)
+        parse_json(&read_body(req).await?).map(Body)
     }
 }
 
@@ -43,19 +35,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for MaybeBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
-            .await
-            .map_err(|_| {
-                ApiError::bad_request(
-                    codes::BODY_TOO_LARGE,
-                    format!("request body is over {MAX_BODY_BYTES} bytes"),
-                )
-            })?;
+        let bytes = read_body(req).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(MaybeBody(None));
         }
         parse_json(&bytes).map(|v| MaybeBody(Some(v)))
     }
+}
+
+/// The whole body, or 400 `body_too_large` past 64 KiB (read no further).
+async fn read_body(req: Request) -> ApiResult<axum::body::Bytes> {
+    axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::bad_request(
+                codes::BODY_TOO_LARGE,
+                format!("request body is over {MAX_BODY_BYTES} bytes"),
+            )
+        })
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {

@@ -84,7 +84,15 @@ pub async fn run(
     })?;
     let mqtt_tls = crate::mqtt::tls_config(&ca_pem).map_err(RunError::Tls)?;
 
-    let (tx, rx) = SnapshotTx::new(Snapshot::new(config.device_id.as_str().to_owned()));
+    // Until the refresh loop publishes, say what it is about to do (never "unregistered",
+    // which means "stopped trying").
+    let mut initial = Snapshot::new(config.device_id.as_str().to_owned());
+    initial.phase = if persisted.revoked.is_some() {
+        crate::state::Phase::Revoked
+    } else {
+        crate::state::Phase::Registering
+    };
+    let (tx, rx) = SnapshotTx::new(initial);
     let metrics = Arc::new(Metrics::default());
     let limits = Arc::new(Limiter::open(
         Some(config.state_dir.join("limits.bin")),

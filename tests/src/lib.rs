@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use octomil_cloud::CloudInfo;
+use octomil_cloud::{Builder, CloudInfo, CloudStub, Handle};
 
 /// Path of a workspace binary next to the running test (`target/<profile>/NAME`).
 ///
@@ -362,5 +362,96 @@ impl Drop for DaemonProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The real cloud in-process (no MQTT unless the builder says so), with an HTTPS client that
+/// trusts only its CA, and the Owner's key.
+#[derive(Debug)]
+pub struct TestCloud {
+    pub handle: Handle,
+    pub client: reqwest::Client,
+    pub owner: String,
+}
+
+impl TestCloud {
+    /// A cloud in `dir/cloud` with default options.
+    pub async fn start(dir: &Path) -> Self {
+        Self::with(CloudStub::builder(dir.join("cloud"))).await
+    }
+
+    pub async fn with(builder: Builder) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Self::wrap(builder.spawn().await.expect("cloud starts"))
+    }
+
+    pub fn wrap(handle: Handle) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = reqwest::Certificate::from_pem(handle.ca_pem.as_bytes()).expect("CA PEM");
+        let client = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .build()
+            .expect("HTTPS client");
+        let owner = handle.owner_api_key().expect("owner key").expose().clone();
+        Self {
+            handle,
+            client,
+            owner,
+        }
+    }
+
+    /// Daemon options for `device_id` against this cloud, with its bootstrap token.
+    pub fn opts(&self, device_id: &str) -> DaemonOptions {
+        let boot = self.handle.bootstrap_token().expect("bootstrap token");
+        DaemonOptions::for_cloud(&self.handle.info, Some(boot.expose().clone()), device_id)
+    }
+
+    /// An Owner call: (status, JSON body or null).
+    pub async fn owner(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut r = self
+            .client
+            .request(method, format!("{}/api/v1{path}", self.handle.http_url))
+            .bearer_auth(&self.owner);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("cloud answers");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// `PATCH /org/settings`, which must succeed.
+    pub async fn settings(&self, body: serde_json::Value) {
+        let (status, answer) = self
+            .owner(reqwest::Method::PATCH, "/org/settings", Some(body))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    /// Lifts the per-IP registration and per-device control-plane limits, for tests that
+    /// register many devices and are not about rate limits.
+    pub async fn relax_limits(&self) {
+        let big = serde_json::json!({"limit": 1_000_000, "period_secs": 60});
+        self.settings(
+            serde_json::json!({"rate_limits": {"registration": big, "control_plane": big}}),
+        )
+        .await;
+    }
+
+    /// Whether the cloud accepts `key` (a device key may list models).
+    pub async fn accepts(&self, key: &str) -> bool {
+        self.client
+            .get(format!("{}/api/v1/models", self.handle.http_url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("cloud answers")
+            .status()
+            .is_success()
     }
 }

@@ -8,9 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use octomil_cloud::CloudStub;
 use octomil_cloud::faults::DeviceCall;
-use octomil_e2e::{DaemonOptions, DaemonProcess};
+use octomil_e2e::{DaemonProcess, TestCloud};
 use serde_json::json;
 
 const LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
@@ -30,33 +29,12 @@ fn jump(file: &Path, offset_secs: i64) {
     std::fs::write(file, format!("{offset_secs:+}\n")).unwrap();
 }
 
-async fn setup(
-    tmp: &Path,
-    lib: &Path,
-    id: &str,
-) -> (octomil_cloud::Handle, DaemonProcess, PathBuf) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let handle = CloudStub::builder(tmp.join("cloud")).spawn().await.unwrap();
-    let ca = reqwest::Certificate::from_pem(handle.ca_pem.as_bytes()).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .build()
-        .unwrap();
-    let r = client
-        .patch(format!("{}/api/v1/org/settings", handle.http_url))
-        .bearer_auth(handle.owner_api_key().unwrap().expose())
-        .json(&json!({"device_token_expiry": "6s"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+async fn setup(tmp: &Path, lib: &Path, id: &str) -> (TestCloud, DaemonProcess, PathBuf) {
+    let c = TestCloud::start(tmp).await;
+    c.settings(json!({"device_token_expiry": "6s"})).await;
     let offset = tmp.join("faketime");
     jump(&offset, 0);
-    let mut opts = DaemonOptions::for_cloud(
-        &handle.info,
-        Some(handle.bootstrap_token().unwrap().expose().clone()),
-        id,
-    );
+    let mut opts = c.opts(id);
     opts.env = vec![
         ("LD_PRELOAD".into(), lib.display().to_string()),
         (
@@ -68,7 +46,7 @@ async fn setup(
     ];
     let d = DaemonProcess::start(&tmp.join("d"), &opts);
     d.wait_state("active", Duration::from_secs(20)).await;
-    (handle, d, offset)
+    (c, d, offset)
 }
 
 /// Polls the token for `window`: every answer must be 200; returns the distinct keys seen.
@@ -94,7 +72,7 @@ async fn a_backward_jump_does_not_skip_a_refresh() {
     let (cloud, d, offset) = setup(tmp.path(), &lib, "clock-back").await;
     // Half an hour back (the server certificate is backdated one hour, so TLS still works).
     jump(&offset, -1800);
-    let before = cloud.cloud.faults.calls(DeviceCall::Refresh).len();
+    let before = cloud.handle.cloud.faults.calls(DeviceCall::Refresh).len();
     // A 6 s key refreshes at 4.2-4.8 s: within 8 s there must be a new key, and the old one
     // served until then.
     let seen = watch_tokens(&d, Duration::from_secs(8)).await;
@@ -103,7 +81,7 @@ async fn a_backward_jump_does_not_skip_a_refresh() {
         "no refresh after the clock went back\n{}",
         d.log_text()
     );
-    let refreshes = cloud.cloud.faults.calls(DeviceCall::Refresh).len() - before;
+    let refreshes = cloud.handle.cloud.faults.calls(DeviceCall::Refresh).len() - before;
     assert!(refreshes <= 3, "{refreshes} refreshes in 8 s");
 }
 
@@ -114,9 +92,9 @@ async fn a_forward_jump_causes_no_refresh_storm_and_keeps_the_key() {
     let (cloud, d, offset) = setup(tmp.path(), &lib, "clock-fwd").await;
     // Two hours ahead: by the wall clock the 6 s key is long expired, but it is not.
     jump(&offset, 7200);
-    let before = cloud.cloud.faults.calls(DeviceCall::Refresh).len();
+    let before = cloud.handle.cloud.faults.calls(DeviceCall::Refresh).len();
     let seen = watch_tokens(&d, Duration::from_secs(8)).await;
-    let refreshes = cloud.cloud.faults.calls(DeviceCall::Refresh).len() - before;
+    let refreshes = cloud.handle.cloud.faults.calls(DeviceCall::Refresh).len() - before;
     // One refresh per 4.2-4.8 s of a 6 s key: at most 2 in 8 s, at least 1.
     assert!(
         (1..=2).contains(&refreshes),

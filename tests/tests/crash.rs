@@ -6,10 +6,8 @@
 
 use std::time::Duration;
 
-use octomil_cloud::CloudStub;
 use octomil_cloud::faults::DeviceCall;
-use octomil_e2e::{DaemonOptions, DaemonProcess};
-use serde_json::json;
+use octomil_e2e::{DaemonProcess, TestCloud};
 
 /// A small deterministic generator, so a failing round can be replayed.
 struct Rng(u64);
@@ -23,57 +21,16 @@ impl Rng {
     }
 }
 
-struct Cloud {
-    handle: octomil_cloud::Handle,
-    client: reqwest::Client,
-}
-
-impl Cloud {
-    async fn start(dir: &std::path::Path) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let handle = CloudStub::builder(dir.join("cloud")).spawn().await.unwrap();
-        let ca = reqwest::Certificate::from_pem(handle.ca_pem.as_bytes()).unwrap();
-        let client = reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .build()
-            .unwrap();
-        let owner = handle.owner_api_key().unwrap().expose().clone();
-        let big = json!({"limit": 1_000_000, "period_secs": 60});
-        let r = client
-            .patch(format!("{}/api/v1/org/settings", handle.http_url))
-            .bearer_auth(owner)
-            .json(&json!({"rate_limits": {"registration": big, "control_plane": big}}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-        Self { handle, client }
-    }
-
-    async fn accepts(&self, key: &str) -> bool {
-        self.client
-            .get(format!("{}/api/v1/models", self.handle.http_url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .is_success()
-    }
-
-    fn opts(&self, id: &str) -> DaemonOptions {
-        DaemonOptions::for_cloud(
-            &self.handle.info,
-            Some(self.handle.bootstrap_token().unwrap().expose().clone()),
-            id,
-        )
-    }
+async fn cloud(dir: &std::path::Path) -> TestCloud {
+    let c = TestCloud::start(dir).await;
+    c.relax_limits().await;
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_registration() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cloud::start(tmp.path()).await;
+    let c = cloud(tmp.path()).await;
     // Stretch the registration window so kills land inside it.
     c.handle
         .cloud
@@ -114,7 +71,7 @@ async fn kill_9_during_registration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_refresh() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cloud::start(tmp.path()).await;
+    let c = cloud(tmp.path()).await;
     let dir = tmp.path().join("d");
     let opts = c.opts("crash-refresh");
     let d = DaemonProcess::start(&dir, &opts);
@@ -162,7 +119,7 @@ async fn kill_9_during_refresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_within_the_grace_period() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cloud::start(tmp.path()).await;
+    let c = cloud(tmp.path()).await;
     let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("drain"));
     d.wait_state("active", Duration::from_secs(20)).await;
     c.handle

@@ -5,53 +5,12 @@
 
 use std::time::Duration;
 
-use octomil_cloud::CloudStub;
 use octomil_cloud::faults::DeviceCall;
-use octomil_e2e::{DaemonOptions, DaemonProcess};
+use octomil_e2e::{DaemonProcess, TestCloud};
 use serde_json::json;
 
-struct Cloud {
-    handle: octomil_cloud::Handle,
-    client: reqwest::Client,
-    owner: String,
-}
-
-impl Cloud {
-    async fn start(dir: &std::path::Path) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let handle = CloudStub::builder(dir.join("cloud")).spawn().await.unwrap();
-        let ca = reqwest::Certificate::from_pem(handle.ca_pem.as_bytes()).unwrap();
-        let client = reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .build()
-            .unwrap();
-        let owner = handle.owner_api_key().unwrap().expose().clone();
-        Self {
-            handle,
-            client,
-            owner,
-        }
-    }
-
-    async fn limits(&self, body: serde_json::Value) {
-        let r = self
-            .client
-            .patch(format!("{}/api/v1/org/settings", self.handle.http_url))
-            .bearer_auth(&self.owner)
-            .json(&json!({ "rate_limits": body }))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-    }
-
-    fn opts(&self, id: &str) -> DaemonOptions {
-        DaemonOptions::for_cloud(
-            &self.handle.info,
-            Some(self.handle.bootstrap_token().unwrap().expose().clone()),
-            id,
-        )
-    }
+async fn limits(c: &TestCloud, body: serde_json::Value) {
+    c.settings(json!({ "rate_limits": body })).await;
 }
 
 async fn acquire(
@@ -83,12 +42,15 @@ async fn acquire(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_inference_permits_then_a_refusal_correct_to_the_second() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cloud::start(tmp.path()).await;
+    let c = TestCloud::start(tmp.path()).await;
     // Real time passes while 1000 requests cross the socket: a one-hour period keeps the
     // refill (one permit per 3.6 s) out of the count. The exact 1000/min arithmetic with a
     // paused clock is the limiter's unit test.
-    c.limits(json!({"inference": {"limit": 1000, "period_secs": 3600}}))
-        .await;
+    limits(
+        &c,
+        json!({"inference": {"limit": 1000, "period_secs": 3600}}),
+    )
+    .await;
     let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("lim-1000"));
     d.wait_state("active", Duration::from_secs(20)).await;
     let mut conn = d.client().connect().await.unwrap();
@@ -112,11 +74,10 @@ async fn a_thousand_inference_permits_then_a_refusal_correct_to_the_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_change_reaches_the_daemon_at_the_next_refresh() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cloud::start(tmp.path()).await;
+    let c = TestCloud::start(tmp.path()).await;
     let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("lim-change"));
     d.wait_state("active", Duration::from_secs(20)).await;
-    c.limits(json!({"inference": {"limit": 5, "period_secs": 60}}))
-        .await;
+    limits(&c, json!({"inference": {"limit": 5, "period_secs": 60}})).await;
     let (_, status) = d.get("/v1/status").await;
     assert_eq!(
         status["rate_limits"]["inference"]["limit"], 1000,
@@ -144,7 +105,7 @@ async fn a_limit_change_reaches_the_daemon_at_the_next_refresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_429_pauses_the_surface_for_its_retry_after() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cloud::start(tmp.path()).await;
+    let c = TestCloud::start(tmp.path()).await;
     let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("lim-429"));
     d.wait_state("active", Duration::from_secs(20)).await;
     c.handle
@@ -165,9 +126,8 @@ async fn a_cloud_429_pauses_the_surface_for_its_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_does_not_reset_a_spent_budget() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cloud::start(tmp.path()).await;
-    c.limits(json!({"inference": {"limit": 3, "period_secs": 60}}))
-        .await;
+    let c = TestCloud::start(tmp.path()).await;
+    limits(&c, json!({"inference": {"limit": 3, "period_secs": 60}})).await;
     let dir = tmp.path().join("d");
     let d = DaemonProcess::start(&dir, &c.opts("lim-restart"));
     d.wait_state("active", Duration::from_secs(20)).await;
@@ -206,9 +166,8 @@ async fn a_restart_does_not_reset_a_spent_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_concurrent_clients_never_get_more_than_the_budget() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cloud::start(tmp.path()).await;
-    c.limits(json!({"inference": {"limit": 120, "period_secs": 60}}))
-        .await;
+    let c = TestCloud::start(tmp.path()).await;
+    limits(&c, json!({"inference": {"limit": 120, "period_secs": 60}})).await;
     let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("lim-race"));
     d.wait_state("active", Duration::from_secs(20)).await;
     let started = std::time::Instant::now();
@@ -248,9 +207,8 @@ async fn sixteen_concurrent_clients_never_get_more_than_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_acquire_requests_get_clear_errors_and_cost_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cloud::start(tmp.path()).await;
-    c.limits(json!({"inference": {"limit": 2, "period_secs": 60}}))
-        .await;
+    let c = TestCloud::start(tmp.path()).await;
+    limits(&c, json!({"inference": {"limit": 2, "period_secs": 60}})).await;
     let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("lim-bad"));
     d.wait_state("active", Duration::from_secs(20)).await;
     for (path, code, error) in [

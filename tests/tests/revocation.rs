@@ -7,88 +7,50 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use octomil_cloud::{CloudStub, ExternalBroker, Handle, MqttMode};
+use octomil_cloud::{CloudStub, ExternalBroker, MqttMode};
 use octomil_common::envelope::{self, Revocation};
 use octomil_common::{Secret, token};
 use octomil_e2e::mosquitto::{self, Mosquitto};
 use octomil_e2e::proxy::Proxy;
-use octomil_e2e::{DaemonOptions, DaemonProcess};
+use octomil_e2e::{DaemonOptions, DaemonProcess, TestCloud};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde_json::json;
-
-struct Cloud {
-    handle: Handle,
-    client: reqwest::Client,
-    owner: String,
-}
 
 fn install() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-async fn embedded(dir: &std::path::Path, device_url: Option<(SocketAddr, String)>) -> Cloud {
-    install();
-    let mut b = CloudStub::builder(dir.join("cloud"));
-    b = match device_url {
+async fn embedded(dir: &std::path::Path, device_url: Option<(SocketAddr, String)>) -> TestCloud {
+    let b = CloudStub::builder(dir.join("cloud"));
+    let b = match device_url {
         Some((listen, url)) => b.mqtt(MqttMode::Embedded { listen }).mqtt_device_url(url),
         None => b.mqtt(MqttMode::Embedded {
             listen: "127.0.0.1:0".parse().unwrap(),
         }),
     };
-    wrap(b.spawn().await.unwrap())
+    TestCloud::with(b).await
 }
 
-fn wrap(handle: Handle) -> Cloud {
-    let ca = reqwest::Certificate::from_pem(handle.ca_pem.as_bytes()).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .build()
-        .unwrap();
-    let owner = handle.owner_api_key().unwrap().expose().clone();
-    Cloud {
-        handle,
-        client,
-        owner,
-    }
+/// Daemon options with a 2 s MQTT keep-alive (presence goes offline within 3 s).
+fn opts(c: &TestCloud, id: &str) -> DaemonOptions {
+    let mut o = c.opts(id);
+    o.extra = "mqtt_keepalive = \"2s\"\n".into();
+    o
 }
 
-impl Cloud {
-    fn opts(&self, id: &str) -> DaemonOptions {
-        let mut o = DaemonOptions::for_cloud(
-            &self.handle.info,
-            Some(self.handle.bootstrap_token().unwrap().expose().clone()),
-            id,
-        );
-        o.extra = "mqtt_keepalive = \"2s\"\n".into();
-        o
-    }
+async fn revoke(c: &TestCloud, id: &str) -> (u16, serde_json::Value) {
+    c.owner(
+        reqwest::Method::POST,
+        &format!("/devices/{id}/revoke"),
+        Some(json!({"reason": "test revocation"})),
+    )
+    .await
+}
 
-    async fn revoke(&self, id: &str) -> (u16, serde_json::Value) {
-        let r = self
-            .client
-            .post(format!(
-                "{}/api/v1/devices/{id}/revoke",
-                self.handle.http_url
-            ))
-            .bearer_auth(&self.owner)
-            .json(&json!({"reason": "test revocation"}))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
-    }
-
-    async fn device(&self, id: &str) -> serde_json::Value {
-        self.client
-            .get(format!("{}/api/v1/devices/{id}", self.handle.http_url))
-            .bearer_auth(&self.owner)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
+async fn device(c: &TestCloud, id: &str) -> serde_json::Value {
+    c.owner(reqwest::Method::GET, &format!("/devices/{id}"), None)
+        .await
+        .1
 }
 
 async fn wait_mqtt(d: &DaemonProcess) {
@@ -130,11 +92,11 @@ async fn a_pushed_revocation_stops_the_key_within_a_second_and_survives_restart(
     let tmp = tempfile::tempdir().unwrap();
     let c = embedded(tmp.path(), None).await;
     let dir = tmp.path().join("d");
-    let d = DaemonProcess::start(&dir, &c.opts("push-1"));
+    let d = DaemonProcess::start(&dir, &opts(&c, "push-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
     wait_mqtt(&d).await;
     let t0 = Instant::now();
-    let (code, body) = c.revoke("push-1").await;
+    let (code, body) = revoke(&c, "push-1").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["revocation_published"], true);
     let took = until_refused(&d, t0, Duration::from_secs(1)).await;
@@ -152,11 +114,11 @@ async fn a_device_stopped_while_revoked_ends_revoked_when_started() {
     let tmp = tempfile::tempdir().unwrap();
     let c = embedded(tmp.path(), None).await;
     let dir = tmp.path().join("d");
-    let d = DaemonProcess::start(&dir, &c.opts("stopped-1"));
+    let d = DaemonProcess::start(&dir, &opts(&c, "stopped-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
     wait_mqtt(&d).await;
     assert!(d.terminate().success());
-    c.revoke("stopped-1").await;
+    revoke(&c, "stopped-1").await;
     let d = DaemonProcess::start_with_config(&dir, &dir.join("octomild.toml"), &[]);
     d.wait_state("revoked", Duration::from_secs(10)).await;
     assert_eq!(d.get("/v1/token").await.0, 403);
@@ -175,11 +137,11 @@ async fn a_device_whose_broker_link_was_cut_during_the_revoke_ends_revoked() {
         Some((broker, format!("mqtts://127.0.0.1:{}", proxy.addr.port()))),
     )
     .await;
-    let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("cut-1"));
+    let d = DaemonProcess::start(&tmp.path().join("d"), &opts(&c, "cut-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
     wait_mqtt(&d).await;
     proxy.cut();
-    let (code, _) = c.revoke("cut-1").await;
+    let (code, _) = revoke(&c, "cut-1").await;
     assert_eq!(code, 200, "the cloud's own session is not behind the proxy");
     // The link comes back; the daemon reconnects, the broker turns its dead key away, and the
     // daemon asks the cloud, which says revoked.
@@ -189,7 +151,7 @@ async fn a_device_whose_broker_link_was_cut_during_the_revoke_ends_revoked() {
 }
 
 /// Publishes raw payloads on a device's revocation topic as the cloud's own broker user.
-async fn publish_raw(c: &Cloud, device: &str, payloads: Vec<Vec<u8>>) {
+async fn publish_raw(c: &TestCloud, device: &str, payloads: Vec<Vec<u8>>) {
     let state = &c.handle.state_dir;
     let secret = std::fs::read_to_string(state.join("mqtt_cloud_password")).unwrap();
     let url = c.handle.info.mqtt_url.clone().unwrap();
@@ -230,7 +192,7 @@ async fn publish_raw(c: &Cloud, device: &str, payloads: Vec<Vec<u8>>) {
 async fn forged_replayed_cross_device_and_garbage_envelopes_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let c = embedded(tmp.path(), None).await;
-    let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("target-1"));
+    let d = DaemonProcess::start(&tmp.path().join("d"), &opts(&c, "target-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
     wait_mqtt(&d).await;
     let key = d.token().await;
@@ -308,7 +270,7 @@ async fn forged_replayed_cross_device_and_garbage_envelopes_change_nothing() {
     assert_eq!(d.token().await, key);
     // The session survived the garbage: a real revocation still gets through.
     let t0 = Instant::now();
-    c.revoke("target-1").await;
+    revoke(&c, "target-1").await;
     until_refused(&d, t0, Duration::from_secs(2)).await;
 }
 
@@ -316,12 +278,12 @@ async fn forged_replayed_cross_device_and_garbage_envelopes_change_nothing() {
 async fn presence_shows_online_and_a_killed_daemon_offline_within_its_keepalive() {
     let tmp = tempfile::tempdir().unwrap();
     let c = embedded(tmp.path(), None).await;
-    let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("presence-1"));
+    let d = DaemonProcess::start(&tmp.path().join("d"), &opts(&c, "presence-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
     wait_mqtt(&d).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v = c.device("presence-1").await;
+        let v = device(&c, "presence-1").await;
         if v["online"] == true {
             assert_eq!(v["reported_state"], "active");
             assert_eq!(v["daemon_version"], env!("CARGO_PKG_VERSION"));
@@ -344,7 +306,7 @@ async fn presence_shows_online_and_a_killed_daemon_offline_within_its_keepalive(
     let killed = Instant::now();
     d.kill9();
     loop {
-        let v = c.device("presence-1").await;
+        let v = device(&c, "presence-1").await;
         if v["online"] == false {
             break;
         }
@@ -387,15 +349,15 @@ async fn the_same_revocation_flows_through_a_real_mosquitto() {
         .spawn()
         .await
         .unwrap();
-    let c = wrap(handle);
-    let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("mosq-1"));
+    let c = TestCloud::wrap(handle);
+    let d = DaemonProcess::start(&tmp.path().join("d"), &opts(&c, "mosq-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
     // A static password file cannot follow key rotation: the test enrols the device's current
     // key, as an auth plugin calling the cloud would (docs/mqtt.md).
     broker.add_user("mosq-1", &d.token().await);
     wait_mqtt(&d).await;
     let t0 = Instant::now();
-    let (code, body) = c.revoke("mosq-1").await;
+    let (code, body) = revoke(&c, "mosq-1").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["revocation_published"], true);
     let took = until_refused(&d, t0, Duration::from_secs(1)).await;
