@@ -245,13 +245,24 @@ impl DaemonProcess {
     }
 
     pub fn start_with_config(dir: &Path, config: &Path, env: &[(String, String)]) -> Self {
+        Self::start_program(&bin("octomild"), dir, config, env)
+    }
+
+    /// As `start_with_config`, with an explicit `octomild` executable (benchmarks run the
+    /// release build, which does not live next to a test binary).
+    pub fn start_program(
+        program: &Path,
+        dir: &Path,
+        config: &Path,
+        env: &[(String, String)],
+    ) -> Self {
         let log = dir.join("octomild.log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("log file");
-        let mut cmd = Command::new(bin("octomild"));
+        let mut cmd = Command::new(program);
         cmd.args(["run", "--config"])
             .arg(config)
             .env_remove("NOTIFY_SOCKET")
