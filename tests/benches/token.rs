@@ -32,6 +32,7 @@ use octomild::client::{Connection, SocketClient};
 use servers::{HyperRef, Nginx, nginx_binary};
 
 const PATH: &str = "/v1/token";
+const ACQUIRE: &str = "/v1/limits/inference/acquire";
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -189,8 +190,45 @@ async fn run() {
             results.push((name, r));
         }
     }
-    drop(hyper);
+        drop(hyper);
     drop(nginx);
+
+    // Issue 4/5: POST /v1/limits/inference/acquire, same client, same connections model. The
+    // cloud's inference limit is lifted first (and a forced refresh brings it to the daemon)
+    // so every call is a grant: the figure is the limiter's cost, not its refusals.
+    let big = serde_json::json!({"rate_limits": {"inference": {"limit": 1_000_000, "period_secs": 60}}});
+    let ca = reqwest::Certificate::from_pem(cloud.ca_pem.as_bytes()).unwrap();
+    let http = reqwest::Client::builder().tls_certs_only([ca]).build().unwrap();
+    let r = http
+        .patch(format!("{}/api/v1/org/settings", cloud.http_url))
+        .bearer_auth(cloud.owner_api_key().unwrap().expose())
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let refreshed = daemon.client().request(Method::POST, "/v1/admin/refresh", None).await.unwrap();
+    assert_eq!(refreshed.status, StatusCode::OK);
+    for clients in [1, many] {
+        let client = SocketClient::new(&daemon.socket, Duration::from_secs(10));
+        let mut conns = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            conns.push(client.connect().await.unwrap());
+        }
+        let (conns, _) = round_of(conns, warmup, Method::POST, ACQUIRE, None).await;
+        let cpu = cpu_time(pid);
+        let start = Instant::now();
+        let (_, mut lat) = round_of(conns, n, Method::POST, ACQUIRE, None).await;
+        let wall = start.elapsed();
+        lat.sort_unstable();
+        let run = Run {
+            clients,
+            wall,
+            latencies: lat,
+            server_cpu: cpu_time(pid).saturating_sub(cpu),
+        };
+        println!("{}", run.line("octomild acquire"));
+    }
 
     // Every client connection is closed by now; wait for the daemon's RSS to stop moving.
     let (rss_idle, settle) = settled_rss(pid).await;
@@ -376,20 +414,34 @@ async fn round(
     n: usize,
     body_len: usize,
 ) -> (Vec<Connection>, Vec<Duration>) {
+    round_of(conns, n, Method::GET, PATH, Some(body_len)).await
+}
+
+/// `n` requests of `method path` split over `conns`, each connection driven by its own task.
+async fn round_of(
+    conns: Vec<Connection>,
+    n: usize,
+    method: Method,
+    path: &'static str,
+    body_len: Option<usize>,
+) -> (Vec<Connection>, Vec<Duration>) {
     let k = conns.len();
     let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
         .map(|(i, mut c)| {
             let count = n / k + usize::from(i < n % k);
+                        let method = method.clone();
             tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(count);
                 for _ in 0..count {
                     let t = Instant::now();
-                    let r = c.request(Method::GET, PATH, None).await.unwrap();
+                    let r = c.request(method.clone(), path, None).await.unwrap();
                     lat.push(t.elapsed());
                     assert_eq!(r.status, StatusCode::OK);
-                    assert_eq!(r.body.len(), body_len, "answers differ in size");
+                    if let Some(len) = body_len {
+                        assert_eq!(r.body.len(), len, "answers differ in size");
+                    }
                 }
                 (c, lat)
             })
