@@ -370,11 +370,11 @@ impl Agent {
         let valid_until = Instant::now() + remaining;
         let delay = schedule::refresh_in_remaining(lifetime, remaining, unit_random());
         let next = Instant::now() + delay;
-        let token = Arc::new(Token {
-            secret: creds.api_key.clone(),
-            expires_at: creds.expires_at,
+        let token = Arc::new(Token::new(
+            creds.api_key.clone(),
+            creds.expires_at,
             valid_until,
-        });
+        ));
         let mqtt = creds.mqtt.as_ref().map(|m| {
             Arc::new(MqttParams {
                 url: m.url.clone(),

@@ -46,7 +46,8 @@ impl Phase {
 }
 
 /// The key a local app may be handed, with its expiry on both clocks.
-#[derive(Debug, Clone)]
+/// `Debug` shows no secret (the key is a `Secret`; the encoded answer is never printed).
+#[derive(Clone)]
 pub struct Token {
     pub secret: Secret<String>,
     /// Unix seconds, as the cloud said.
@@ -54,12 +55,57 @@ pub struct Token {
     /// The same instant on the monotonic clock: what decides whether the key is still served,
     /// so a wall-clock jump can never make the daemon hand out an expired key.
     pub valid_until: Instant,
+    /// The `GET /v1/token` body, encoded once (see [`Token::new`]).
+    answer: bytes::Bytes,
 }
 
 impl Token {
+    pub fn answer(&self) -> bytes::Bytes {
+        self.answer.clone()
+    }
+}
+
+impl Token {
+    pub fn new(secret: Secret<String>, expires_at: u64, valid_until: Instant) -> Self {
+        let answer = encode_answer(&secret, expires_at);
+        Self {
+            secret,
+            expires_at,
+            valid_until,
+            answer,
+        }
+    }
+
     pub fn is_valid(&self, now: Instant) -> bool {
         now < self.valid_until
     }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("secret", &self.secret)
+            .field("expires_at", &self.expires_at)
+            .field("valid_until", &self.valid_until)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `{"token": ..., "expires_at": ...}` encoded once per key and shared by every response:
+/// no per-request serialization, and the one buffer holding the key is wiped when the last
+/// response using it is gone.
+fn encode_answer(secret: &Secret<String>, expires_at: u64) -> bytes::Bytes {
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        token: &'a str,
+        expires_at: u64,
+    }
+    let body = serde_json::to_vec(&Answer {
+        token: secret.expose(),
+        expires_at,
+    })
+    .unwrap_or_default();
+    bytes::Bytes::from_owner(zeroize::Zeroizing::new(body))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -185,11 +231,11 @@ mod tests {
         tx.revoke_now("stolen", 1);
         tx.update(|s| {
             s.phase = Phase::Active;
-            s.token = Some(Arc::new(Token {
-                secret: octomil_common::Secret::new("k".into()),
-                expires_at: 2,
-                valid_until: Instant::now(),
-            }));
+            s.token = Some(Arc::new(Token::new(
+                octomil_common::Secret::new("k".into()),
+                2,
+                Instant::now(),
+            )));
         });
         let s = rx.borrow().clone();
         assert_eq!(s.phase, Phase::Revoked);

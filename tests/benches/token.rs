@@ -190,15 +190,19 @@ async fn run() {
             results.push((name, r));
         }
     }
-        drop(hyper);
+    drop(hyper);
     drop(nginx);
 
     // Issue 4/5: POST /v1/limits/inference/acquire, same client, same connections model. The
     // cloud's inference limit is lifted first (and a forced refresh brings it to the daemon)
     // so every call is a grant: the figure is the limiter's cost, not its refusals.
-    let big = serde_json::json!({"rate_limits": {"inference": {"limit": 1_000_000, "period_secs": 60}}});
+    let big =
+        serde_json::json!({"rate_limits": {"inference": {"limit": 1_000_000, "period_secs": 60}}});
     let ca = reqwest::Certificate::from_pem(cloud.ca_pem.as_bytes()).unwrap();
-    let http = reqwest::Client::builder().tls_certs_only([ca]).build().unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
     let r = http
         .patch(format!("{}/api/v1/org/settings", cloud.http_url))
         .bearer_auth(cloud.owner_api_key().unwrap().expose())
@@ -207,7 +211,11 @@ async fn run() {
         .await
         .unwrap();
     assert!(r.status().is_success());
-    let refreshed = daemon.client().request(Method::POST, "/v1/admin/refresh", None).await.unwrap();
+    let refreshed = daemon
+        .client()
+        .request(Method::POST, "/v1/admin/refresh", None)
+        .await
+        .unwrap();
     assert_eq!(refreshed.status, StatusCode::OK);
     for clients in [1, many] {
         let client = SocketClient::new(&daemon.socket, Duration::from_secs(10));
@@ -431,7 +439,7 @@ async fn round_of(
         .enumerate()
         .map(|(i, mut c)| {
             let count = n / k + usize::from(i < n % k);
-                        let method = method.clone();
+            let method = method.clone();
             tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(count);
                 for _ in 0..count {

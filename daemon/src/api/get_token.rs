@@ -1,23 +1,15 @@
 //! `GET /v1/token`: the current device key, if one is held and still valid.
 
-use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
-use octomil_common::Secret;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use octomil_common::wire::codes;
-use serde::Serialize;
 use tokio::time::Instant;
 
 use super::{ApiError, ApiState};
 use crate::state::Phase;
 
-#[derive(Serialize)]
-pub struct TokenAnswer {
-    pub token: Secret<String>,
-    pub expires_at: u64,
-}
-
-pub async fn token(State(state): State<ApiState>) -> Result<Json<TokenAnswer>, ApiError> {
+pub async fn token(State(state): State<ApiState>) -> Result<Response, ApiError> {
     // One atomic load of the current snapshot: no lock shared with the refresh loop.
     let snap = state.snapshot.borrow().clone();
     if snap.phase == Phase::Revoked {
@@ -28,10 +20,14 @@ pub async fn token(State(state): State<ApiState>) -> Result<Json<TokenAnswer>, A
         ));
     }
     match &snap.token {
-        Some(t) if t.is_valid(Instant::now()) => Ok(Json(TokenAnswer {
-            token: t.secret.clone(),
-            expires_at: t.expires_at,
-        })),
+        Some(t) if t.is_valid(Instant::now()) => Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            t.answer(),
+        )
+            .into_response()),
         Some(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             codes::TOKEN_EXPIRED,
