@@ -111,8 +111,13 @@ fn make_install() -> Option<tempfile::TempDir> {
         .arg(format!("BUILD_DIR={}", build_dir.display()))
         // The developer's own settings must not leak into the layout under test.
         .env_remove("MAKEFLAGS")
-        .env_remove("PREFIX")
-        .env_remove("DESTDIR"));
+        .env_remove("SYSCONFDIR")
+        .env_remove("BINDIR")
+        .env_remove("UNITDIR")
+        .env_remove("SYSUSERSDIR")
+        .env_remove("TMPFILESDIR")
+        .env_remove("DOCDIR")
+        .env_remove("INSTALL"));
     assert!(
         out.status.success(),
         "make install failed:\n{stdout}\n{stderr}"
@@ -124,18 +129,16 @@ fn make_install() -> Option<tempfile::TempDir> {
 fn make_install_lays_out_the_tree_with_the_right_modes() {
     let Some(dest) = make_install() else { return };
     let root = dest.path();
-    let want: Vec<String> = FILES.iter().map(|(p, _, _)| (*p).to_owned()).collect();
-    let mut want_sorted = want.clone();
-    want_sorted.sort();
-    assert_eq!(tree(root), want_sorted, "installed tree");
+    let mut want: Vec<String> = FILES.iter().map(|(p, _, _)| (*p).to_owned()).collect();
+    want.sort();
+    assert_eq!(tree(root), want, "installed tree");
 
     for (path, source, want_mode) in FILES {
         let installed = root.join(path);
+        let got = mode(&installed);
         assert_eq!(
-            mode(&installed),
-            *want_mode,
-            "mode of {path}: {:o}",
-            mode(&installed)
+            got, *want_mode,
+            "mode of {path}: {got:o}, want {want_mode:o}"
         );
         if let Some(source) = source {
             assert_eq!(
@@ -146,7 +149,11 @@ fn make_install_lays_out_the_tree_with_the_right_modes() {
         }
     }
     for (dir, want_mode) in DIRS {
-        assert_eq!(mode(&root.join(dir)), *want_mode, "mode of {dir}/");
+        let got = mode(&root.join(dir));
+        assert_eq!(
+            got, *want_mode,
+            "mode of {dir}/: {got:o}, want {want_mode:o}"
+        );
     }
 
     // The installed daemon is the one cargo built, and runs.
