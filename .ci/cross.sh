@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# CI, after the native tests (.ci/run): the edge-hardware part (issue 6/5 of the plan).
-# Builds the aarch64-gnu and armv7-gnueabihf daemons, runs common's and the daemon's test
-# suites for aarch64 under qemu-user, checks that no target pulls aws-lc or OpenSSL, and gates
-# the shipped unit on `systemd-analyze verify` and an exposure of 2.0 or less.
+# CI, after the native tests (.ci/run): the edge-hardware part (issue 6, "ship it").
+# Builds the aarch64-gnu and armv7-gnueabihf daemons and has each register with a native
+# cloud under qemu-user, checks that no target pulls aws-lc or OpenSSL, runs common's and the
+# daemon's test suites for aarch64 under qemu-user, and gates the shipped unit on
+# `systemd-analyze verify` and an exposure of 2.0 or less.
 #
 # Same target dir as the native run: the host-side build scripts and proc macros of the
 # aarch64 test build are shared with it, and nothing else would be, so a separate dir only
@@ -24,6 +25,12 @@ step "cross: release builds (profile ci-release: thin LTO; shipped binaries use 
 # they are missing (the first call runs apt-get update once).
 timed "aarch64-gnu build" cross/build.sh aarch64-unknown-linux-gnu ci-release
 timed "armv7-gnueabihf build" cross/build.sh armv7-unknown-linux-gnueabihf ci-release
+
+step "cross: the arm daemons register with a native cloud under qemu-user"
+# Native octomil-cloud and octomild (client) come from the native test run's target/debug.
+for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+  cross/smoke.sh "$target" "${CARGO_TARGET_DIR:-target}/$target/ci-release/octomild"
+done
 
 step "cross: no aws-lc or OpenSSL in any target's tree"
 for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf \
