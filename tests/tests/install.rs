@@ -279,6 +279,12 @@ fn debian_package_ships_what_make_install_does() {
         }
         shipped.insert(dest, u32::from_str_radix(mode, 8).unwrap());
     }
+    // systemd-sysusers/-tmpfiles in postinst, /bin/kill in ExecReload=.
+    let depends = deb["depends"].as_str().unwrap();
+    assert!(
+        depends.contains("systemd") && depends.contains("procps"),
+        "{depends}"
+    );
     // The unit comes in through systemd-units (cargo-deb adds it and the enable/start logic).
     let units = deb["systemd-units"].as_table().unwrap();
     assert_eq!(units["unit-name"].as_str(), Some("octomild"));
