@@ -199,8 +199,19 @@ fn keyring_cache_round_trip() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
         if !stdout.contains("running 1 test") {
-            // keyctl itself failed (say, keyctl(2) blocked by a container's seccomp filter).
-            eprintln!("SKIPPED {name}: `keyctl session -` did not start the test");
+            // keyctl itself failed (say, keyctl(2) blocked by a container's seccomp filter), or
+            // could not exec this binary (a foreign-architecture test binary under qemu-user).
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let why = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no output");
+            eprintln!(
+                "SKIPPED {name}: `keyctl session -` did not start the test ({why}); under \
+                 qemu-user without binfmt_misc the host cannot exec this {} binary",
+                std::env::consts::ARCH
+            );
             return;
         }
         assert!(out.status.success(), "the keyring test failed under keyctl");
