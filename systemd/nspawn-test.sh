@@ -18,6 +18,7 @@ command -v debootstrap >/dev/null || need="$need debootstrap"
 command -v systemd-nspawn >/dev/null || need="$need systemd-container"
 if [ -n "$need" ]; then
   apt-get update -qq
+  # shellcheck disable=SC2086 # a list of package names, split on purpose
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need
 fi
 
