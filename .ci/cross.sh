@@ -2,8 +2,9 @@
 # CI, after the native tests (.ci/run): the edge-hardware part (issue 6, "ship it").
 # Builds the aarch64-gnu and armv7-gnueabihf daemons and has each register with a native
 # cloud under qemu-user, checks that no target pulls aws-lc or OpenSSL, runs common's and the
-# daemon's test suites for aarch64 under qemu-user, and gates the shipped unit on
-# `systemd-analyze verify` and an exposure of 2.0 or less.
+# daemon's test suites for aarch64 under qemu-user, gates the shipped unit on
+# `systemd-analyze verify` and an exposure of 2.0 or less, and runs the README's install
+# walk-through under a real systemd in a Debian 12 container.
 #
 # Same target dir as the native run: the host-side build scripts and proc macros of the
 # aarch64 test build are shared with it, and nothing else would be, so a separate dir only
@@ -60,3 +61,8 @@ command -v systemd-analyze >/dev/null || {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd
 }
 systemd/check.sh "${CARGO_TARGET_DIR:-target}/aarch64-unknown-linux-gnu/ci-release"
+
+step "systemd: the install walk-through under a real systemd (Debian 12 in systemd-nspawn)"
+# Catches what static checks cannot: a syscall the filter blocks, a path the sandbox hides,
+# a credential that does not load, a missing /bin/kill. Uses the native debug build.
+timed "nspawn walk-through" systemd/nspawn-test.sh "${CARGO_TARGET_DIR:-target}/debug"
