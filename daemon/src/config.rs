@@ -33,9 +33,11 @@ pub struct Config {
     pub socket_mode: u32,
     /// Group owning the socket (name or gid); default: the daemon's own group.
     pub socket_group: Option<u32>,
-    /// Uids (besides root) that may read status and tokens. Reloaded on SIGHUP.
+    /// Uids (besides root) that may read status and tokens; numbers or user names. Reloaded
+    /// on SIGHUP.
     pub allowed_uids: BTreeSet<u32>,
-    /// Gids whose members may read status and tokens. Reloaded on SIGHUP.
+    /// Gids whose members may read status and tokens; numbers or group names. Reloaded on
+    /// SIGHUP.
     pub allowed_gids: BTreeSet<u32>,
     /// `human` (default) or `json`.
     pub log_format: LogFormat,
@@ -249,8 +251,8 @@ pub fn parse(path: &Path, text: &str, env: &Env) -> Result<Config, ConfigError> 
             None
         }
     };
-    let allowed_uids = p.ids("allowed_uids");
-    let allowed_gids = p.ids("allowed_gids");
+    let allowed_uids = p.ids("allowed_uids", true);
+    let allowed_gids = p.ids("allowed_gids", false);
     let log_format = match p.string("log_format").as_deref() {
         None | Some("human") => LogFormat::Human,
         Some("json") => LogFormat::Json,
@@ -365,24 +367,45 @@ impl Checker<'_> {
         self.string(key).map(PathBuf::from)
     }
 
-    fn ids(&mut self, key: &str) -> BTreeSet<u32> {
-        match self.table.get(key) {
-            None => BTreeSet::new(),
-            Some(toml::Value::Array(a)) => {
-                let ids: Option<BTreeSet<u32>> = a
-                    .iter()
-                    .map(|v| v.as_integer().and_then(|i| u32::try_from(i).ok()))
-                    .collect();
-                ids.unwrap_or_else(|| {
-                    self.problem(key, "must be a list of numeric ids");
-                    BTreeSet::new()
-                })
-            }
-            Some(_) => {
-                self.problem(key, "must be a list of numeric ids, e.g. [1000, 1001]");
-                BTreeSet::new()
+    /// A list of numeric ids or names (`users` picks user or group names), resolved through
+    /// NSS when the config is read (again on SIGHUP).
+    fn ids(&mut self, key: &str, users: bool) -> BTreeSet<u32> {
+        let kind = if users { "user" } else { "group" };
+        let Some(v) = self.table.get(key) else {
+            return BTreeSet::new();
+        };
+        let Some(items) = v.as_array() else {
+            self.problem(
+                key,
+                &format!("must be a list of {kind} ids or names, e.g. [1000, \"app\"]"),
+            );
+            return BTreeSet::new();
+        };
+        let mut out = BTreeSet::new();
+        for item in items {
+            let id = match item {
+                toml::Value::Integer(i) => u32::try_from(*i).ok(),
+                toml::Value::String(name) if users => nix::unistd::User::from_name(name)
+                    .ok()
+                    .flatten()
+                    .map(|u| u.uid.as_raw()),
+                toml::Value::String(name) => nix::unistd::Group::from_name(name)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw()),
+                _ => None,
+            };
+            match id {
+                Some(id) => {
+                    out.insert(id);
+                }
+                None => self.problem(
+                    key,
+                    &format!("{item} is not a {kind} id or a known {kind} name"),
+                ),
             }
         }
+        out
     }
 
     fn duration(
@@ -508,7 +531,7 @@ mod tests {
             device_id = "bad/id"
             socket = "relative.sock"
             socket_mode = "777x"
-            allowed_uids = ["root"]
+            allowed_uids = [true]
             log_format = "xml"
             max_connections = 0
             cloud_timeout = "forever"
@@ -556,6 +579,20 @@ mod tests {
         assert!(s.starts_with("invalid configuration in /etc/octomil/octomild.toml:"));
         assert!(s.contains("\n  log_format: must be a string"));
         assert!(s.contains("\n  cloud_url: is required"));
+    }
+
+    #[test]
+    fn ids_may_be_names() {
+        let c = parse_ok(&format!(
+            "{MINIMAL}allowed_uids = [\"root\", 1000]\nallowed_gids = [\"root\"]\n"
+        ));
+        assert_eq!(c.allowed_uids, BTreeSet::from([0, 1000]));
+        assert_eq!(c.allowed_gids, BTreeSet::from([0]));
+        let got = problems(&format!(
+            "{MINIMAL}allowed_gids = [\"no-such-group-here\", 1.5]\n"
+        ));
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].1.contains("no-such-group-here"));
     }
 
     #[test]

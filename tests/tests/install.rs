@@ -220,8 +220,7 @@ fn example_config_lists_every_key_with_its_real_default() {
     );
 
     // The group may not exist where the test runs; parse() resolves names through NSS.
-    let portable =
-        |line: &str| line.replace("socket_group = \"octomil-clients\"", "socket_group = 0");
+    let portable = |line: &str| line.replace("\"octomil-clients\"", "\"root\"");
     let env = Env {
         machine_id: Some("0123456789abcdef0123456789abcdef\n".into()),
     };
@@ -234,12 +233,13 @@ fn example_config_lists_every_key_with_its_real_default() {
     let everything: String = keys.values().map(|(l, _)| portable(l) + "\n").collect();
     let shipped = parse(path, &as_shipped, &env).unwrap_or_else(|e| panic!("{e}"));
     let all = parse(path, &everything, &env).unwrap_or_else(|e| panic!("{e}"));
-    // Commented-out lines show the default, except these three, which show an example of a
-    // value that has no literal default (derived id, no file, a host-specific gid).
+    // Commented-out lines show the default, except these four, which show an example of a
+    // value that has no literal default (derived id, no file, a host-specific group, no cap).
     let all = octomild::config::Config {
         device_id: shipped.device_id.clone(),
         bootstrap_token_file: shipped.bootstrap_token_file.clone(),
         allowed_gids: shipped.allowed_gids.clone(),
+        limit_per_uid_share: shipped.limit_per_uid_share,
         ..all
     };
     assert_eq!(
