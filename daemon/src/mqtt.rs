@@ -204,11 +204,12 @@ impl Session {
                                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         failures = 0;
                         check_every = CHECK_EVERY;
-                        tracing::info!(topic = %params.topic, "revocation session connected");
-                        self.set_connected(true);
+                                                tracing::info!(topic = %params.topic, "revocation session connected");
                         let _ = client.subscribe(params.topic.clone(), QoS::AtLeastOnce).await;
                         self.announce(&client).await;
                     }
+                    // "Connected" means a revocation can reach us: only once subscribed.
+                    Ok(Event::Incoming(Packet::SubAck(_))) => self.set_connected(true),
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if p.topic == params.topic && self.handle(&p.payload, &key, params).await {
                             // Revoked: the refresh loop takes over; our snapshot watch ends us.
