@@ -60,8 +60,11 @@ struct ClientArgs {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread, like nginx's event loop: the daemon's work is small and I/O-bound (store
+    // writes and wipes go to the blocking pool), and a single thread answers GET /v1/token with
+    // steadier latency than two workers handing tasks between them (BENCHMARKS.md), with fewer
+    // threads on a small device.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

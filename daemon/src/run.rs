@@ -110,20 +110,26 @@ pub async fn run(
         ..SocketOptions::default()
     };
     let listener = socket::bind(&opts)?;
-    let router = api::router(ApiState {
-        snapshot: rx.clone(),
-        commands: cmd_tx.clone(),
-        metrics: metrics.clone(),
-        limits: limits.clone(),
-        socket_stats: stats.clone(),
-        refresh_timeout: config.cloud_timeout * 2,
-    });
+    let routes = socket::Routes {
+        fast_get: Some(Arc::new(api::TokenFastPath::new(
+            rx.clone(),
+            metrics.clone(),
+        ))),
+        router: api::router(ApiState {
+            snapshot: rx.clone(),
+            commands: cmd_tx.clone(),
+            metrics: metrics.clone(),
+            limits: limits.clone(),
+            socket_stats: stats.clone(),
+            refresh_timeout: config.cloud_timeout * 2,
+        }),
+    };
     let tasks = tokio_util::task::TaskTracker::new();
     let serve_stop = CancellationToken::new();
     {
         let (opts, stop, grace) = (opts.clone(), serve_stop.clone(), config.shutdown_grace);
         tasks.spawn(async move {
-            socket::serve(listener, router, policy_rx, &opts, stats, stop, grace).await
+            socket::serve(listener, routes, policy_rx, &opts, stats, stop, grace).await
         });
     }
 

@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path as UrlPath, State};
@@ -16,7 +16,8 @@ use axum::{Json, Router};
 use http::{Method, StatusCode};
 use octomild::client::{ClientError, SocketClient};
 use octomild::socket::{
-    self, AccessPolicy, Peer, RequireAdmin, SocketError, SocketOptions, SocketStats,
+    self, AccessPolicy, FastGet, Peer, RequireAdmin, Routes, SocketError, SocketOptions,
+    SocketStats,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -58,9 +59,37 @@ struct Gate {
     release: watch::Receiver<bool>,
 }
 
+/// The fast path every test server has, as the daemon has one for `GET /v1/token`: `/fast`
+/// answers `{"fast":true}` on the socket while `on`; the router's `/fast` answers
+/// `{"fast":false}`, so each answer tells which path served it.
+#[derive(Debug)]
+struct TestFast {
+    on: AtomicBool,
+    served: AtomicU64,
+}
+
+impl FastGet for TestFast {
+    fn path(&self) -> &'static str {
+        "/fast"
+    }
+
+    fn content_type(&self) -> &'static str {
+        "application/json"
+    }
+
+    fn answer(&self) -> Option<bytes::Bytes> {
+        if !self.on.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.served.fetch_add(1, Ordering::Relaxed);
+        Some(bytes::Bytes::from_static(br#"{"fast":true}"#))
+    }
+}
+
 fn router(gate: Gate) -> Router {
     Router::new()
         .route("/x", get(|| async { "ok" }))
+        .route("/fast", get(|| async { Json(json!({"fast": false})) }))
         .route(
             "/whoami",
             get(|peer: Peer| async move {
@@ -96,6 +125,7 @@ struct TestServer {
     path: PathBuf,
     policy: watch::Sender<Arc<AccessPolicy>>,
     stats: Arc<SocketStats>,
+    fast: Arc<TestFast>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
     entered: mpsc::UnboundedReceiver<()>,
@@ -118,19 +148,18 @@ impl TestServer {
             entered: entered_tx,
             release: release_rx,
         };
+        let fast = Arc::new(TestFast {
+            on: AtomicBool::new(true),
+            served: AtomicU64::new(0),
+        });
+        let routes = Routes {
+            router: router(gate),
+            fast_get: Some(Arc::clone(&fast) as Arc<dyn FastGet>),
+        };
         let task = tokio::spawn({
             let (stats, shutdown) = (Arc::clone(&stats), shutdown.clone());
             async move {
-                socket::serve(
-                    listener,
-                    router(gate),
-                    policy_rx,
-                    &opts,
-                    stats,
-                    shutdown,
-                    grace,
-                )
-                .await;
+                socket::serve(listener, routes, policy_rx, &opts, stats, shutdown, grace).await;
             }
         });
         Self {
@@ -138,6 +167,7 @@ impl TestServer {
             path,
             policy,
             stats,
+            fast,
             shutdown,
             task,
             entered,
@@ -352,13 +382,17 @@ async fn other_uid_is_denied_until_the_policy_allows_it() {
     let res = request_as(NOBODY, "", &path, "GET", "/whoami").await;
     assert_eq!(res.status, Some(403), "{res:?}");
     assert_eq!(res.body.as_ref().unwrap()["error"], "forbidden");
+    // Denied callers never reach the fast path either.
+    let res = request_as(NOBODY, "", &path, "GET", "/fast").await;
+    assert_eq!(res.status, Some(403), "{res:?}");
+    assert_eq!(server.fast.served.load(Ordering::Relaxed), 0);
     assert!(
         res.body.as_ref().unwrap()["message"]
             .as_str()
             .unwrap()
             .contains("uid 65534"),
     );
-    assert_eq!(server.stats.denied.load(Ordering::Relaxed), 1);
+    assert_eq!(server.stats.denied.load(Ordering::Relaxed), 2);
 
     // The swap applies to the next connection.
     server.allow(&[NOBODY], &[]);
@@ -367,6 +401,9 @@ async fn other_uid_is_denied_until_the_policy_allows_it() {
     let body = res.body.unwrap();
     assert_eq!(body["uid"], NOBODY);
     assert_eq!(body["access"], "read");
+    // Readers get the fast path's answer (the daemon's key).
+    let res = request_as(NOBODY, "", &path, "GET", "/fast").await;
+    assert_eq!(res.body, Some(json!({"fast": true})), "{res:?}");
 
     // Readers are not admins.
     let res = request_as(NOBODY, "", &path, "POST", "/admin").await;
@@ -383,7 +420,7 @@ async fn other_uid_is_denied_until_the_policy_allows_it() {
     let res = request_as(NOBODY, "", &path, "GET", "/whoami").await;
     assert_eq!(res.status, Some(200), "{res:?}");
 
-    assert_eq!(server.stats.denied.load(Ordering::Relaxed), 2);
+    assert_eq!(server.stats.denied.load(Ordering::Relaxed), 3);
     server.stop().await;
 }
 
@@ -480,6 +517,12 @@ async fn a_slow_client_is_dropped_after_header_read_timeout_without_delaying_oth
     let mut half = UnixStream::connect(&server.path).await.unwrap();
     half.write_all(b"GET /x HT").await.unwrap();
     let mut silent = UnixStream::connect(&server.path).await.unwrap();
+    // Answered on the fast path, then half of a second request.
+    let mut then_half = UnixStream::connect(&server.path).await.unwrap();
+    then_half
+        .write_all(b"GET /fast HTTP/1.1\r\n\r\nGET /fast HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
 
     let res = server
         .client()
@@ -493,7 +536,11 @@ async fn a_slow_client_is_dropped_after_header_read_timeout_without_delaying_oth
         "another client waited {other_answered:?}"
     );
 
-    for (name, stream) in [("half request line", &mut half), ("silent", &mut silent)] {
+    for (name, stream) in [
+        ("half request line", &mut half),
+        ("silent", &mut silent),
+        ("one answer, then half a head", &mut then_half),
+    ] {
         let (got, at) = read_to_eof(stream).await;
         let after = at - start;
         println!("{name}: closed after {after:?} with {got:?}");
@@ -518,22 +565,25 @@ async fn idle_and_stalled_connections_are_closed_but_slow_handlers_are_not() {
     )
     .await;
 
-    // Kept alive after one answer, then idle.
-    let mut idle = UnixStream::connect(&server.path).await.unwrap();
-    idle.write_all(b"GET /x HTTP/1.1\r\nHost: l\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 512];
-    let n = idle.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    let answered = Instant::now();
-    let (_, at) = read_to_eof(&mut idle).await;
-    let after = at - answered;
-    println!("idle keep-alive closed after {after:?}");
-    assert!(
-        after >= IDLE.mul_f32(0.9) && after < Duration::from_secs(5),
-        "{after:?}"
-    );
+    // Kept alive after one answer, then idle: served by the router, then by the fast path.
+    for path in ["/x", "/fast"] {
+        let mut idle = UnixStream::connect(&server.path).await.unwrap();
+        idle.write_all(format!("GET {path} HTTP/1.1\r\nHost: l\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        let answered = Instant::now();
+        let (_, at) = read_to_eof(&mut idle).await;
+        let after = at - answered;
+        println!("idle keep-alive after {path} closed after {after:?}");
+        assert!(
+            after >= IDLE.mul_f32(0.9) && after < Duration::from_secs(5),
+            "{path}: {after:?}"
+        );
+    }
+    assert_eq!(server.fast.served.load(Ordering::Relaxed), 1);
 
     // A request body that stops arriving while the handler waits for it.
     let mut stalled = UnixStream::connect(&server.path).await.unwrap();
@@ -565,6 +615,207 @@ async fn idle_and_stalled_connections_are_closed_but_slow_handlers_are_not() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// serve: the fast path (the daemon's GET /v1/token)
+
+/// Splits what a server wrote into (status line, lowercased head, body) per answer.
+fn answers(raw: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let (head, after) = rest.split_once("\r\n\r\n").expect("a complete head");
+        let head = head.to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .expect("content-length")
+            .parse()
+            .unwrap();
+        let status = head.lines().next().unwrap().to_owned();
+        out.push((status, head, after[..len].to_owned()));
+        rest = &after[len..];
+    }
+    out
+}
+
+/// Writes `raw` on a fresh connection and reads until the server closes it. A server that
+/// closes with part of `raw` unread (an oversized head) resets the connection after its answer.
+async fn exchange(server: &TestServer, raw: &[u8]) -> String {
+    let mut stream = UnixStream::connect(&server.path).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+            .await
+            .expect("server never closed the connection");
+        match read {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_answers_until_another_request_then_the_router_serves_the_connection() {
+    let server = TestServer::start(|_| {}, Duration::from_secs(1)).await;
+    let mut conn = server.client().connect().await.unwrap();
+    for _ in 0..3 {
+        let res = conn.request(Method::GET, "/fast", None).await.unwrap();
+        assert_eq!(res.status, StatusCode::OK);
+        assert_eq!(res.headers["content-type"], "application/json");
+        assert!(res.headers.contains_key("date"));
+        assert_eq!(res.json::<Value>().unwrap(), json!({"fast": true}));
+    }
+    assert_eq!(server.fast.served.load(Ordering::Relaxed), 3);
+
+    // Any other request hands the connection to hyper and the router, for good.
+    let res = conn.request(Method::GET, "/x", None).await.unwrap();
+    assert_eq!(&res.body[..], b"ok");
+    let res = conn.request(Method::GET, "/fast", None).await.unwrap();
+    assert_eq!(res.json::<Value>().unwrap(), json!({"fast": false}));
+    assert_eq!(server.fast.served.load(Ordering::Relaxed), 3);
+
+    // Without an answer (the daemon: no valid key) the router answers, with its own codes.
+    server.fast.on.store(false, Ordering::Relaxed);
+    let res = server
+        .client()
+        .request(Method::GET, "/fast", None)
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Value>().unwrap(), json!({"fast": false}));
+    server.stop().await;
+}
+
+/// Back-to-back requests on concurrent connections all get their answer (a connection whose
+/// wake-up got lost would stall until its header-read timeout, then fail its client). A
+/// narrow race may still slip through a debug build: the token benchmark (release, 8
+/// clients) is the harder check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_serves_concurrent_kept_alive_clients_without_losing_a_request() {
+    const CLIENTS: usize = 8;
+    const EACH: usize = 500;
+    let server =
+        TestServer::start(|o| o.header_read_timeout = Duration::from_secs(2), DEADLINE).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let client = server.client();
+        tasks.spawn(async move {
+            let mut conn = client.connect().await.unwrap();
+            for _ in 0..EACH {
+                let res = conn.request(Method::GET, "/fast", None).await.unwrap();
+                assert_eq!(&res.body[..], br#"{"fast":true}"#);
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(
+        server.fast.served.load(Ordering::Relaxed),
+        (CLIENTS * EACH) as u64
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_keeps_pipelined_requests_in_order_across_the_hand_over() {
+    let server = TestServer::start(|_| {}, Duration::from_secs(1)).await;
+    let raw = concat!(
+        "GET /fast HTTP/1.1\r\nHost: l\r\n\r\n",
+        "GET /fast HTTP/1.1\r\nHost: l\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: l\r\n\r\n",
+        "GET /fast HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n",
+    );
+    let got = answers(&exchange(&server, raw.as_bytes()).await);
+    let bodies: Vec<&str> = got.iter().map(|(_, _, b)| b.as_str()).collect();
+    assert_eq!(
+        bodies,
+        [
+            r#"{"fast":true}"#,
+            r#"{"fast":true}"#,
+            "ok",
+            r#"{"fast":false}"#
+        ]
+    );
+    assert!(
+        got.iter().all(|(s, _, _)| s == "http/1.1 200 ok"),
+        "{got:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_reads_heads_in_pieces_and_honours_connection_close() {
+    let server = TestServer::start(|_| {}, Duration::from_secs(1)).await;
+    let mut stream = UnixStream::connect(&server.path).await.unwrap();
+    for piece in [
+        "GET /fa",
+        "st HTTP/1.1\r\nHost: l\r\nConn",
+        "ection: close\r\n\r\n",
+    ] {
+        stream.write_all(piece.as_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let got = answers(&read_to_eof(&mut stream).await.0);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (status, head, body) = &got[0];
+    assert_eq!(status, "http/1.1 200 ok");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert_eq!(body, r#"{"fast":true}"#);
+    assert_eq!(server.fast.served.load(Ordering::Relaxed), 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_same_answers_as_without_the_fast_path() {
+    let server = TestServer::start(|_| {}, Duration::from_secs(1)).await;
+    let huge = format!(
+        "GET /fast HTTP/1.1\r\nHost: l\r\nx-big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let cases: [(&str, &[u8], &str); 6] = [
+        ("garbage", b"hello there\r\n\r\n", "HTTP/1.1 400"),
+        ("oversized head", huge.as_bytes(), "HTTP/1.1 431"),
+        (
+            "POST to the fast path",
+            b"POST /fast HTTP/1.1\r\nHost: l\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+            "HTTP/1.1 405",
+        ),
+        (
+            "unknown path",
+            b"GET /nope HTTP/1.1\r\nHost: l\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 404",
+        ),
+        ("HTTP/1.0", b"GET /fast HTTP/1.0\r\n\r\n", "HTTP/1.0 200"),
+        (
+            "a body on the fast path's GET",
+            b"GET /fast HTTP/1.1\r\nHost: l\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+            "HTTP/1.1 200",
+        ),
+    ];
+    for (what, raw, want) in cases {
+        let got = exchange(&server, raw).await;
+        assert!(got.starts_with(want), "{what}: {got:?}");
+        if want.ends_with("200") {
+            assert!(got.ends_with(r#"{"fast":false}"#), "{what}: {got:?}");
+        }
+    }
+    assert_eq!(server.fast.served.load(Ordering::Relaxed), 0);
+    // None of that hurt the server.
+    let res = server
+        .client()
+        .request(Method::GET, "/fast", None)
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Value>().unwrap(), json!({"fast": true}));
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // shutdown
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,6 +824,8 @@ async fn shutdown_finishes_in_flight_requests_and_removes_the_socket() {
     let client = server.client();
     let mut idle_conn = client.connect().await.unwrap();
     idle_conn.request(Method::GET, "/x", None).await.unwrap();
+    let mut idle_fast = client.connect().await.unwrap();
+    idle_fast.request(Method::GET, "/fast", None).await.unwrap();
     let in_flight = tokio::spawn({
         let client = client.clone();
         async move { client.request(Method::GET, "/slow", None).await }
@@ -587,6 +840,7 @@ async fn shutdown_finishes_in_flight_requests_and_removes_the_socket() {
     assert!(matches!(err, ClientError::NotRunning { .. }), "{err}");
     // The idle kept-alive connection is closed at once, not after the grace period.
     assert!(idle_conn.request(Method::GET, "/x", None).await.is_err());
+    assert!(idle_fast.request(Method::GET, "/fast", None).await.is_err());
 
     server.release.send_replace(true);
     let res = in_flight.await.unwrap().unwrap();

@@ -13,7 +13,7 @@
 //! Env: `BENCH_N` requests per run (default 20000), `BENCH_WARMUP` per run (default 2000),
 //! `BENCH_CLIENTS` for the concurrent runs (default 8), `BENCH_OCTOMILD` an explicit daemon
 //! binary (skips the build), `BENCH_HYPER_WORKERS` the bare hyper server's tokio workers
-//! (default 2 like the daemon; 0 for a current_thread runtime). Prints figures only; nothing
+//! (default 0: a current_thread runtime, like the daemon). Prints figures only; nothing
 //! here asserts a timing.
 
 #![allow(clippy::unwrap_used)]
@@ -47,7 +47,7 @@ fn main() {
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     // One client thread: on 2 cores it leaves the other core to the server under test (the
-    // daemon runs 2 workers, nginx 1 process). The in-process cloud shares this thread; it is
+    // daemon and nginx each serve from one thread). The in-process cloud shares this thread; it is
     // idle while the clock runs.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -165,7 +165,7 @@ async fn run() {
             None
         }
     };
-    let hyper_workers = env_or("BENCH_HYPER_WORKERS", 2);
+    let hyper_workers = env_or("BENCH_HYPER_WORKERS", 0);
     let hyper = HyperRef::start(&tmp.path().join("hyper.sock"), &body, hyper_workers);
     println!(
         "bare hyper: {}",

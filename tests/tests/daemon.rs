@@ -200,6 +200,7 @@ async fn an_expired_key_is_never_served() {
     d.wait_state("active", Duration::from_secs(20)).await;
     c.handle.cloud.faults.fail_next(DeviceCall::Refresh, 1000);
     let deadline = Instant::now() + Duration::from_secs(15);
+    let mut served = 0;
     loop {
         let (code, body) = d.get("/v1/token").await;
         if code == 503 {
@@ -207,8 +208,22 @@ async fn an_expired_key_is_never_served() {
             break;
         }
         assert_eq!(code, 200);
+        served += 1;
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Answers from the socket's fast path (200) and from the router (503) count alike.
+    let res = d
+        .client()
+        .request(http::Method::GET, "/metrics", None)
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&res.body).into_owned();
+    for line in [
+        format!("octomild_requests_total{{route=\"/v1/token\",status=\"200\"}} {served}"),
+        "octomild_requests_total{route=\"/v1/token\",status=\"503\"} 1".to_owned(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
     // Recovery once the cloud answers again.
     c.handle.cloud.faults.fail_next(DeviceCall::Refresh, 0);

@@ -25,6 +25,8 @@ use crate::metrics::Metrics;
 use crate::socket::SocketStats;
 use crate::state::SnapshotRx;
 
+pub use get_token::TokenFastPath;
+
 /// What the handlers share.
 #[derive(Clone, Debug)]
 pub struct ApiState {
@@ -40,7 +42,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/status", get(get_status::status))
-        .route("/v1/token", get(get_token::token))
+        .route(get_token::PATH, get(get_token::token))
         .route("/v1/admin/refresh", post(post_admin_refresh::refresh))
         .route(
             "/v1/limits/{surface}/acquire",

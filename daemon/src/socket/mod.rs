@@ -8,6 +8,7 @@
 mod access;
 mod activity;
 mod bind;
+mod fast;
 mod serve;
 
 use std::path::PathBuf;
@@ -21,7 +22,8 @@ use octomil_common::wire::ErrorBody;
 
 pub use access::{Access, AccessPolicy, Peer, RequireAdmin};
 pub use bind::bind;
-pub use serve::serve;
+pub use fast::FastGet;
+pub use serve::{Routes, serve};
 
 /// Where and how the socket is created and how its connections are bounded.
 #[derive(Clone, Debug)]

@@ -27,11 +27,12 @@ use tracing::{debug, info, warn};
 use super::access::{Access, AccessPolicy, Peer, supplementary_groups};
 use super::activity::{Activity, TrackedBody, TrackedIo};
 use super::bind::{claim_identity, remove_if_ours};
+use super::fast::{self, FastEnd, FastGet, Rewind};
 use super::{SocketOptions, SocketStats, error_response};
 
 /// Read buffer cap per connection (hyper's minimum is 8 KiB): request heads here are tiny, and
 /// 64 connections must stay cheap on a small device. Larger heads get 431.
-const MAX_BUF_BYTES: usize = 16 * 1024;
+pub(super) const MAX_BUF_BYTES: usize = 16 * 1024;
 /// Busy connections being answered 503 at once; beyond this they are closed unanswered, so a
 /// flood cannot grow the task set without bound.
 const REJECT_SLOTS: usize = 16;
@@ -40,9 +41,26 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The per-connection bounds, copied into every connection task.
 #[derive(Clone, Copy, Debug)]
-struct Limits {
-    header_read_timeout: Duration,
-    idle_timeout: Duration,
+pub(super) struct Limits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// What a socket serves: the router, and optionally one body-less `GET` answered before any
+/// routing (see [`FastGet`]).
+#[derive(Clone, Debug)]
+pub struct Routes {
+    pub router: Router,
+    pub fast_get: Option<Arc<dyn FastGet>>,
+}
+
+impl From<Router> for Routes {
+    fn from(router: Router) -> Self {
+        Self {
+            router,
+            fast_get: None,
+        }
+    }
 }
 
 /// Accept loop: reads peer credentials first (before parsing any HTTP), classifies them with the
@@ -55,7 +73,7 @@ struct Limits {
 /// connections close at once, then drops whatever is left and returns.
 pub async fn serve(
     listener: UnixListener,
-    router: Router,
+    routes: impl Into<Routes>,
     policy: watch::Receiver<Arc<AccessPolicy>>,
     opts: &SocketOptions,
     stats: Arc<SocketStats>,
@@ -70,6 +88,7 @@ pub async fn serve(
     };
     let slots = Arc::new(Semaphore::new(opts.max_connections));
     let reject_slots = Arc::new(Semaphore::new(REJECT_SLOTS));
+    let Routes { router, fast_get } = routes.into();
     let router = TowerToHyperService::new(router);
     let mut tasks = JoinSet::new();
 
@@ -93,6 +112,7 @@ pub async fn serve(
                         let conn = Connection {
                             slot: ActiveSlot::new(slot, Arc::clone(&stats)),
                             router: router.clone(),
+                            fast_get: fast_get.clone(),
                             limits,
                             shutdown: shutdown.clone(),
                         };
@@ -172,6 +192,7 @@ impl Drop for ActiveSlot {
 struct Connection {
     slot: ActiveSlot,
     router: TowerToHyperService<Router>,
+    fast_get: Option<Arc<dyn FastGet>>,
     limits: Limits,
     shutdown: CancellationToken,
 }
@@ -203,6 +224,17 @@ impl Connection {
         } else {
             debug!(uid, gid, ?pid, access = access.as_str(), "connection");
         }
+
+        // Allowed callers start on the fast path; hyper takes the connection when it must.
+        let stream = match &self.fast_get {
+            Some(fast_get) if access != Access::Denied => {
+                match fast::serve(stream, fast_get.as_ref(), self.limits, &self.shutdown).await {
+                    FastEnd::Closed => return,
+                    FastEnd::HandOver(stream) => stream,
+                }
+            }
+            _ => Rewind::new(stream),
+        };
 
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&activity)));

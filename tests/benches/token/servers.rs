@@ -183,7 +183,7 @@ impl Drop for HyperRef {
 }
 
 /// What is left when the daemon's own layers are taken away: the same tokio runtime shape
-/// (2 workers unless told otherwise), hyper's HTTP/1.1 server on a Unix socket, one fixed
+/// (current_thread unless told otherwise), hyper's HTTP/1.1 server on a Unix socket, one fixed
 /// answer, nothing else.
 mod hyper_ref {
     use std::convert::Infallible;

@@ -1,0 +1,455 @@
+//! A fast path for the one hot request: a body-less `GET` of one path (the daemon's
+//! `GET /v1/token`), answered straight from the socket with a pre-encoded body, before hyper and
+//! the router are involved.
+//!
+//! Every connection starts here. Requests are parsed with `httparse` (hyper's own parser); a
+//! request the fast path answers must be exactly `GET <path> HTTP/1.1` with no body and no
+//! `Expect`/`Upgrade`, and the [`FastGet`] must have an answer (a valid key). The first request
+//! that is anything else (another path or method, HTTP/1.0, a body, a malformed or oversized
+//! head, no answer right now) hands the connection to hyper for good, with the bytes read so far
+//! put back in front of the stream: hyper then parses that request itself and answers it (404,
+//! 400, 431, 503 `token_expired`, ...), exactly as it would have without the fast path.
+//!
+//! Same bounds as the hyper path: a request head must be complete within `header_read_timeout`
+//! of the previous answer (or of the connection's start), and no connection waits longer than
+//! `idle_timeout` for its next request. On shutdown an idle connection closes at once and one
+//! with a partial head gets its answer first.
+//!
+//! Measured in BENCHMARKS.md (`cargo bench -p octomil-e2e --bench token`): it is what brings
+//! `GET /v1/token` near nginx serving a static file.
+
+use std::fmt;
+use std::io::{self, Write as _};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::UnixStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+use zeroize::Zeroizing;
+
+use super::serve::Limits;
+
+/// A body-less `GET` the socket answers itself; see the module docs.
+pub trait FastGet: Send + Sync + fmt::Debug + 'static {
+    /// The exact request target served (no query string).
+    fn path(&self) -> &'static str;
+    /// The answer's `Content-Type`.
+    fn content_type(&self) -> &'static str;
+    /// The 200 body for a request arriving now, or `None` to let the router answer this
+    /// request (and the rest of the connection). Called once per answered request, so an
+    /// implementation may count answers here.
+    fn answer(&self) -> Option<Bytes>;
+}
+
+/// A head the fast path answers is far smaller than this; a larger partial head is handed to
+/// hyper, whose own limit (the same) answers 431.
+const MAX_HEAD_BYTES: usize = super::serve::MAX_BUF_BYTES;
+/// Headers parsed per request; a request with more goes to hyper.
+const MAX_HEADERS: usize = 32;
+/// Room kept free in the read buffer before each read.
+const READ_CHUNK: usize = 1024;
+
+/// What the bytes buffered so far hold.
+#[derive(Debug, PartialEq, Eq)]
+enum Head {
+    /// An incomplete request head.
+    Partial,
+    /// A request the fast path answers, `len` bytes long; `close` if the client asked for the
+    /// connection to be closed after the answer.
+    Fast { len: usize, close: bool },
+    /// Anything else: hyper takes over.
+    Other,
+}
+
+fn classify(buf: &[u8], path: &str) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Head::Partial,
+        Ok(httparse::Status::Partial) | Err(_) => return Head::Other,
+    };
+    if req.method != Some("GET") || req.path != Some(path) || req.version != Some(1) {
+        return Head::Other;
+    }
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            if h.value.trim_ascii() != b"0" {
+                return Head::Other;
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("upgrade")
+        {
+            return Head::Other;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                    return Head::Other;
+                }
+            }
+        }
+    }
+    Head::Fast { len, close }
+}
+
+/// `HTTP/1.1 200 OK` with the body, in hyper's header order, into `out` (cleared first).
+fn encode(out: &mut Vec<u8>, content_type: &str, body: &[u8], close: bool) {
+    out.clear();
+    // Writes into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"date: ");
+    http_date(out);
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body);
+}
+
+/// Appends the current time as an HTTP date, formatted at most once a second per thread.
+fn http_date(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHE.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *text = httpdate::fmt_http_date(now);
+            *at = secs;
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// How a connection left the fast path.
+pub(super) enum FastEnd {
+    /// Closed: by the client, by a bound, by shutdown, or after `Connection: close`.
+    Closed,
+    /// Hyper serves the rest; the stream carries the bytes read but not answered.
+    HandOver(Rewind<UnixStream>),
+}
+
+/// Serves fast requests on `stream` until the connection ends or needs hyper.
+pub(super) async fn serve(
+    mut stream: UnixStream,
+    fast: &dyn FastGet,
+    bounds: Limits,
+    shutdown: &CancellationToken,
+) -> FastEnd {
+    let wait = bounds.header_read_timeout.min(bounds.idle_timeout);
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    // The answer holds the key: wiped when the connection ends. Sized for the usual answer so
+    // it does not grow (a reallocation would leave a copy behind).
+    let mut out = Zeroizing::new(Vec::with_capacity(512));
+    // When the wait for the current request head began.
+    let mut waiting_since = Instant::now();
+    let mut timer = pin!(tokio::time::sleep_until(waiting_since + wait));
+    let mut cancelled = pin!(shutdown.cancelled());
+    let mut draining = false;
+    loop {
+        // Answer every complete request already buffered (pipelining keeps their order).
+        loop {
+            match classify(&buf, fast.path()) {
+                Head::Partial => break,
+                Head::Other => return hand_over(stream, buf),
+                Head::Fast { len, close } => {
+                    let Some(body) = fast.answer() else {
+                        return hand_over(stream, buf);
+                    };
+                    buf.drain(..len);
+                    if out.capacity() < body.len() + 256 {
+                        // Never grow in place: wipe the old buffer by replacing it.
+                        *out = Vec::with_capacity(body.len() + 256);
+                    }
+                    encode(&mut out, fast.content_type(), &body, close);
+                    drop(body);
+                    if let Err(e) = write_answer(&mut stream, &out, bounds.idle_timeout).await {
+                        debug!(error = %e, "answer not delivered; closing");
+                        return FastEnd::Closed;
+                    }
+                    if close || draining {
+                        return FastEnd::Closed;
+                    }
+                    waiting_since = Instant::now();
+                }
+            }
+        }
+        if draining && buf.is_empty() {
+            return FastEnd::Closed;
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+            buf.reserve(READ_CHUNK);
+        }
+        // After an answer this read usually says EAGAIN: that is what clears tokio's cached
+        // readiness safely. (Skipping it when the last read came up short loses wake-ups: a
+        // request arriving in between would have its readiness cleared too.)
+        match stream.try_read_buf(&mut buf) {
+            Ok(0) => return FastEnd::Closed,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                debug!(error = %e, "read failed; closing");
+                return FastEnd::Closed;
+            }
+        }
+        // Nothing to read: wait for bytes, the deadline or shutdown. The timer is only reset
+        // when it fires early, not per request.
+        let deadline = waiting_since + wait;
+        loop {
+            tokio::select! {
+                biased;
+                ready = stream.readable() => {
+                    if let Err(e) = ready {
+                        debug!(error = %e, "socket failed; closing");
+                        return FastEnd::Closed;
+                    }
+                    break;
+                }
+                () = &mut cancelled, if !draining => {
+                    draining = true;
+                    if buf.is_empty() {
+                        return FastEnd::Closed;
+                    }
+                }
+                () = &mut timer => {
+                    if Instant::now() >= deadline {
+                        debug!(?wait, partial = !buf.is_empty(), "no request in time; closing");
+                        return FastEnd::Closed;
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+}
+
+fn hand_over(stream: UnixStream, buf: Vec<u8>) -> FastEnd {
+    FastEnd::HandOver(Rewind {
+        prefix: Bytes::from(buf),
+        inner: stream,
+    })
+}
+
+/// Writes one answer: one syscall when the socket has room, else waits (bounded) for it.
+async fn write_answer(stream: &mut UnixStream, out: &[u8], timeout: Duration) -> io::Result<()> {
+    let rest = match stream.try_write(out) {
+        Ok(n) => &out[n..],
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => out,
+        Err(e) => return Err(e),
+    };
+    if rest.is_empty() {
+        return Ok(());
+    }
+    tokio::time::timeout(timeout, stream.write_all(rest))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))?
+}
+
+/// A stream with bytes already read from it put back in front, for hyper to parse again.
+#[derive(Debug)]
+pub(super) struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    /// A stream with nothing put back.
+    pub(super) fn new(inner: T) -> Self {
+        Self {
+            prefix: Bytes::new(),
+            inner,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..n]);
+        self.prefix.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/v1/token";
+
+    fn fast(len: usize, close: bool) -> Head {
+        Head::Fast { len, close }
+    }
+
+    #[test]
+    fn classify_table() {
+        let plain = "GET /v1/token HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let cases: &[(&str, Head)] = &[
+            (plain, fast(plain.len(), false)),
+            ("GET /v1/token HTTP/1.1\r\n\r\n", fast(26, false)),
+            (
+                "GET /v1/token HTTP/1.1\r\nConnection: close\r\n\r\n",
+                fast(45, true),
+            ),
+            (
+                "GET /v1/token HTTP/1.1\r\nconnection: Keep-Alive, CLOSE\r\n\r\n",
+                fast(57, true),
+            ),
+            (
+                "GET /v1/token HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                fast(45, false),
+            ),
+            // Incomplete heads wait for more.
+            ("", Head::Partial),
+            ("GET /v1/tok", Head::Partial),
+            ("GET /v1/token HTTP/1.1\r\nHost: l\r\n", Head::Partial),
+            // Everything else is hyper's.
+            ("GET /v1/status HTTP/1.1\r\n\r\n", Head::Other),
+            ("GET /v1/token?x=1 HTTP/1.1\r\n\r\n", Head::Other),
+            ("GET /v1/token/ HTTP/1.1\r\n\r\n", Head::Other),
+            ("HEAD /v1/token HTTP/1.1\r\n\r\n", Head::Other),
+            ("POST /v1/token HTTP/1.1\r\n\r\n", Head::Other),
+            ("get /v1/token HTTP/1.1\r\n\r\n", Head::Other),
+            ("GET /v1/token HTTP/1.0\r\n\r\n", Head::Other),
+            (
+                "GET /v1/token HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+                Head::Other,
+            ),
+            (
+                "GET /v1/token HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Head::Other,
+            ),
+            (
+                "GET /v1/token HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+                Head::Other,
+            ),
+            (
+                "GET /v1/token HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+                Head::Other,
+            ),
+            ("GET /v1/token HTTP/1.1\r\nbad header\r\n\r\n", Head::Other),
+            ("\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03", Head::Other),
+            ("GET /v1/token HTTP/9.9\r\n\r\n", Head::Other),
+        ];
+        for (input, want) in cases {
+            assert_eq!(classify(input.as_bytes(), P), *want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn classify_hands_over_too_many_headers_and_oversized_partial_heads() {
+        let mut many = String::from("GET /v1/token HTTP/1.1\r\n");
+        for i in 0..=MAX_HEADERS {
+            many.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        assert_eq!(classify(many.as_bytes(), P), Head::Other);
+
+        let mut huge = String::from("GET /v1/token HTTP/1.1\r\nx-big: ");
+        huge.push_str(&"a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(classify(huge.as_bytes(), P), Head::Other);
+    }
+
+    #[test]
+    fn classify_reads_only_the_first_of_pipelined_requests() {
+        let two = "GET /v1/token HTTP/1.1\r\n\r\nGET /v1/status HTTP/1.1\r\n\r\n";
+        assert_eq!(classify(two.as_bytes(), P), fast(26, false));
+        assert_eq!(classify(&two.as_bytes()[26..], P), Head::Other);
+    }
+
+    #[test]
+    fn encode_writes_a_complete_http_answer() {
+        let mut out = Vec::new();
+        encode(&mut out, "application/json", b"{\"a\":1}", false);
+        let text = String::from_utf8(out.clone()).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body, "{\"a\":1}");
+        let mut lines = head.split("\r\n");
+        assert_eq!(lines.next(), Some("HTTP/1.1 200 OK"));
+        let headers: Vec<_> = lines.collect();
+        assert_eq!(headers[0], "content-type: application/json");
+        assert_eq!(headers[1], "content-length: 7");
+        let date = headers[2].strip_prefix("date: ").unwrap();
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+        assert_eq!(headers.len(), 3);
+
+        encode(&mut out, "text/plain", b"", true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("content-length: 0\r\nconnection: close\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[tokio::test]
+    async fn rewind_reads_the_prefix_then_the_stream() {
+        use tokio::io::AsyncReadExt;
+        let (a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(b" world").await.unwrap();
+        drop(b);
+        let mut r = Rewind {
+            prefix: Bytes::from_static(b"hello"),
+            inner: a,
+        };
+        let mut small = [0u8; 3];
+        r.read_exact(&mut small).await.unwrap();
+        assert_eq!(&small, b"hel");
+        let mut rest = String::new();
+        r.read_to_string(&mut rest).await.unwrap();
+        assert_eq!(rest, "lo world");
+    }
+}
