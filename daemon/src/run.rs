@@ -111,10 +111,11 @@ pub async fn run(
     };
     let listener = socket::bind(&opts)?;
     let routes = socket::Routes {
-        fast_get: Some(Arc::new(api::TokenFastPath::new(
-            rx.clone(),
-            metrics.clone(),
-        ))),
+        fast: Some(Arc::new(api::FastApi {
+            snapshot: rx.clone(),
+            metrics: metrics.clone(),
+            limits: limits.clone(),
+        })),
         router: api::router(ApiState {
             snapshot: rx.clone(),
             commands: cmd_tx.clone(),

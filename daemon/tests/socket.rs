@@ -16,8 +16,8 @@ use axum::{Json, Router};
 use http::{Method, StatusCode};
 use octomild::client::{ClientError, SocketClient};
 use octomild::socket::{
-    self, AccessPolicy, FastGet, Peer, RequireAdmin, Routes, SocketError, SocketOptions,
-    SocketStats,
+    self, AccessPolicy, FastAnswer, FastPath, FastRequest, FastStatus, Peer, RequireAdmin, Routes,
+    SocketError, SocketOptions, SocketStats,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -59,30 +59,32 @@ struct Gate {
     release: watch::Receiver<bool>,
 }
 
-/// The fast path every test server has, as the daemon has one for `GET /v1/token`: `/fast`
-/// answers `{"fast":true}` on the socket while `on`; the router's `/fast` answers
-/// `{"fast":false}`, so each answer tells which path served it.
+/// The fast path every test server has, as the daemon has one for its hot requests: while
+/// `on`, `GET /fast` answers `{"fast":true}` and `POST /fast/limited` 429 with
+/// `Retry-After: 7`, both on the socket. The router's versions answer `{"fast":false}`, so
+/// each answer tells which path served it.
 #[derive(Debug)]
 struct TestFast {
     on: AtomicBool,
     served: AtomicU64,
 }
 
-impl FastGet for TestFast {
-    fn path(&self) -> &'static str {
-        "/fast"
-    }
-
-    fn content_type(&self) -> &'static str {
-        "application/json"
-    }
-
-    fn answer(&self) -> Option<bytes::Bytes> {
+impl FastPath for TestFast {
+    fn answer(&self, req: &FastRequest<'_>) -> Option<FastAnswer> {
         if !self.on.load(Ordering::Relaxed) {
             return None;
         }
+        let (status, retry_after) = match (req.method, req.target) {
+            ("GET", "/fast") => (FastStatus::Ok, None),
+            ("POST", "/fast/limited") => (FastStatus::TooManyRequests, Some(7)),
+            _ => return None,
+        };
         self.served.fetch_add(1, Ordering::Relaxed);
-        Some(bytes::Bytes::from_static(br#"{"fast":true}"#))
+        Some(FastAnswer {
+            status,
+            retry_after,
+            body: bytes::Bytes::from_static(br#"{"fast":true}"#),
+        })
     }
 }
 
@@ -90,6 +92,10 @@ fn router(gate: Gate) -> Router {
     Router::new()
         .route("/x", get(|| async { "ok" }))
         .route("/fast", get(|| async { Json(json!({"fast": false})) }))
+        .route(
+            "/fast/limited",
+            post(|| async { (StatusCode::TOO_MANY_REQUESTS, Json(json!({"fast": false}))) }),
+        )
         .route(
             "/whoami",
             get(|peer: Peer| async move {
@@ -154,7 +160,7 @@ impl TestServer {
         });
         let routes = Routes {
             router: router(gate),
-            fast_get: Some(Arc::clone(&fast) as Arc<dyn FastGet>),
+            fast: Some(Arc::clone(&fast) as Arc<dyn FastPath>),
         };
         let task = tokio::spawn({
             let (stats, shutdown) = (Arc::clone(&stats), shutdown.clone());
@@ -669,14 +675,22 @@ async fn fast_path_answers_until_another_request_then_the_router_serves_the_conn
         assert!(res.headers.contains_key("date"));
         assert_eq!(res.json::<Value>().unwrap(), json!({"fast": true}));
     }
-    assert_eq!(server.fast.served.load(Ordering::Relaxed), 3);
+    // A 429 with its Retry-After, also on the fast path.
+    let res = conn
+        .request(Method::POST, "/fast/limited", None)
+        .await
+        .unwrap();
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers["retry-after"], "7");
+    assert_eq!(res.json::<Value>().unwrap(), json!({"fast": true}));
+    assert_eq!(server.fast.served.load(Ordering::Relaxed), 4);
 
     // Any other request hands the connection to hyper and the router, for good.
     let res = conn.request(Method::GET, "/x", None).await.unwrap();
     assert_eq!(&res.body[..], b"ok");
     let res = conn.request(Method::GET, "/fast", None).await.unwrap();
     assert_eq!(res.json::<Value>().unwrap(), json!({"fast": false}));
-    assert_eq!(server.fast.served.load(Ordering::Relaxed), 3);
+    assert_eq!(server.fast.served.load(Ordering::Relaxed), 4);
 
     // Without an answer (the daemon: no valid key) the router answers, with its own codes.
     server.fast.on.store(false, Ordering::Relaxed);

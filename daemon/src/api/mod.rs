@@ -22,10 +22,8 @@ use tokio::sync::mpsc;
 
 use crate::agent::Command;
 use crate::metrics::Metrics;
-use crate::socket::SocketStats;
+use crate::socket::{FastAnswer, FastPath, FastRequest, SocketStats};
 use crate::state::SnapshotRx;
-
-pub use get_token::TokenFastPath;
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -56,6 +54,30 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// The requests the socket answers before routing (see `crate::socket::FastPath`): a valid
+/// key for `GET /v1/token`, grants and waits for `POST /v1/limits/{surface}/acquire`. Every
+/// other answer, errors included, comes from the router.
+#[derive(Debug)]
+pub struct FastApi {
+    pub snapshot: SnapshotRx,
+    pub metrics: Arc<Metrics>,
+    pub limits: Arc<crate::limits::Limiter>,
+}
+
+impl FastPath for FastApi {
+    fn answer(&self, req: &FastRequest<'_>) -> Option<FastAnswer> {
+        match req.method {
+            "GET" if req.target == get_token::PATH => {
+                get_token::fast_answer(&self.snapshot, &self.metrics)
+            }
+            "POST" => {
+                post_limits_acquire::fast_answer(&self.limits, &self.metrics, req.target, req.peer)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Counts every answer by route and status for `/metrics`.
 async fn count(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let route = match req
@@ -66,7 +88,7 @@ async fn count(State(state): State<ApiState>, req: Request, next: Next) -> Respo
         Some("/v1/status") => "/v1/status",
         Some("/v1/token") => "/v1/token",
         Some("/v1/admin/refresh") => "/v1/admin/refresh",
-        Some("/v1/limits/{surface}/acquire") => "/v1/limits/acquire",
+        Some("/v1/limits/{surface}/acquire") => post_limits_acquire::ROUTE,
         Some("/metrics") => "/metrics",
         _ => "other",
     };

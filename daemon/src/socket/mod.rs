@@ -22,7 +22,7 @@ use octomil_common::wire::ErrorBody;
 
 pub use access::{Access, AccessPolicy, Peer, RequireAdmin};
 pub use bind::bind;
-pub use fast::FastGet;
+pub use fast::{FastAnswer, FastPath, FastRequest, FastStatus};
 pub use serve::{Routes, serve};
 
 /// Where and how the socket is created and how its connections are bounded.

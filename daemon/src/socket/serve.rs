@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use super::access::{Access, AccessPolicy, Peer, supplementary_groups};
 use super::activity::{Activity, TrackedBody, TrackedIo};
 use super::bind::{claim_identity, remove_if_ours};
-use super::fast::{self, FastEnd, FastGet, Rewind};
+use super::fast::{self, FastEnd, FastPath, Rewind};
 use super::{SocketOptions, SocketStats, error_response};
 
 /// Read buffer cap per connection (hyper's minimum is 8 KiB): request heads here are tiny, and
@@ -46,20 +46,17 @@ pub(super) struct Limits {
     pub idle_timeout: Duration,
 }
 
-/// What a socket serves: the router, and optionally one body-less `GET` answered before any
-/// routing (see [`FastGet`]).
+/// What a socket serves: the router, and optionally the hot requests answered before any
+/// routing (see [`FastPath`]).
 #[derive(Clone, Debug)]
 pub struct Routes {
     pub router: Router,
-    pub fast_get: Option<Arc<dyn FastGet>>,
+    pub fast: Option<Arc<dyn FastPath>>,
 }
 
 impl From<Router> for Routes {
     fn from(router: Router) -> Self {
-        Self {
-            router,
-            fast_get: None,
-        }
+        Self { router, fast: None }
     }
 }
 
@@ -88,7 +85,7 @@ pub async fn serve(
     };
     let slots = Arc::new(Semaphore::new(opts.max_connections));
     let reject_slots = Arc::new(Semaphore::new(REJECT_SLOTS));
-    let Routes { router, fast_get } = routes.into();
+    let Routes { router, fast } = routes.into();
     let router = TowerToHyperService::new(router);
     let mut tasks = JoinSet::new();
 
@@ -112,7 +109,7 @@ pub async fn serve(
                         let conn = Connection {
                             slot: ActiveSlot::new(slot, Arc::clone(&stats)),
                             router: router.clone(),
-                            fast_get: fast_get.clone(),
+                            fast: fast.clone(),
                             limits,
                             shutdown: shutdown.clone(),
                         };
@@ -192,7 +189,7 @@ impl Drop for ActiveSlot {
 struct Connection {
     slot: ActiveSlot,
     router: TowerToHyperService<Router>,
-    fast_get: Option<Arc<dyn FastGet>>,
+    fast: Option<Arc<dyn FastPath>>,
     limits: Limits,
     shutdown: CancellationToken,
 }
@@ -226,9 +223,9 @@ impl Connection {
         }
 
         // Allowed callers start on the fast path; hyper takes the connection when it must.
-        let stream = match &self.fast_get {
-            Some(fast_get) if access != Access::Denied => {
-                match fast::serve(stream, fast_get.as_ref(), self.limits, &self.shutdown).await {
+        let stream = match &self.fast {
+            Some(fast) if access != Access::Denied => {
+                match fast::serve(stream, fast.as_ref(), &peer, self.limits, &self.shutdown).await {
                     FastEnd::Closed => return,
                     FastEnd::HandOver(stream) => stream,
                 }
