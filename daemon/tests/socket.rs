@@ -643,6 +643,16 @@ fn answers(raw: &str) -> Vec<(String, String, String)> {
     out
 }
 
+/// `GET /fast` on a fresh connection: the JSON answer.
+async fn get_fast(server: &TestServer) -> Value {
+    let res = server
+        .client()
+        .request(Method::GET, "/fast", None)
+        .await
+        .unwrap();
+    res.json().unwrap()
+}
+
 /// Writes `raw` on a fresh connection and reads until the server closes it. A server that
 /// closes with part of `raw` unread (an oversized head) resets the connection after its answer.
 async fn exchange(server: &TestServer, raw: &[u8]) -> String {
@@ -694,12 +704,7 @@ async fn fast_path_answers_until_another_request_then_the_router_serves_the_conn
 
     // Without an answer (the daemon: no valid key) the router answers, with its own codes.
     server.fast.on.store(false, Ordering::Relaxed);
-    let res = server
-        .client()
-        .request(Method::GET, "/fast", None)
-        .await
-        .unwrap();
-    assert_eq!(res.json::<Value>().unwrap(), json!({"fast": false}));
+    assert_eq!(get_fast(&server).await, json!({"fast": false}));
     server.stop().await;
 }
 
@@ -820,12 +825,7 @@ async fn bad_requests_get_the_same_answers_as_without_the_fast_path() {
     }
     assert_eq!(server.fast.served.load(Ordering::Relaxed), 0);
     // None of that hurt the server.
-    let res = server
-        .client()
-        .request(Method::GET, "/fast", None)
-        .await
-        .unwrap();
-    assert_eq!(res.json::<Value>().unwrap(), json!({"fast": true}));
+    assert_eq!(get_fast(&server).await, json!({"fast": true}));
     server.stop().await;
 }
 

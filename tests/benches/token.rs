@@ -217,25 +217,26 @@ async fn run() {
         .await
         .unwrap();
     assert_eq!(refreshed.status, StatusCode::OK);
+    // Each acquire run is followed by a token run of the same shape (alone, not in slices), so
+    // the two compare under the same conditions.
     for clients in [1, many] {
-        let client = SocketClient::new(&daemon.socket, Duration::from_secs(10));
-        let mut conns = Vec::with_capacity(clients);
-        for _ in 0..clients {
-            conns.push(client.connect().await.unwrap());
-        }
-        let (conns, _) = round_of(conns, warmup, Method::POST, ACQUIRE, None).await;
-        let cpu = cpu_time(pid);
-        let start = Instant::now();
-        let (_, mut lat) = round_of(conns, n, Method::POST, ACQUIRE, None).await;
-        let wall = start.elapsed();
-        lat.sort_unstable();
-        let run = Run {
+        let acquire = solo(
+            &daemon.socket,
+            pid,
             clients,
-            wall,
-            latencies: lat,
-            server_cpu: cpu_time(pid).saturating_sub(cpu),
-        };
-        println!("{}", run.line("octomild acquire"));
+            n,
+            warmup,
+            Method::POST,
+            ACQUIRE,
+        )
+        .await;
+        println!("{}", acquire.line("octomild acquire"));
+        let token = solo(&daemon.socket, pid, clients, n, warmup, Method::GET, PATH).await;
+        println!("{}", token.line("octomild token, same shape"));
+        println!(
+            "acquire/token p50, {clients} client(s): {:.2}x",
+            acquire.pct(0.50).as_secs_f64() / token.pct(0.50).as_secs_f64()
+        );
     }
 
     // Every client connection is closed by now; wait for the daemon's RSS to stop moving.
@@ -426,6 +427,35 @@ async fn round(
 }
 
 /// `n` requests of `method path` split over `conns`, each connection driven by its own task.
+/// One server alone: `clients` fresh connections, `warmup` then `n` timed requests.
+async fn solo(
+    socket: &Path,
+    pid: u32,
+    clients: usize,
+    n: usize,
+    warmup: usize,
+    method: Method,
+    path: &'static str,
+) -> Run {
+    let client = SocketClient::new(socket, Duration::from_secs(10));
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(client.connect().await.unwrap());
+    }
+    let (conns, _) = round_of(conns, warmup, method.clone(), path, None).await;
+    let cpu = cpu_time(pid);
+    let start = Instant::now();
+    let (_, mut latencies) = round_of(conns, n, method, path, None).await;
+    let wall = start.elapsed();
+    latencies.sort_unstable();
+    Run {
+        clients,
+        wall,
+        latencies,
+        server_cpu: cpu_time(pid).saturating_sub(cpu),
+    }
+}
+
 async fn round_of(
     conns: Vec<Connection>,
     n: usize,

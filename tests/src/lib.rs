@@ -321,6 +321,16 @@ impl DaemonProcess {
         (r.status.as_u16(), body)
     }
 
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .client()
+            .request(http::Method::GET, "/metrics", None)
+            .await
+            .expect("socket request");
+        String::from_utf8_lossy(&r.body).into_owned()
+    }
+
     /// Polls `/v1/status` until `state` is `want` or the deadline passes; returns the status.
     pub async fn wait_state(&self, want: &str, timeout: Duration) -> serde_json::Value {
         let deadline = Instant::now() + timeout;

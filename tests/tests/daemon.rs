@@ -213,12 +213,7 @@ async fn an_expired_key_is_never_served() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Answers from the socket's fast path (200) and from the router (503) count alike.
-    let res = d
-        .client()
-        .request(http::Method::GET, "/metrics", None)
-        .await
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&res.body).into_owned();
+    let metrics = d.metrics().await;
     for line in [
         format!("octomild_requests_total{{route=\"/v1/token\",status=\"200\"}} {served}"),
         "octomild_requests_total{route=\"/v1/token\",status=\"503\"} 1".to_owned(),

@@ -247,14 +247,7 @@ async fn bad_acquire_requests_get_clear_errors_and_cost_nothing() {
             .arg(&d.socket),
     );
     assert_eq!(out.status.code(), Some(75), "{stdout}");
-    let (_, metrics) = (
-        0,
-        d.client()
-            .request(http::Method::GET, "/metrics", None)
-            .await
-            .unwrap(),
-    );
-    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let text = d.metrics().await;
     assert!(
         text.contains("octomild_limit_permits_granted_total{surface=\"inference\"} 2"),
         "{text}"

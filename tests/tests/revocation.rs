@@ -232,12 +232,7 @@ async fn forged_replayed_cross_device_and_garbage_envelopes_change_nothing() {
     // Every one of them is counted as rejected; none changed anything.
     let deadline = Instant::now() + Duration::from_secs(10);
     let metrics = loop {
-        let r = d
-            .client()
-            .request(http::Method::GET, "/metrics", None)
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let text = d.metrics().await;
         let total: u64 = text
             .lines()
             .filter(|l| l.starts_with("octomild_mqtt_rejected_total{"))

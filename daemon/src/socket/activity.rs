@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Bytes, HttpBody};
+use bytes::Buf;
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -75,16 +76,22 @@ impl Activity {
     }
 }
 
-/// A stream that stamps `Activity` on every byte moved.
+/// A stream that stamps `Activity` on every byte moved. Bytes already read from the stream
+/// (by the fast path, before it handed the connection over) are read first.
 #[derive(Debug)]
 pub(crate) struct TrackedIo<T> {
+    read_ahead: Bytes,
     inner: T,
     activity: std::sync::Arc<Activity>,
 }
 
 impl<T> TrackedIo<T> {
-    pub(crate) fn new(inner: T, activity: std::sync::Arc<Activity>) -> Self {
-        Self { inner, activity }
+    pub(crate) fn new(inner: T, read_ahead: Bytes, activity: std::sync::Arc<Activity>) -> Self {
+        Self {
+            read_ahead,
+            inner,
+            activity,
+        }
     }
 }
 
@@ -94,6 +101,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.read_ahead.is_empty() {
+            let n = self.read_ahead.len().min(buf.remaining());
+            buf.put_slice(&self.read_ahead[..n]);
+            self.read_ahead.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -187,6 +200,22 @@ impl<B> Drop for TrackedBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn tracked_io_reads_the_bytes_read_ahead_first() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
+        b.write_all(b" world").await.unwrap();
+        drop(b);
+        let activity = std::sync::Arc::new(Activity::new());
+        let mut io = TrackedIo::new(a, Bytes::from_static(b"hello"), activity);
+        let mut small = [0u8; 3];
+        io.read_exact(&mut small).await.unwrap();
+        assert_eq!(&small, b"hel");
+        let mut rest = String::new();
+        io.read_to_string(&mut rest).await.unwrap();
+        assert_eq!(rest, "lo world");
+    }
 
     #[test]
     fn idle_deadline_follows_io_and_pauses_while_handling() {

@@ -21,12 +21,11 @@
 
 use std::fmt;
 use std::io::{self, Write as _};
-use std::pin::{Pin, pin};
-use std::task::{Context, Poll};
+use std::pin::pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -203,8 +202,8 @@ fn http_date(out: &mut Vec<u8>) {
 pub(super) enum FastEnd {
     /// Closed: by the client, by a bound, by shutdown, or after `Connection: close`.
     Closed,
-    /// Hyper serves the rest; the stream carries the bytes read but not answered.
-    HandOver(Rewind<UnixStream>),
+    /// Hyper serves the rest, starting with these bytes read but not answered.
+    HandOver(UnixStream, Bytes),
 }
 
 /// Serves fast requests on `stream` until the connection ends or needs hyper.
@@ -300,10 +299,7 @@ pub(super) async fn serve(
 }
 
 fn hand_over(stream: UnixStream, buf: Vec<u8>) -> FastEnd {
-    FastEnd::HandOver(Rewind {
-        prefix: Bytes::from(buf),
-        inner: stream,
-    })
+    FastEnd::HandOver(stream, Bytes::from(buf))
 }
 
 /// Writes one answer: one syscall when the socket has room, else waits (bounded) for it.
@@ -319,69 +315,6 @@ async fn write_answer(stream: &mut UnixStream, out: &[u8], timeout: Duration) ->
     tokio::time::timeout(timeout, stream.write_all(rest))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))?
-}
-
-/// A stream with bytes already read from it put back in front, for hyper to parse again.
-#[derive(Debug)]
-pub(super) struct Rewind<T> {
-    prefix: Bytes,
-    inner: T,
-}
-
-impl<T> Rewind<T> {
-    /// A stream with nothing put back.
-    pub(super) fn new(inner: T) -> Self {
-        Self {
-            prefix: Bytes::new(),
-            inner,
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.prefix.is_empty() {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
-        }
-        let n = self.prefix.len().min(buf.remaining());
-        buf.put_slice(&self.prefix[..n]);
-        self.prefix.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]
@@ -563,23 +496,5 @@ mod tests {
             ]
         );
         assert!(head[5].starts_with("date: "));
-    }
-
-    #[tokio::test]
-    async fn rewind_reads_the_prefix_then_the_stream() {
-        use tokio::io::AsyncReadExt;
-        let (a, mut b) = UnixStream::pair().unwrap();
-        b.write_all(b" world").await.unwrap();
-        drop(b);
-        let mut r = Rewind {
-            prefix: Bytes::from_static(b"hello"),
-            inner: a,
-        };
-        let mut small = [0u8; 3];
-        r.read_exact(&mut small).await.unwrap();
-        assert_eq!(&small, b"hel");
-        let mut rest = String::new();
-        r.read_to_string(&mut rest).await.unwrap();
-        assert_eq!(rest, "lo world");
     }
 }

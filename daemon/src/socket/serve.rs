@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::HttpBody;
+use axum::body::{Bytes, HttpBody};
 use axum::response::Response;
 use http::{HeaderValue, Request, StatusCode, header};
 use hyper::body::Incoming;
@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use super::access::{Access, AccessPolicy, Peer, supplementary_groups};
 use super::activity::{Activity, TrackedBody, TrackedIo};
 use super::bind::{claim_identity, remove_if_ours};
-use super::fast::{self, FastEnd, FastPath, Rewind};
+use super::fast::{self, FastEnd, FastPath};
 use super::{SocketOptions, SocketStats, error_response};
 
 /// Read buffer cap per connection (hyper's minimum is 8 KiB): request heads here are tiny, and
@@ -223,18 +223,18 @@ impl Connection {
         }
 
         // Allowed callers start on the fast path; hyper takes the connection when it must.
-        let stream = match &self.fast {
+        let (stream, read_ahead) = match &self.fast {
             Some(fast) if access != Access::Denied => {
                 match fast::serve(stream, fast.as_ref(), &peer, self.limits, &self.shutdown).await {
                     FastEnd::Closed => return,
-                    FastEnd::HandOver(stream) => stream,
+                    FastEnd::HandOver(stream, read_ahead) => (stream, read_ahead),
                 }
             }
-            _ => Rewind::new(stream),
+            _ => (stream, Bytes::new()),
         };
 
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&activity)));
+        let io = TokioIo::new(TrackedIo::new(stream, read_ahead, Arc::clone(&activity)));
         let service = PeerService {
             peer,
             router: self.router,
