@@ -12,7 +12,7 @@ use octomil_common::{Clock, SystemClock};
 use serde::Serialize;
 
 use super::{ApiError, ApiState};
-use crate::limits::{Denied, Granted, Limiter};
+use crate::limits::{Denied, Limiter};
 use crate::metrics::Metrics;
 use crate::socket::{FastAnswer, FastStatus, Peer};
 
@@ -22,11 +22,15 @@ pub const ROUTE: &str = "/v1/limits/acquire";
 /// Largest batch one call may ask for.
 const MAX_N: u32 = 1_000_000;
 
+/// The grant's answer. Fields spelled out rather than `#[serde(flatten)]`, which serializes
+/// through a map and costs more than the rest of the call.
 #[derive(Debug, Serialize)]
 struct Grant {
     surface: &'static str,
-    #[serde(flatten)]
-    granted: Granted,
+    granted: u32,
+    remaining: u32,
+    limit: u32,
+    period_secs: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -147,7 +151,10 @@ fn take(
                 retry_after: None,
                 body: json(&Grant {
                     surface: surface.as_str(),
-                    granted,
+                    granted: granted.granted,
+                    remaining: granted.remaining,
+                    limit: granted.limit,
+                    period_secs: granted.period_secs,
                 }),
             })
         }
