@@ -89,6 +89,7 @@ fn start_mosquitto(bin: &Path, dir: &Path, state: &Path, port: u16) -> Mosquitto
              persistence false\n\
              log_dest file {log}\n\
              allow_anonymous false\n\
+             set_tcp_nodelay true\n\
              password_file {passwd}\n\
              acl_file {acl}\n\
              listener {port} 127.0.0.1\n\

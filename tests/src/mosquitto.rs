@@ -61,6 +61,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "user root\npersistence false\nlog_dest file {log}\nallow_anonymous false\n\
+                 set_tcp_nodelay true\n\
                  password_file {passwd}\nacl_file {acl}\nmax_keepalive 3600\n\
                  listener {port} 127.0.0.1\ncertfile {state}/server.pem\nkeyfile {state}/server.key\n",
                 log = log.display(),
