@@ -5,7 +5,8 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 use octomil_common::Clock;
 
-use crate::limits::Limiter;
+use crate::error::{ApiError, ApiResult};
+use crate::limits::{Limiter, Surface};
 use crate::publisher::RevocationPublisher;
 use crate::session::SessionKeys;
 use crate::store::{OrgRecord, Settings, Store};
@@ -46,5 +47,22 @@ impl Cloud {
         self.store
             .read(|m| m.org.as_ref().map(|o| o.settings.clone()))
             .unwrap_or_default()
+    }
+
+    /// Takes one call from `subject`'s budget on `surface`, under the org's current limit;
+    /// 429 with `Retry-After` when it is spent.
+    pub fn take_permit(&self, surface: Surface, subject: &str) -> ApiResult<()> {
+        let limits = self
+            .store
+            .read(|m| m.org.as_ref().map(|o| o.settings.rate_limits))
+            .unwrap_or_default();
+        let limit = match surface {
+            Surface::Registration => limits.registration,
+            Surface::ControlPlane => limits.control_plane,
+            Surface::Inference => limits.inference,
+        };
+        self.limiter
+            .check(surface, subject, limit)
+            .map_err(ApiError::rate_limited)
     }
 }

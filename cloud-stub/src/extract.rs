@@ -178,11 +178,7 @@ impl FromRequestParts<AppState> for Auth {
         if let Principal::Device { device_id } = &principal
             && !parts.uri.path().ends_with("/inference")
         {
-            let limit = state.settings().rate_limits.control_plane;
-            state
-                .limiter
-                .check(Surface::ControlPlane, device_id, limit)
-                .map_err(ApiError::rate_limited)?;
+            state.take_permit(Surface::ControlPlane, device_id)?;
         }
         Ok(Auth(principal))
     }

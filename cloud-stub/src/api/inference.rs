@@ -6,7 +6,7 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::extract::{Auth, Body};
 use crate::limits::Surface;
 use crate::scope::{Role, Rule, Scope};
@@ -32,11 +32,7 @@ pub async fn infer(
     Body(req): Body<InferenceRequest>,
 ) -> ApiResult<Json<InferenceResponse>> {
     auth.require(RULE)?;
-    let limit = state.settings().rate_limits.inference;
-    state
-        .limiter
-        .check(Surface::Inference, &auth.subject(), limit)
-        .map_err(ApiError::rate_limited)?;
+    state.take_permit(Surface::Inference, &auth.subject())?;
     Ok(Json(InferenceResponse {
         model: req.model.unwrap_or_else(|| "echo".into()),
         output: req.input,

@@ -31,15 +31,8 @@ pub async fn refresh(
     .map_err(|e| {
         ApiError::bad_request(codes::INVALID_TOKEN_FORMAT, format!("refresh_token: {e}"))
     })?;
+    state.take_permit(Surface::ControlPlane, req.device_id.as_str())?;
     let settings = state.settings();
-    state
-        .limiter
-        .check(
-            Surface::ControlPlane,
-            req.device_id.as_str(),
-            settings.rate_limits.control_plane,
-        )
-        .map_err(ApiError::rate_limited)?;
 
     let now = state.clock.now_secs();
     let h = token::hash(req.refresh_token.expose());

@@ -23,15 +23,7 @@ pub async fn register(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(req): Body<RegisterRequest>,
 ) -> ApiResult<Json<RegisterResponse>> {
-    let settings = state.settings();
-    state
-        .limiter
-        .check(
-            Surface::Registration,
-            &peer.ip().to_string(),
-            settings.rate_limits.registration,
-        )
-        .map_err(ApiError::rate_limited)?;
+    state.take_permit(Surface::Registration, &peer.ip().to_string())?;
 
     token::parse_as(
         req.bootstrap_token.expose(),
@@ -61,16 +53,10 @@ pub async fn register(
     )
     .map_err(|e| ApiError::bad_request(codes::INVALID_PROOF, e.to_string()))?;
 
-    state
-        .limiter
-        .check(
-            Surface::ControlPlane,
-            req.device_id.as_str(),
-            settings.rate_limits.control_plane,
-        )
-        .map_err(ApiError::rate_limited)?;
+    state.take_permit(Surface::ControlPlane, req.device_id.as_str())?;
 
     let boot_hash = token::hash(req.bootstrap_token.expose());
+    let settings = state.settings();
     let expiry = settings.device_token_expiry_secs;
     let (api_key, refresh_token, expires_at) = state.store.write(|m| {
         let invalid = || {
