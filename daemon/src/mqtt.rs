@@ -294,9 +294,9 @@ impl Session {
         .unwrap_or_default()
     }
 
-    async fn announce(&self, client: &AsyncClient) {
-        let state = self.snapshot.borrow().phase.as_str();
-        let payload = self.presence(true, state);
+    /// Queues a retained presence on the device's status topic.
+    async fn publish_presence(&self, client: &AsyncClient, online: bool, state: &str) {
+        let payload = self.presence(online, state);
         let _ = client
             .publish(
                 status_topic(&self.device_id),
@@ -307,18 +307,15 @@ impl Session {
             .await;
     }
 
+    async fn announce(&self, client: &AsyncClient) {
+        let state = self.snapshot.borrow().phase.as_str();
+        self.publish_presence(client, true, state).await;
+    }
+
     /// Publishes a final presence and disconnects cleanly (so the Last Will is not sent),
     /// waiting briefly for the broker to take it.
     async fn goodbye(&self, client: &AsyncClient, eventloop: &mut EventLoop, state: &str) {
-        let payload = self.presence(false, state);
-        let _ = client
-            .publish(
-                status_topic(&self.device_id),
-                QoS::AtLeastOnce,
-                true,
-                payload,
-            )
-            .await;
+        self.publish_presence(client, false, state).await;
         let _ = client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             loop {

@@ -321,6 +321,31 @@ impl DaemonProcess {
         (r.status.as_u16(), body)
     }
 
+    /// Holds the cloud's next refresh answer for `hold`, asks the daemon to refresh
+    /// (`POST /v1/admin/refresh`), and returns once that refresh reached the cloud: the
+    /// daemon is then mid-refresh for about `hold`. The task gives the daemon's answer.
+    pub fn refresh_held_by(
+        &self,
+        cloud: &octomil_cloud::app::Cloud,
+        hold: Duration,
+    ) -> tokio::task::JoinHandle<Result<octomild::client::Response, octomild::client::ClientError>>
+    {
+        use octomil_cloud::faults::DeviceCall;
+        cloud.faults.delay(DeviceCall::Refresh, hold);
+        let client = self.client();
+        let refresh = tokio::spawn(async move {
+            client
+                .request(http::Method::POST, "/v1/admin/refresh", None)
+                .await
+        });
+        wait_for(
+            Duration::from_secs(10),
+            "the refresh to reach the cloud",
+            || (!cloud.faults.calls(DeviceCall::Refresh).is_empty()).then_some(()),
+        );
+        refresh
+    }
+
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> String {
         let r = self

@@ -122,22 +122,8 @@ async fn sigterm_drains_in_flight_requests_within_the_grace_period() {
     let c = cloud(tmp.path()).await;
     let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("drain"));
     d.wait_state("active", Duration::from_secs(20)).await;
-    c.handle
-        .cloud
-        .faults
-        .delay(DeviceCall::Refresh, Duration::from_millis(500));
-    let client = d.client();
-    let inflight = tokio::spawn(async move {
-        client
-            .request(http::Method::POST, "/v1/admin/refresh", None)
-            .await
-    });
-    // Wait until the refresh reached the cloud, then stop the daemon.
-    octomil_e2e::wait_for(
-        Duration::from_secs(10),
-        "the refresh to reach the cloud",
-        || (!c.handle.cloud.faults.calls(DeviceCall::Refresh).is_empty()).then_some(()),
-    );
+    // A refresh in flight at the cloud when the daemon is told to stop.
+    let inflight = d.refresh_held_by(&c.handle.cloud, Duration::from_millis(500));
     let started = std::time::Instant::now();
     let status = d.terminate();
     let took = started.elapsed();

@@ -7,7 +7,6 @@ use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use octomil_cloud::CloudStub;
-use octomil_cloud::faults::DeviceCall;
 use octomil_e2e::{DaemonOptions, DaemonProcess};
 
 fn recv_all(sock: &UnixDatagram, for_at_least: Duration) -> Vec<(Instant, String)> {
@@ -64,21 +63,7 @@ async fn ready_status_and_a_watchdog_that_follows_the_refresh_loop() {
     );
 
     // Wedge the refresh loop: the cloud holds the refresh answer for 3 s.
-    cloud
-        .cloud
-        .faults
-        .delay(DeviceCall::Refresh, Duration::from_secs(3));
-    let client = d.client();
-    let forced = tokio::spawn(async move {
-        client
-            .request(http::Method::POST, "/v1/admin/refresh", None)
-            .await
-    });
-    octomil_e2e::wait_for(
-        Duration::from_secs(10),
-        "the refresh to reach the cloud",
-        || (!cloud.cloud.faults.calls(DeviceCall::Refresh).is_empty()).then_some(()),
-    );
+    let forced = d.refresh_held_by(&cloud.cloud, Duration::from_secs(3));
     let wedged = recv_all(&sock, Duration::from_millis(2000));
     let late_pings: Vec<_> = wedged
         .iter()
