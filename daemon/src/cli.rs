@@ -155,12 +155,16 @@ fn when(v: &Value) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let rel = if t >= now {
-        format!("in {}s", t - now)
-    } else {
-        format!("{}s ago", now - t)
-    };
-    format!("{} ({rel})", rfc3339(t))
+    format!("{} ({})", rfc3339(t), relative(t, now))
+}
+
+/// `in 5s`, `now`, `5s ago`.
+fn relative(t: u64, now: u64) -> String {
+    match t.cmp(&now) {
+        std::cmp::Ordering::Greater => format!("in {}s", t - now),
+        std::cmp::Ordering::Equal => "now".into(),
+        std::cmp::Ordering::Less => format!("{}s ago", now - t),
+    }
 }
 
 /// Civil-from-days (Howard Hinnant's algorithm): no time crate for one formatter.
@@ -187,6 +191,13 @@ fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_times_read_naturally() {
+        assert_eq!(relative(105, 100), "in 5s");
+        assert_eq!(relative(100, 100), "now");
+        assert_eq!(relative(95, 100), "5s ago");
+    }
 
     #[test]
     fn rfc3339_known_instants() {
