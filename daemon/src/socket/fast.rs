@@ -63,12 +63,22 @@ impl FastStatus {
 }
 
 /// A complete answer; the body is `application/json`.
-#[derive(Debug)]
 pub struct FastAnswer {
     pub status: FastStatus,
     /// `Retry-After`, in whole seconds.
     pub retry_after: Option<u64>,
+    /// May hold the device key: never printed, not even by `Debug`.
     pub body: Bytes,
+}
+
+impl fmt::Debug for FastAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FastAnswer")
+            .field("status", &self.status)
+            .field("retry_after", &self.retry_after)
+            .field("body", &format_args!("<{} bytes>", self.body.len()))
+            .finish()
+    }
 }
 
 /// The requests a socket answers itself; see the module docs.
@@ -455,6 +465,23 @@ mod tests {
             head.split("\r\n").map(str::to_owned).collect(),
             body.to_owned(),
         )
+    }
+
+    #[test]
+    fn debug_never_shows_the_body() {
+        let answer = || FastAnswer {
+            status: FastStatus::Ok,
+            retry_after: None,
+            body: Bytes::from_static(b"{\"token\":\"edg_live_secret\"}"),
+        };
+        let step = Step::Answer {
+            len: 1,
+            close: false,
+            answer: answer(),
+        };
+        let shown = format!("{:?} {step:?}", answer());
+        assert!(!shown.contains("edg_live_secret"), "{shown}");
+        assert!(shown.contains("<27 bytes>"), "{shown}");
     }
 
     #[test]
