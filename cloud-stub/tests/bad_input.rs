@@ -293,9 +293,7 @@ async fn bad_input_is_refused_with_a_code_and_changes_nothing() {
     assert_eq!(snapshot(&env).await, before, "a refused call changed state");
     // The device's credentials still work.
     assert_eq!(
-        env.call(Method::GET, "/models", Some(reg.api_key.expose()), None)
-            .await
-            .status,
+        env.device_call(reg.api_key.expose()).await.status,
         StatusCode::OK
     );
     env.handle.shutdown().await;
@@ -352,9 +350,7 @@ async fn a_restart_keeps_orgs_keys_devices_and_settings() {
         StatusCode::OK
     );
     assert_eq!(
-        env.call(Method::GET, "/models", Some(reg.api_key.expose()), None)
-            .await
-            .status,
+        env.device_call(reg.api_key.expose()).await.status,
         StatusCode::OK
     );
     env.handle.shutdown().await;

@@ -28,9 +28,7 @@ async fn register_answers_everything_a_daemon_needs() {
     assert_eq!(r.rate_limits.control_plane.limit, 100);
     assert_eq!(r.rate_limits.inference.limit, 1000);
     // The key works, and the device shows up for operators.
-    let a = env
-        .call(Method::GET, "/models", Some(r.api_key.expose()), None)
-        .await;
+    let a = env.device_call(r.api_key.expose()).await;
     assert_eq!(a.status, StatusCode::OK);
     let a = env.owner(Method::GET, "/devices/edge-01", None).await;
     assert_eq!(a.body["state"], "active");
@@ -46,9 +44,7 @@ async fn reregistration_needs_the_same_key_and_rotates_credentials() {
     // Same key (a device that crashed before saving the answer): accepted, new credentials.
     let second = d.register(&env).await;
     assert_ne!(first.api_key.expose(), second.api_key.expose());
-    let a = env
-        .call(Method::GET, "/models", Some(first.api_key.expose()), None)
-        .await;
+    let a = env.device_call(first.api_key.expose()).await;
     assert_eq!(
         a.status,
         StatusCode::UNAUTHORIZED,
@@ -61,9 +57,7 @@ async fn reregistration_needs_the_same_key_and_rotates_credentials() {
         (a.status, a.code()),
         (StatusCode::CONFLICT, codes::DEVICE_ID_TAKEN)
     );
-    let a = env
-        .call(Method::GET, "/models", Some(second.api_key.expose()), None)
-        .await;
+    let a = env.device_call(second.api_key.expose()).await;
     assert_eq!(
         a.status,
         StatusCode::OK,
@@ -84,9 +78,7 @@ async fn refresh_rotation_tolerates_a_lost_answer_but_not_reuse() {
     let retry = d.refresh(&env, &r0).await;
     assert_ne!(lost.refresh_token.expose(), retry.refresh_token.expose());
     // The lost pair is dead; the retried one works.
-    let a = env
-        .call(Method::GET, "/models", Some(lost.api_key.expose()), None)
-        .await;
+    let a = env.device_call(lost.api_key.expose()).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     let r1 = retry.refresh_token.expose().clone();
 
@@ -98,18 +90,14 @@ async fn refresh_rotation_tolerates_a_lost_answer_but_not_reuse() {
         (StatusCode::UNAUTHORIZED, codes::REFRESH_TOKEN_REUSED)
     );
     // Reuse invalidates every credential of the device.
-    let a = env
-        .call(Method::GET, "/models", Some(next.api_key.expose()), None)
-        .await;
+    let a = env.device_call(next.api_key.expose()).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     let a = d.try_refresh(&env, next.refresh_token.expose()).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     // ...and re-registration with the device's own key brings it back.
     let again = d.register(&env).await;
     assert_eq!(
-        env.call(Method::GET, "/models", Some(again.api_key.expose()), None)
-            .await
-            .status,
+        env.device_call(again.api_key.expose()).await.status,
         StatusCode::OK
     );
     env.handle.shutdown().await;
@@ -123,9 +111,7 @@ async fn using_the_new_key_also_confirms_the_new_pair() {
     let r0 = reg.refresh_token.expose().clone();
     let new = d.refresh(&env, &r0).await;
     assert_eq!(
-        env.call(Method::GET, "/models", Some(new.api_key.expose()), None)
-            .await
-            .status,
+        env.device_call(new.api_key.expose()).await.status,
         StatusCode::OK
     );
     let a = d.try_refresh(&env, &r0).await;
@@ -151,9 +137,7 @@ async fn device_token_expiry_applies_to_keys_issued_afterwards() {
     assert_eq!(after.expires_at - env.clock_secs(), 48 * 3600);
     // Keys really stop working at expiry.
     env.clock.advance(Duration::from_secs(48 * 3600));
-    let a = env
-        .call(Method::GET, "/models", Some(after.api_key.expose()), None)
-        .await;
+    let a = env.device_call(after.api_key.expose()).await;
     assert_eq!(
         (a.status, a.code()),
         (StatusCode::UNAUTHORIZED, codes::TOKEN_EXPIRED)
@@ -182,9 +166,7 @@ async fn revocation_kills_credentials_and_blocks_reregistration_until_deleted() 
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.body["state"], "revoked");
     assert_eq!(a.body["revoke_reason"], "stolen");
-    let a = env
-        .call(Method::GET, "/models", Some(reg.api_key.expose()), None)
-        .await;
+    let a = env.device_call(reg.api_key.expose()).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     let a = d.try_refresh(&env, reg.refresh_token.expose()).await;
     assert_eq!(

@@ -40,10 +40,10 @@ async fn hundred_and_first_control_plane_call_of_a_device_is_refused() {
     let reg = d.register(&env).await; // the registration is call 1
     let key = reg.api_key.expose().clone();
     for i in 2..=100 {
-        let a = env.call(Method::GET, "/models", Some(&key), None).await;
+        let a = env.device_call(&key).await;
         assert_eq!(a.status, StatusCode::OK, "call {i}");
     }
-    let a = env.call(Method::GET, "/models", Some(&key), None).await;
+    let a = env.device_call(&key).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     let wait = retry_after(&a);
     assert!(wait >= 1);
@@ -53,18 +53,11 @@ async fn hundred_and_first_control_plane_call_of_a_device_is_refused() {
     // Another device is unaffected.
     let other = Device::new("idle").register(&env).await;
     assert_eq!(
-        env.call(Method::GET, "/models", Some(other.api_key.expose()), None)
-            .await
-            .status,
+        env.device_call(other.api_key.expose()).await.status,
         StatusCode::OK
     );
     env.clock.advance(Duration::from_secs(wait));
-    assert_eq!(
-        env.call(Method::GET, "/models", Some(&key), None)
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(env.device_call(&key).await.status, StatusCode::OK);
     env.handle.shutdown().await;
 }
 

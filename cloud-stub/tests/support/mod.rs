@@ -71,6 +71,11 @@ pub fn env_for(handle: Handle, clock: ManualClock, dir: tempfile::TempDir) -> En
 }
 
 impl Env {
+    /// A call with a device key: `GET /models`, which every live device key may make.
+    pub async fn device_call(&self, key: &str) -> Answer {
+        self.call(Method::GET, "/models", Some(key), None).await
+    }
+
     pub async fn call(
         &self,
         method: Method,
