@@ -1,7 +1,7 @@
 //! Harness for end-to-end tests: find the workspace's binaries, run them as processes on temp
 //! dirs and port 0, and wait on files and conditions with deadlines (never bare sleeps).
 
-pub mod mosquitto;
+pub use octomil_testkit::mosquitto;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};

@@ -78,15 +78,15 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn mosquitto");
-        crate::wait_for(
-            std::time::Duration::from_secs(10),
-            "mosquitto to listen",
-            || {
-                std::net::TcpStream::connect(("127.0.0.1", port))
-                    .ok()
-                    .map(|_| ())
-            },
-        );
+        // Polled with a deadline: Mosquitto has no readiness signal.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not listen on {port} within 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         Self {
             child,
             dir: dir.to_owned(),
