@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
+use octomil_common::DeviceId;
 use octomil_common::envelope::{self, EnvelopeError, Expectations};
 use octomil_common::wire::Presence;
 use rumqttc::{
@@ -45,7 +46,7 @@ pub enum MqttError {
 
 /// Everything the session task needs.
 pub struct Session {
-    pub device_id: String,
+    pub device_id: DeviceId,
     pub tls: Arc<rustls::ClientConfig>,
     pub keepalive: Duration,
     pub snapshot: SnapshotRx,
@@ -126,13 +127,13 @@ impl Session {
 
     fn options(&self, params: &MqttParams, token: &str) -> Result<MqttOptions, MqttError> {
         let (tls, host, port) = parse_url(&params.url)?;
-        let mut o = MqttOptions::new(self.device_id.clone(), host, port);
+        let mut o = MqttOptions::new(self.device_id.as_str(), host, port);
         o.set_credentials(params.username.clone(), token.to_owned())
             .set_keep_alive(self.keepalive)
             .set_clean_session(false)
             .set_max_packet_size(MAX_INCOMING, MAX_INCOMING)
             .set_last_will(LastWill::new(
-                status_topic(&self.device_id),
+                self.device_id.status_topic(),
                 serde_json::to_vec(&Presence::last_will()).unwrap_or_default(),
                 QoS::AtLeastOnce,
                 true,
@@ -252,7 +253,7 @@ impl Session {
         }
         let verified = envelope::open(payload, key).and_then(|rev| {
             Expectations {
-                device_id: &self.device_id,
+                device_id: self.device_id.as_str(),
                 registered_at: params.registered_at_ms,
                 last_seq: params.last_seq,
             }
@@ -299,7 +300,7 @@ impl Session {
         let payload = self.presence(online, state);
         let _ = client
             .publish(
-                status_topic(&self.device_id),
+                self.device_id.status_topic(),
                 QoS::AtLeastOnce,
                 true,
                 payload,
@@ -372,10 +373,6 @@ fn broker_down(e: &rumqttc::ConnectionError) -> bool {
         ),
         _ => false,
     }
-}
-
-fn status_topic(device_id: &str) -> String {
-    format!("octomil/v1/devices/{device_id}/status")
 }
 
 /// A rustls client config trusting only the CA in `ca_pem` (the same CA as the cloud's HTTPS).

@@ -167,7 +167,7 @@ pub async fn run(
     tasks.spawn(save_limits(limits.clone(), agent_stop.clone()));
     tasks.spawn(
         crate::mqtt::Session {
-            device_id: config.device_id.as_str().to_owned(),
+            device_id: config.device_id.clone(),
             tls: mqtt_tls,
             keepalive: config.mqtt_keepalive,
             snapshot: rx.clone(),
