@@ -65,7 +65,7 @@ impl Metrics {
             &mut out,
             "octomild_refresh_total",
             "Token refreshes by result.",
-            &[
+            [
                 ("result=\"success\"", get(&self.refresh_success)),
                 ("result=\"failure\"", get(&self.refresh_failure)),
             ],
@@ -74,7 +74,7 @@ impl Metrics {
             &mut out,
             "octomild_registration_total",
             "Registration attempts by result.",
-            &[
+            [
                 ("result=\"success\"", get(&self.register_success)),
                 ("result=\"failure\"", get(&self.register_failure)),
             ],
@@ -103,86 +103,111 @@ impl Metrics {
             "# HELP octomild_mqtt_connected 1 while the revocation session is up.\n# TYPE octomild_mqtt_connected gauge\noctomild_mqtt_connected {}",
             u8::from(snap.mqtt_connected)
         );
-        let _ = writeln!(
-            out,
-            "# HELP octomild_requests_total Socket API requests by route and status.\n# TYPE octomild_requests_total counter"
+        counter(
+            &mut out,
+            "octomild_requests_total",
+            "Socket API requests by route and status.",
+            rows(&self.requests, |(route, status)| {
+                format!("route=\"{route}\",status=\"{status}\"")
+            }),
         );
-        let reqs = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        for ((route, status), n) in reqs.iter() {
-            let _ = writeln!(
-                out,
-                "octomild_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
-        }
         counter(
             &mut out,
             "octomild_mqtt_revocations_total",
             "Verified revocations received over MQTT.",
-            &[("", get(&self.mqtt_revocations))],
+            [("", get(&self.mqtt_revocations))],
         );
         counter(
             &mut out,
             "octomild_mqtt_disconnects_total",
             "Revocation-session connection failures.",
-            &[("", get(&self.mqtt_disconnects))],
+            [("", get(&self.mqtt_disconnects))],
         );
-        let _ = writeln!(
-            out,
-            "# HELP octomild_mqtt_rejected_total Messages on the revocation topic ignored, by reason.\n# TYPE octomild_mqtt_rejected_total counter"
+        counter(
+            &mut out,
+            "octomild_mqtt_rejected_total",
+            "Messages on the revocation topic ignored, by reason.",
+            rows(&self.rejected_envelopes, |reason| {
+                format!("reason=\"{reason}\"")
+            }),
         );
-        let rejected = self
-            .rejected_envelopes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for (reason, n) in rejected.iter() {
-            let _ = writeln!(
-                out,
-                "octomild_mqtt_rejected_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        drop(rejected);
-        let _ = writeln!(
-            out,
-            "# HELP octomild_limit_permits_granted_total Local rate-limit permits granted, by surface.\n# TYPE octomild_limit_permits_granted_total counter"
+        counter(
+            &mut out,
+            "octomild_limit_permits_granted_total",
+            "Local rate-limit permits granted, by surface.",
+            rows(&self.limit_grants, |surface| {
+                format!("surface=\"{surface}\"")
+            }),
         );
-        for (surface, n) in self
-            .limit_grants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "octomild_limit_permits_granted_total{{surface=\"{surface}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP octomild_limit_refusals_total Local rate-limit refusals, by surface and reason.\n# TYPE octomild_limit_refusals_total counter"
+        counter(
+            &mut out,
+            "octomild_limit_refusals_total",
+            "Local rate-limit refusals, by surface and reason.",
+            rows(&self.limit_refusals, |(surface, reason)| {
+                format!("surface=\"{surface}\",reason=\"{reason}\"")
+            }),
         );
-        for ((surface, reason), n) in self
-            .limit_refusals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "octomild_limit_refusals_total{{surface=\"{surface}\",reason=\"{reason}\"}} {n}"
-            );
-        }
         out.push_str(extra);
         out
     }
 }
 
-pub fn counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
+/// One Prometheus counter: its HELP and TYPE lines, then a line per series. A series' labels
+/// are written as given (`route="/v1/token",status="200"`); empty labels give `name value`.
+pub fn counter<L: AsRef<str>>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, u64)>,
+) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
     for (labels, v) in series {
+        let labels = labels.as_ref();
         if labels.is_empty() {
             let _ = writeln!(out, "{name} {v}");
         } else {
             let _ = writeln!(out, "{name}{{{labels}}} {v}");
         }
+    }
+}
+
+/// The rows of a labelled counter map, as `counter` series.
+fn rows<K, V: Copy + Into<u64>>(
+    map: &Mutex<BTreeMap<K, V>>,
+    labels: impl Fn(&K) -> String,
+) -> Vec<(String, u64)> {
+    let m = map.lock().unwrap_or_else(|p| p.into_inner());
+    m.iter().map(|(k, v)| (labels(k), (*v).into())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labelled_counters_render_one_line_per_series() {
+        let m = Metrics::default();
+        m.request("/v1/token", 200);
+        m.request("/v1/token", 200);
+        m.request("/v1/token", 503);
+        m.envelope_rejected("bad_signature");
+        m.limit_grant("inference", 5);
+        m.limit_refusal("inference", "budget");
+        Metrics::inc(&m.refresh_success);
+        let out = m.render(&Snapshot::new("d-1".into()), Instant::now(), "extra 1\n");
+        for line in [
+            "# HELP octomild_requests_total Socket API requests by route and status.",
+            "# TYPE octomild_requests_total counter",
+            "octomild_requests_total{route=\"/v1/token\",status=\"200\"} 2",
+            "octomild_requests_total{route=\"/v1/token\",status=\"503\"} 1",
+            "octomild_mqtt_rejected_total{reason=\"bad_signature\"} 1",
+            "octomild_limit_permits_granted_total{surface=\"inference\"} 5",
+            "octomild_limit_refusals_total{surface=\"inference\",reason=\"budget\"} 1",
+            "octomild_refresh_total{result=\"success\"} 1",
+            "octomild_mqtt_revocations_total 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+        }
+        assert!(out.ends_with("extra 1\n"));
     }
 }

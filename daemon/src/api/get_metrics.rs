@@ -19,7 +19,7 @@ pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
         &mut extra,
         "octomild_socket_connections_total",
         "Socket connections by outcome.",
-        &[
+        [
             ("outcome=\"accepted\"", s.accepted.load(Ordering::Relaxed)),
             (
                 "outcome=\"rejected_busy\"",
