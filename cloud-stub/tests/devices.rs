@@ -156,13 +156,7 @@ async fn revocation_kills_credentials_and_blocks_reregistration_until_deleted() 
         StatusCode::CONFLICT,
         "an active device cannot be deleted"
     );
-    let a = env
-        .owner(
-            Method::POST,
-            "/devices/edge-06/revoke",
-            Some(json!({"reason": "stolen"})),
-        )
-        .await;
+    let a = env.revoke("edge-06").await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.body["state"], "revoked");
     assert_eq!(a.body["revoke_reason"], "stolen");

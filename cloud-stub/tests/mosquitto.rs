@@ -97,13 +97,7 @@ async fn revocations_and_presence_flow_through_mosquitto() {
     // The other device first: if the ACL leaked, its envelope would reach `dev` first.
     let mut answers = Vec::new();
     for id in [&other.id, &d.id] {
-        let a = env
-            .owner(
-                Method::POST,
-                &format!("/devices/{id}/revoke"),
-                Some(serde_json::json!({"reason": "stolen"})),
-            )
-            .await;
+        let a = env.revoke(id).await;
         assert_eq!(
             a.status,
             StatusCode::OK,

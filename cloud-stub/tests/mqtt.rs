@@ -75,13 +75,7 @@ async fn cloud_session(env: &Env) -> TestClient {
 }
 
 async fn revoke(env: &Env, id: &str) -> (StatusCode, Value) {
-    let a = env
-        .owner(
-            Method::POST,
-            &format!("/devices/{id}/revoke"),
-            Some(serde_json::json!({"reason": "stolen"})),
-        )
-        .await;
+    let a = env.revoke(id).await;
     (a.status, a.body)
 }
 

@@ -145,6 +145,22 @@ fn placeholder_info() -> CloudInfo {
     }
 }
 
+/// A `POST /devices/register` body for `id`: a fresh device key and a proof signed now.
+pub fn register_request(bootstrap_token: &str, id: &str) -> serde_json::Value {
+    use octomil_common::proof;
+    let key = proof::generate_signing_key();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    serde_json::json!({
+        "bootstrap_token": bootstrap_token,
+        "device_id": id,
+        "device_public_key": proof::encode_public_key(&key.verifying_key()),
+        "proof": {"timestamp": ts, "signature": proof::sign(&key, id, ts)},
+    })
+}
+
 pub fn read_trimmed(path: &Path) -> String {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))

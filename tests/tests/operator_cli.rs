@@ -3,9 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use octomil_common::proof;
-use octomil_e2e::{CloudProcess, files_containing, run};
-use serde_json::{Value, json};
+use octomil_e2e::{CloudProcess, files_containing, register_request, run};
+use serde_json::Value;
 
 /// Registers a device straight over the API (the daemon arrives with issue 2/5).
 async fn register_device(cloud: &CloudProcess, id: &str) -> Value {
@@ -15,17 +14,7 @@ async fn register_device(cloud: &CloudProcess, id: &str) -> Value {
         .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
         .build()
         .unwrap();
-    let key = proof::generate_signing_key();
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let body = json!({
-        "bootstrap_token": cloud.bootstrap_token(),
-        "device_id": id,
-        "device_public_key": proof::encode_public_key(&key.verifying_key()),
-        "proof": {"timestamp": ts, "signature": proof::sign(&key, id, ts)},
-    });
+    let body = register_request(&cloud.bootstrap_token(), id);
     let resp = client
         .post(format!("{}/api/v1/devices/register", cloud.info.http_url))
         .json(&body)

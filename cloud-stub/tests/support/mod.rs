@@ -71,6 +71,16 @@ pub fn env_for(handle: Handle, clock: ManualClock, dir: tempfile::TempDir) -> En
 }
 
 impl Env {
+    /// `POST /devices/{id}/revoke` with the owner key and reason "stolen".
+    pub async fn revoke(&self, id: &str) -> Answer {
+        self.owner(
+            Method::POST,
+            &format!("/devices/{id}/revoke"),
+            Some(serde_json::json!({"reason": "stolen"})),
+        )
+        .await
+    }
+
     /// A call with a device key: `GET /models`, which every live device key may make.
     pub async fn device_call(&self, key: &str) -> Answer {
         self.call(Method::GET, "/models", Some(key), None).await

@@ -263,17 +263,7 @@ pub async fn register(
     bootstrap: &str,
     id: &str,
 ) -> RegisterResponse {
-    let key = proof::generate_signing_key();
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let body = json!({
-        "bootstrap_token": bootstrap,
-        "device_id": id,
-        "device_public_key": proof::encode_public_key(&key.verifying_key()),
-        "proof": {"timestamp": ts, "signature": proof::sign(&key, id, ts)},
-    });
+    let body = octomil_e2e::register_request(bootstrap, id);
     let r = http
         .post(format!("{api}/devices/register"))
         .json(&body)
