@@ -106,9 +106,13 @@ impl Mosquitto {
             .status()
             .expect("mosquitto_passwd");
         assert!(ok.success(), "mosquitto_passwd failed");
-        let _ = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status();
+        // SIGHUP: Mosquitto re-reads its password file.
+        let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("signal mosquitto to reload");
     }
 
     pub fn log_text(&self) -> String {
