@@ -60,23 +60,41 @@ async fn run() {
         .unwrap();
     assert!(r.status().is_success());
 
-    // Device keys and proofs are made up front so the clock measures the server.
-    let bodies: Vec<_> = (0..n)
-        .map(|i| {
-            let id = format!("bench-{i}");
-            let key = proof::generate_signing_key();
-            let ts = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
-            json!({
-                "bootstrap_token": boot,
-                "device_id": id,
-                "device_public_key": proof::encode_public_key(&key.verifying_key()),
-                "proof": {"timestamp": ts, "signature": proof::sign(&key, &id, ts)},
-            })
-        })
-        .collect();
+    // Device keys, challenges and proofs are made up front so the clock measures the server.
+    let mut bodies = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("bench-{i}");
+        let key = proof::generate_signing_key();
+        let r = client
+            .post(format!("{base}/devices/register/challenge"))
+            .json(&json!({"device_id": id}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        let challenge = r.json::<serde_json::Value>().await.unwrap()["challenge"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let pk = proof::encode_public_key(&key.verifying_key());
+        let hash = proof::bootstrap_hash(&boot);
+        let sig = proof::sign(
+            &key,
+            &proof::Statement {
+                challenge: &challenge,
+                device_id: &id,
+                device_public_key: &pk,
+                bootstrap_hash: &hash,
+            },
+        );
+        bodies.push(json!({
+            "bootstrap_token": boot,
+            "device_id": id,
+            "device_public_key": pk,
+            "challenge": challenge,
+            "proof": sig,
+        }));
+    }
 
     println!(
         "octomil-cloud control-plane benchmark: {n} calls per phase, {conc} concurrent clients, HTTPS on loopback"

@@ -19,6 +19,8 @@ pub struct Cloud {
     pub sessions: SessionKeys,
     /// Signs revocation envelopes; its public half goes to devices at registration.
     pub revocation_key: SigningKey,
+    /// Registration challenges (protocol 2) and the ones already consumed.
+    pub challenges: crate::challenge::Challenges,
     pub publisher: Arc<dyn RevocationPublisher>,
     /// MQTT URL devices connect to, if a broker is configured.
     pub mqtt_url: Option<String>,
@@ -58,6 +60,7 @@ impl Cloud {
             .unwrap_or_default();
         let limit = match surface {
             Surface::Registration => limits.registration,
+            Surface::Challenge => crate::limits::challenge_limit(limits.registration),
             Surface::ControlPlane => limits.control_plane,
             Surface::Inference => limits.inference,
         };

@@ -22,6 +22,7 @@ pub const OWNER_PASSWORD_FILE: &str = "owner_password";
 pub const OWNER_TOTP_FILE: &str = "owner_totp_secret";
 const SESSION_KEY_FILE: &str = "session.key";
 const REVOCATION_KEY_FILE: &str = "revocation.key";
+const CHALLENGE_KEY_FILE: &str = "challenge.key";
 
 /// Paths of the first-start secrets.
 #[derive(Debug, Clone)]
@@ -120,6 +121,11 @@ fn load_or_create_key(dir: &Path, name: &str) -> Result<Secret<Vec<u8>>, CloudEr
 
 pub fn session_key(dir: &Path) -> Result<Secret<Vec<u8>>, CloudError> {
     load_or_create_key(dir, SESSION_KEY_FILE)
+}
+
+/// The HMAC key of registration challenges (0600, made on first start).
+pub fn challenge_key(dir: &Path) -> Result<Secret<Vec<u8>>, CloudError> {
+    load_or_create_key(dir, CHALLENGE_KEY_FILE)
 }
 
 pub fn revocation_key(dir: &Path) -> Result<SigningKey, CloudError> {

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod app;
+pub mod challenge;
 pub mod cli;
 pub mod error;
 pub mod extract;
@@ -241,6 +242,7 @@ impl Builder {
             clock: self.clock,
             sessions: session::SessionKeys::new(init::session_key(&dir)?),
             revocation_key: init::revocation_key(&dir)?,
+            challenges: challenge::Challenges::new(init::challenge_key(&dir)?),
             publisher,
             mqtt_url: mqtt_url.clone(),
             presence: PresenceTable::new(vouched),

@@ -13,10 +13,30 @@ use octomil_common::wire::RateLimit;
 pub enum Surface {
     /// Per source IP, on `POST /devices/register`.
     Registration,
+    /// Per source IP, on `POST /devices/register/challenge`: a budget of its own, so only
+    /// register calls count toward the registration limit.
+    Challenge,
     /// Per device: register, refresh and device-key calls other than inference.
     ControlPlane,
     /// Per key, on `POST /inference`.
     Inference,
+}
+
+/// The challenge endpoint's generous per-address floor (60/min, burst 60).
+pub const CHALLENGE_LIMIT: RateLimit = RateLimit::per_minute(60);
+
+/// The challenge endpoint's per-address limit: at least [`CHALLENGE_LIMIT`], and six
+/// challenges per registration the address may make (an operator who raises the registration
+/// limit for a mass enrolment raises this with it).
+pub fn challenge_limit(registration: RateLimit) -> RateLimit {
+    let per_min = |l: RateLimit| u64::from(l.limit) * 60 / u64::from(l.period_secs.max(1));
+    if per_min(registration).saturating_mul(6) <= per_min(CHALLENGE_LIMIT) {
+        return CHALLENGE_LIMIT;
+    }
+    RateLimit {
+        limit: registration.limit.saturating_mul(6),
+        period_secs: registration.period_secs,
+    }
 }
 
 /// Past this many tracked subjects the limiter drops the idle ones.

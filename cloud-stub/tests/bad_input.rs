@@ -81,7 +81,7 @@ async fn bad_input_is_refused_with_a_code_and_changes_nothing() {
     }
 
     let pk = octomil_common::proof::encode_public_key(&d.key.verifying_key());
-    let reg_body = d.register_body(&env, &env.bootstrap_token());
+    let reg_body = d.register_body(&env, &env.bootstrap_token()).await;
     let with = |k: &str, v: Value| {
         let mut b = reg_body.clone();
         b[k] = v;
@@ -158,13 +158,19 @@ async fn bad_input_is_refused_with_a_code_and_changes_nothing() {
             Method::POST,
             "/devices/register".into(),
             with("proof", json!({"timestamp": 1, "signature": "x"})),
+            "challenge_required",
+        ),
+        (
+            Method::POST,
+            "/devices/register".into(),
+            with("proof", json!("AAAA")),
             "invalid_proof",
         ),
         (
             Method::POST,
             "/devices/register".into(),
             with("device_id", json!("other")),
-            "invalid_proof",
+            "invalid_challenge",
         ),
         (
             Method::POST,

@@ -198,7 +198,7 @@ async fn bootstrap_tokens_honour_max_uses_and_expiry() {
             Method::POST,
             "/devices/register",
             None,
-            Some(d1.register_body(&env, &tok)),
+            Some(d1.register_body(&env, &tok).await),
         )
         .await;
     assert_eq!(a.status, StatusCode::OK);
@@ -208,7 +208,7 @@ async fn bootstrap_tokens_honour_max_uses_and_expiry() {
             Method::POST,
             "/devices/register",
             None,
-            Some(d2.register_body(&env, &tok)),
+            Some(d2.register_body(&env, &tok).await),
         )
         .await;
     assert_eq!(
@@ -230,7 +230,7 @@ async fn bootstrap_tokens_honour_max_uses_and_expiry() {
             Method::POST,
             "/devices/register",
             None,
-            Some(d2.register_body(&env, &tok)),
+            Some(d2.register_body(&env, &tok).await),
         )
         .await;
     assert_eq!(a.code(), codes::INVALID_BOOTSTRAP_TOKEN);

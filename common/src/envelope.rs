@@ -1,27 +1,30 @@
 //! The signed revocation envelope the cloud publishes on `octomil/v1/devices/{id}/revocation`.
 //!
-//! Wire format (version 1):
-//! `version: u8 (= 1) || body: postcard(Revocation) || signature: [u8; 64]`
-//! where the Ed25519 signature covers `DOMAIN || version || body`. The domain tag keeps a
-//! signature made for anything else (a registration proof, say) from ever verifying here.
+//! Wire format (version 2, docs/device-protocol.md):
+//! `version: u8 (= 2) || body: postcard(Revocation) || signature: [u8; 64]`
+//! where the Ed25519 signature covers `DOMAIN || version || body` and is checked with strict
+//! verification. The domain tag keeps a signature made for anything else (a registration
+//! proof, say) from ever verifying here. Freshness is judged only against values the cloud
+//! issued (the registration epoch and a cloud-wide sequence), never against a clock.
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Upper bound on an encoded envelope; anything larger is rejected before parsing.
 pub const MAX_ENVELOPE_LEN: usize = 1024;
 pub const MAX_REASON_LEN: usize = 256;
-const DOMAIN: &[u8] = b"octomil-revocation-v1\0";
+const DOMAIN: &[u8] = b"octomil-revocation-v2\0";
 const SIG_LEN: usize = 64;
 
 /// What the cloud says about a revoked device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
     pub device_id: String,
-    /// Unix milliseconds at which the cloud revoked the device.
-    pub issued_at: u64,
-    /// Strictly increasing per device; a device ignores any sequence it has seen.
+    /// The `registration_epoch` of the registration being revoked.
+    pub epoch: u64,
+    /// From a cloud-wide counter that never restarts (deleting and re-provisioning an id
+    /// cannot make it repeat); a device ignores any sequence it has acted on.
     pub seq: u64,
     pub reason: String,
 }
@@ -42,7 +45,7 @@ pub enum EnvelopeError {
     ReasonTooLong,
     #[error("envelope names another device")]
     WrongDevice,
-    #[error("envelope predates the device's registration")]
+    #[error("envelope is for an earlier registration of this device")]
     Stale,
     #[error("envelope sequence {seq} was already seen")]
     Replayed { seq: u64 },
@@ -95,7 +98,7 @@ pub fn open(bytes: &[u8], key: &VerifyingKey) -> Result<Revocation, EnvelopeErro
     }
     let (signed, sig) = bytes.split_at(bytes.len() - SIG_LEN);
     let sig = Signature::from_slice(sig).map_err(|_| EnvelopeError::BadSignature)?;
-    key.verify(&signed_message(signed), &sig)
+    key.verify_strict(&signed_message(signed), &sig)
         .map_err(|_| EnvelopeError::BadSignature)?;
     let (rev, rest) = postcard::take_from_bytes::<Revocation>(&signed[1..])
         .map_err(|_| EnvelopeError::Malformed)?;
@@ -119,8 +122,8 @@ fn signed_message(versioned_body: &[u8]) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct Expectations<'a> {
     pub device_id: &'a str,
-    /// Unix milliseconds of the device's (latest) registration.
-    pub registered_at: u64,
+    /// The `registration_epoch` of the device's current registration.
+    pub epoch: u64,
     /// Highest sequence already acted on, if any.
     pub last_seq: Option<u64>,
 }
@@ -130,7 +133,7 @@ impl Expectations<'_> {
         if rev.device_id != self.device_id {
             return Err(EnvelopeError::WrongDevice);
         }
-        if rev.issued_at < self.registered_at {
+        if rev.epoch < self.epoch {
             return Err(EnvelopeError::Stale);
         }
         if let Some(last) = self.last_seq
@@ -153,7 +156,7 @@ mod tests {
     fn rev() -> Revocation {
         Revocation {
             device_id: "edge-01".into(),
-            issued_at: 1_700_000_000_000,
+            epoch: 40,
             seq: 3,
             reason: "stolen".into(),
         }
@@ -185,9 +188,9 @@ mod tests {
         let mut flipped = bytes.clone();
         flipped[3] ^= 1;
         assert_eq!(open(&flipped, &vk), Err(EnvelopeError::BadSignature));
-        let mut v2 = bytes.clone();
-        v2[0] = 2;
-        assert_eq!(open(&v2, &vk), Err(EnvelopeError::UnknownVersion(2)));
+        let mut v1 = bytes.clone();
+        v1[0] = 1;
+        assert_eq!(open(&v1, &vk), Err(EnvelopeError::UnknownVersion(1)));
         assert!(matches!(
             open(&[1u8; 2000], &vk),
             Err(EnvelopeError::Oversized(2000))
@@ -199,7 +202,7 @@ mod tests {
         let r = rev();
         let ok = Expectations {
             device_id: "edge-01",
-            registered_at: r.issued_at,
+            epoch: r.epoch,
             last_seq: Some(2),
         };
         assert_eq!(ok.check(&r), Ok(()));
@@ -209,7 +212,7 @@ mod tests {
         };
         assert_eq!(other.check(&r), Err(EnvelopeError::WrongDevice));
         let later = Expectations {
-            registered_at: r.issued_at + 1,
+            epoch: r.epoch + 1,
             ..ok.clone()
         };
         assert_eq!(later.check(&r), Err(EnvelopeError::Stale));
@@ -218,6 +221,33 @@ mod tests {
             ..ok
         };
         assert_eq!(seen.check(&r), Err(EnvelopeError::Replayed { seq: 3 }));
+    }
+
+    #[test]
+    fn a_version_1_envelope_is_an_unknown_version() {
+        // What a protocol-1 cloud publishes: version byte 1, a body with a timestamp.
+        let k = key(1);
+        let mut v1 = vec![1u8];
+        v1.extend(postcard::to_stdvec(&("edge-01", 1_700_000_000_000u64, 3u64, "x")).unwrap());
+        v1.extend_from_slice(&[0u8; 64]);
+        assert_eq!(
+            open(&v1, &k.verifying_key()),
+            Err(EnvelopeError::UnknownVersion(1))
+        );
+    }
+
+    #[test]
+    fn a_newer_registration_makes_an_older_epoch_stale_without_any_clock() {
+        let mut r = rev();
+        r.epoch = 7;
+        let exp = Expectations {
+            device_id: "edge-01",
+            epoch: 8,
+            last_seq: None,
+        };
+        assert_eq!(exp.check(&r), Err(EnvelopeError::Stale));
+        r.epoch = 9; // revoked after a later re-registration the device has not saved yet
+        assert_eq!(exp.check(&r), Ok(()));
     }
 
     #[test]

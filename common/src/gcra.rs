@@ -46,10 +46,12 @@ impl Gcra {
     /// `limit` requests per `period_ms`. `limit` and `period_ms` must be non-zero.
     pub fn new(limit: u32, period_ms: u64) -> Self {
         let limit = limit.max(1);
-        let emission_ns = (period_ms.max(1) * 1_000_000) / u64::from(limit);
+        // At least 1 ns: a limit larger than the period in nanoseconds (a cloud may send
+        // anything) must not make the cost of a request zero and `remaining` divide by it.
+        let emission_ns = (period_ms.max(1).saturating_mul(1_000_000) / u64::from(limit)).max(1);
         Self {
             emission_ns,
-            tau_ns: emission_ns * u64::from(limit),
+            tau_ns: emission_ns.saturating_mul(u64::from(limit)),
             limit,
         }
     }
@@ -113,6 +115,17 @@ impl Gcra {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limit_above_the_period_in_nanoseconds_does_not_divide_by_zero() {
+        // 4 billion per millisecond: emission would round to 0 ns.
+        let g = Gcra::new(u32::MAX, 1);
+        let mut tat = 0;
+        assert!(g.acquire(&mut tat, 1_000, 1).is_ok());
+        let _ = g.remaining(tat, 1_000);
+        let g = Gcra::new(u32::MAX, u64::MAX);
+        let _ = g.remaining(0, u64::MAX);
+    }
 
     #[test]
     fn burst_then_one_per_emission_interval() {

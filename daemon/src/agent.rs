@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::answer;
 use crate::backoff::{Backoff, unit_random};
 use crate::cloud::{CloudClient, CloudError};
 use crate::limits::{Denied, Limiter};
@@ -255,19 +256,25 @@ impl Agent {
             });
             let result = self.cloud.register(&token, &self.device_id, &key).await;
             self.heartbeat.beat();
+            let result = result.and_then(|resp| {
+                answer::check_register(&resp)
+                    .map(|checked| (resp, checked))
+                    .map_err(|e| CloudError::BadAnswer(e.to_string()))
+            });
             let retry_after = match result {
-                Ok(resp) => {
+                Ok((resp, checked)) => {
                     let now = SystemClock.now_secs();
                     let creds = Credentials {
                         api_key: resp.api_key,
                         refresh_token: resp.refresh_token,
-                        expires_at: now + lifetime_secs(resp.expires_in, resp.expires_at, now),
+                        expires_at: now.saturating_add(checked.lifetime_secs),
                         issued_at: now,
                         registered_at_ms: SystemClock.now_ms(),
                         last_refresh: None,
-                        revocation_public_key: decode_key(&resp.revocation_public_key),
+                        revocation_public_key: checked.revocation_public_key,
                         mqtt: resp.mqtt,
-                        rate_limits: resp.rate_limits,
+                        rate_limits: checked.rate_limits,
+                        registration_epoch: resp.registration_epoch,
                     };
                     let mut next = self.persisted.clone();
                     next.credentials = Some(creds);
@@ -278,7 +285,7 @@ impl Agent {
                         None
                     } else {
                         self.persisted = next;
-                        self.limits.set_limits(resp.rate_limits);
+                        self.limits.set_limits(checked.rate_limits);
                         Metrics::inc(&self.metrics.register_success);
                         tracing::info!(device_id = %self.device_id, "registered with the cloud");
                         return Flow::Continue;
@@ -299,9 +306,19 @@ impl Agent {
                     tracing::warn!(error = %e, attempt, "registration failed; retrying");
                     None
                 }
-                Err(e @ (CloudError::Rejected { .. } | CloudError::Setup(_))) => {
+                Err(e @ CloudError::BadAnswer(_)) => {
+                    // Nothing from it is kept; a fix on the cloud side heals it without us.
                     Metrics::inc(&self.metrics.register_failure);
-                    tracing::error!(error = %e, "registration refused; not retrying until reload");
+                    tracing::error!(error = %e, "refusing the cloud's registration answer; retrying slowly");
+                    return self.park(format!("registration answer refused: {e}")).await;
+                }
+                Err(
+                    e @ (CloudError::Rejected { .. }
+                    | CloudError::Setup(_)
+                    | CloudError::Incompatible(_)),
+                ) => {
+                    Metrics::inc(&self.metrics.register_failure);
+                    tracing::error!(error = %e, "registration refused; retrying slowly (SIGHUP retries at once)");
                     return self.park(format!("registration refused: {e}")).await;
                 }
             };
@@ -324,25 +341,28 @@ impl Agent {
         }
     }
 
-    /// Parks registration after a permanent problem until a reload, a forced refresh or shutdown.
+    /// Holds registration after a refusal that waiting cannot heal (unknown or used-up
+    /// bootstrap token, id held by another key, an incompatible cloud, an answer we refuse):
+    /// retried slowly, about hourly with jitter, so a fix on the cloud side reaches every
+    /// device without touching it; a reload (SIGHUP) retries at once.
     async fn park(&mut self, why: String) -> Flow {
-        tracing::warn!(reason = %why, "not registered; waiting for a reload (SIGHUP) or a forced refresh");
+        let delay = answer::slow_retry(unit_random());
+        tracing::warn!(reason = %why, retry_in_s = delay.as_secs(), "not registered; retrying slowly (SIGHUP retries now)");
         self.publish(|s| {
             s.phase = Phase::Unregistered;
             s.token = None;
-            s.detail = why;
+            s.detail = format!(
+                "{why}; retrying in {}s (SIGHUP retries now)",
+                delay.as_secs()
+            );
         });
-        loop {
-            match self.wait(Duration::from_secs(3600)).await {
-                Wake::Shutdown => return Flow::Stop,
-                Wake::Elapsed => {}
-                Wake::Command(c) => {
-                    if let Some(f) = self.command_while_unregistered(c).await {
-                        return f;
-                    }
-                    return Flow::Continue;
-                }
-            }
+        match self.wait(delay).await {
+            Wake::Shutdown => Flow::Stop,
+            Wake::Elapsed => Flow::Continue,
+            Wake::Command(c) => self
+                .command_while_unregistered(c)
+                .await
+                .unwrap_or(Flow::Continue),
         }
     }
 
@@ -381,7 +401,7 @@ impl Agent {
                 topic: m.topic.clone(),
                 username: m.username.clone(),
                 revocation_public_key: creds.revocation_public_key,
-                registered_at_ms: creds.registered_at_ms,
+                registration_epoch: creds.registration_epoch,
                 last_seq: self.persisted.last_revocation_seq,
             })
         });
@@ -445,16 +465,21 @@ impl Agent {
                 .refresh(&self.device_id, &creds.refresh_token)
                 .await;
             self.heartbeat.beat();
+            let result = result.and_then(|resp| {
+                answer::check_refresh(&resp)
+                    .map(|checked| (resp, checked))
+                    .map_err(|e| CloudError::BadAnswer(e.to_string()))
+            });
             let (retry_after, why) = match result {
-                Ok(resp) => {
+                Ok((resp, checked)) => {
                     let now = SystemClock.now_secs();
                     let next = Credentials {
                         api_key: resp.api_key,
                         refresh_token: resp.refresh_token,
-                        expires_at: now + lifetime_secs(resp.expires_in, resp.expires_at, now),
+                        expires_at: now.saturating_add(checked.lifetime_secs),
                         issued_at: now,
                         last_refresh: Some(now),
-                        rate_limits: resp.rate_limits,
+                        rate_limits: checked.rate_limits,
                         ..creds.clone()
                     };
                     let mut p = self.persisted.clone();
@@ -464,7 +489,7 @@ impl Agent {
                     match self.save(p.clone()).await {
                         Ok(()) => {
                             self.persisted = p;
-                            self.limits.set_limits(resp.rate_limits);
+                            self.limits.set_limits(checked.rate_limits);
                             Metrics::inc(&self.metrics.refresh_success);
                             tracing::info!(
                                 expires_at = self
@@ -620,18 +645,4 @@ impl Agent {
             }
         }
     }
-}
-
-fn decode_key(b64: &str) -> [u8; 32] {
-    octomil_common::proof::decode_public_key(b64)
-        .map(|k| k.to_bytes())
-        .unwrap_or([0; 32])
-}
-
-/// A key's lifetime from the cloud's answer: `expires_in` when given; otherwise the distance
-/// from our clock to `expires_at` (only right when the clocks agree). Every expiry the daemon
-/// keeps is `receipt time + lifetime` on the device's own clock, so a device whose clock is
-/// hours off the cloud's still refreshes on time and never serves an expired key.
-fn lifetime_secs(expires_in: Option<u64>, expires_at: u64, now: u64) -> u64 {
-    expires_in.unwrap_or_else(|| expires_at.saturating_sub(now))
 }

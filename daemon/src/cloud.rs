@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use octomil_common::wire::{
-    ErrorBody, Proof, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse, codes,
+    ChallengeRequest, ChallengeResponse, ErrorBody, Proof, RefreshRequest, RefreshResponse,
+    RegisterRequest, RegisterResponse, codes,
 };
-use octomil_common::{Clock, DeviceId, Secret, SystemClock, proof};
+use octomil_common::{DeviceId, Secret, proof};
 use reqwest::StatusCode;
 
 /// What went wrong with a call, sorted by what the caller should do about it.
@@ -34,6 +35,12 @@ pub enum CloudError {
     /// The client itself could not be set up (bad CA file).
     #[error("cannot set up the cloud client: {0}")]
     Setup(String),
+    /// The cloud speaks another protocol version; waiting cannot fix it, an upgrade can.
+    #[error("{0}")]
+    Incompatible(String),
+    /// The cloud answered with a value the daemon refuses (see [`crate::answer`]).
+    #[error("{0}")]
+    BadAnswer(String),
 }
 
 impl CloudError {
@@ -80,21 +87,51 @@ impl CloudClient {
         })
     }
 
+    /// Protocol 2: fetch a challenge, sign it with the device key (bound to the device id,
+    /// the public key and the bootstrap token), register. No clock is involved.
     pub async fn register(
         &self,
         bootstrap_token: &Secret<String>,
         device_id: &DeviceId,
         key: &SigningKey,
     ) -> Result<RegisterResponse, CloudError> {
-        let ts = SystemClock.now_secs();
+        let challenge: ChallengeResponse = match self
+            .post(
+                "/devices/register/challenge",
+                &ChallengeRequest {
+                    device_id: device_id.clone(),
+                },
+            )
+            .await
+        {
+            Err(CloudError::Rejected {
+                status: 404 | 405, ..
+            }) => {
+                return Err(CloudError::Incompatible(
+                    "the cloud is older than device protocol 2 (it has no registration \
+                     challenge endpoint); upgrade octomil-cloud"
+                        .into(),
+                ));
+            }
+            other => other?,
+        };
+        let public_key = proof::encode_public_key(&key.verifying_key());
+        let boot_hash = proof::bootstrap_hash(bootstrap_token.expose());
+        let signature = proof::sign(
+            key,
+            &proof::Statement {
+                challenge: &challenge.challenge,
+                device_id: device_id.as_str(),
+                device_public_key: &public_key,
+                bootstrap_hash: &boot_hash,
+            },
+        );
         let body = RegisterRequest {
             bootstrap_token: bootstrap_token.clone(),
             device_id: device_id.clone(),
-            device_public_key: proof::encode_public_key(&key.verifying_key()),
-            proof: Proof {
-                timestamp: ts,
-                signature: proof::sign(key, device_id.as_str(), ts),
-            },
+            device_public_key: public_key,
+            challenge: Some(challenge.challenge),
+            proof: Proof::Signature(signature),
             metadata: Some(metadata()),
         };
         self.post("/devices/register", &body).await
@@ -155,7 +192,9 @@ fn classify(
         return CloudError::Revoked;
     }
     if status == StatusCode::TOO_MANY_REQUESTS {
-        return CloudError::RateLimited(retry_after.unwrap_or(Duration::from_secs(1)));
+        return CloudError::RateLimited(crate::answer::clamp_retry_after(
+            retry_after.unwrap_or(Duration::from_secs(1)),
+        ));
     }
     if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
         return CloudError::Transient(format!("{status}: {message}"));

@@ -2,6 +2,7 @@
 //! over [`run::run`]; tests call the same function with their own shutdown token.
 
 pub mod agent;
+pub mod answer;
 pub mod api;
 pub mod backoff;
 pub mod cli;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
-use octomil_common::DeviceId;
 use octomil_common::envelope::{self, EnvelopeError, Expectations};
 use octomil_common::wire::Presence;
+use octomil_common::{Clock as _, DeviceId};
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, NetworkOptions, Packet, QoS,
     TlsConfiguration, Transport,
@@ -254,7 +254,7 @@ impl Session {
         let verified = envelope::open(payload, key).and_then(|rev| {
             Expectations {
                 device_id: self.device_id.as_str(),
-                registered_at: params.registered_at_ms,
+                epoch: params.registration_epoch,
                 last_seq: params.last_seq,
             }
             .check(&rev)
@@ -265,7 +265,9 @@ impl Session {
                 Metrics::inc(&self.metrics.mqtt_revocations);
                 // Withhold the key now; the refresh loop wipes and persists when it gets the
                 // command (it may be inside a cloud call for a while).
-                self.tx.revoke_now(&rev.reason, rev.issued_at / 1000);
+                // `at` is informational (the device's clock); nothing compares it.
+                self.tx
+                    .revoke_now(&rev.reason, octomil_common::SystemClock.now_secs());
                 let _ = self
                     .commands
                     .send(Command::Revoke {

@@ -123,8 +123,8 @@ pub struct MqttParams {
     pub username: String,
     /// The cloud's pinned revocation-signing key (from the registration answer, over TLS).
     pub revocation_public_key: [u8; 32],
-    /// Unix ms of the registration: envelopes issued before it are stale.
-    pub registered_at_ms: u64,
+    /// The cloud's epoch of this registration: envelopes for older epochs are stale.
+    pub registration_epoch: u64,
     pub last_seq: Option<u64>,
 }
 

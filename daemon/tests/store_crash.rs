@@ -41,6 +41,7 @@ fn state(n: u64) -> Persisted {
             revocation_public_key: [1; 32],
             mqtt: None,
             rate_limits: RateLimits::default(),
+            registration_epoch: 1,
         }),
         revoked: None,
         last_revocation_seq: None,

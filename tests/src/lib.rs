@@ -145,19 +145,44 @@ fn placeholder_info() -> CloudInfo {
     }
 }
 
-/// A `POST /devices/register` body for `id`: a fresh device key and a proof signed now.
-pub fn register_request(bootstrap_token: &str, id: &str) -> serde_json::Value {
+/// `POST {api}/devices/register/challenge` for `id` (`api` ends in `/api/v1`).
+pub async fn fetch_challenge(http: &reqwest::Client, api: &str, id: &str) -> String {
+    let r = http
+        .post(format!("{api}/devices/register/challenge"))
+        .json(&serde_json::json!({"device_id": id}))
+        .send()
+        .await
+        .expect("challenge request");
+    assert!(
+        r.status().is_success(),
+        "challenge for {id}: {}",
+        r.status()
+    );
+    let v: serde_json::Value = r.json().await.expect("challenge answer");
+    v["challenge"].as_str().expect("a challenge").to_owned()
+}
+
+/// A `POST /devices/register` body for `id`: a fresh device key and a proof over `challenge`.
+pub fn register_request(bootstrap_token: &str, id: &str, challenge: &str) -> serde_json::Value {
     use octomil_common::proof;
     let key = proof::generate_signing_key();
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
+    let pk = proof::encode_public_key(&key.verifying_key());
+    let boot = proof::bootstrap_hash(bootstrap_token);
+    let sig = proof::sign(
+        &key,
+        &proof::Statement {
+            challenge,
+            device_id: id,
+            device_public_key: &pk,
+            bootstrap_hash: &boot,
+        },
+    );
     serde_json::json!({
         "bootstrap_token": bootstrap_token,
         "device_id": id,
-        "device_public_key": proof::encode_public_key(&key.verifying_key()),
-        "proof": {"timestamp": ts, "signature": proof::sign(&key, id, ts)},
+        "device_public_key": pk,
+        "challenge": challenge,
+        "proof": sig,
     })
 }
 

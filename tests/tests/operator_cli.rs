@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use octomil_e2e::{CloudProcess, files_containing, register_request, run};
+use octomil_e2e::{CloudProcess, fetch_challenge, files_containing, register_request, run};
 use serde_json::Value;
 
 /// Registers a device straight over the API (the daemon arrives with issue 2/5).
@@ -14,7 +14,9 @@ async fn register_device(cloud: &CloudProcess, id: &str) -> Value {
         .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
         .build()
         .unwrap();
-    let body = register_request(&cloud.bootstrap_token(), id);
+    let api = format!("{}/api/v1", cloud.info.http_url);
+    let challenge = fetch_challenge(&client, &api, id).await;
+    let body = register_request(&cloud.bootstrap_token(), id, &challenge);
     let resp = client
         .post(format!("{}/api/v1/devices/register", cloud.info.http_url))
         .json(&body)

@@ -203,24 +203,22 @@ async fn forged_replayed_cross_device_and_garbage_envelopes_change_nothing() {
         .try_into()
         .unwrap();
     let cloud_key = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let rev = |id: &str, issued_at: u64| Revocation {
+    // The device's registration is the cloud's first: epoch 1. Epoch 0 is an older one.
+    let current = 1_000;
+    let rev = |id: &str, epoch: u64| Revocation {
         device_id: id.into(),
-        issued_at,
+        epoch,
         seq: 1,
         reason: "forged".into(),
     };
     let forger = octomil_common::proof::generate_signing_key();
-    let valid = envelope::seal(&rev("target-1", now), &cloud_key).unwrap();
+    let valid = envelope::seal(&rev("target-1", current), &cloud_key).unwrap();
     let mut wrong_version = valid.clone();
     wrong_version[0] = 9;
     let payloads = vec![
-        envelope::seal(&rev("target-1", now), &forger).unwrap(), // wrong key
-        envelope::seal(&rev("someone-else", now), &cloud_key).unwrap(), // cross-device
-        envelope::seal(&rev("target-1", now - 3_600_000), &cloud_key).unwrap(), // before registration (a replay)
+        envelope::seal(&rev("target-1", current), &forger).unwrap(), // wrong key
+        envelope::seal(&rev("someone-else", current), &cloud_key).unwrap(), // cross-device
+        envelope::seal(&rev("target-1", 0), &cloud_key).unwrap(), // an earlier registration (stale)
         valid[..valid.len() - 10].to_vec(), // cut into the signature: does not verify
         valid[..20].to_vec(),               // shorter than any envelope
         wrong_version,                      // unknown version

@@ -17,7 +17,7 @@ use crate::mqtt::outbox;
 use crate::mqtt::presence::Seen;
 use crate::publisher::PublishError;
 use crate::scope::{Role, Rule, Scope};
-use crate::store::{Change, DeviceRecord, DeviceState};
+use crate::store::{Change, DeviceRecord, DeviceState, REVOCATION_SEQ};
 
 const READ: Rule = Rule::scoped(Scope::DevicesRead, Role::Member);
 const WRITE: Rule = Rule::scoped(Scope::DevicesWrite, Role::Admin);
@@ -155,10 +155,17 @@ pub async fn revoke(
         d.state = DeviceState::Revoked;
         d.revoked_at = Some(now_ms / 1000);
         d.revoke_reason = Some(reason.clone());
-        d.revocation_seq += 1;
-        let sealed = seal(&state.revocation_key, &d, now_ms)?;
+        // A cloud-wide sequence (never per device, so a deleted and re-provisioned id cannot
+        // repeat one), kept above any per-device sequence a protocol-1 cloud handed out.
+        let seq = m
+            .counter(REVOCATION_SEQ)
+            .max(d.revocation_seq)
+            .checked_add(1)
+            .ok_or_else(|| ApiError::internal("the revocation sequence is exhausted"))?;
+        d.revocation_seq = seq;
+        let sealed = seal(&state.revocation_key, &d, m.epoch_of(id.as_str()))?;
         let view = DeviceView::with_presence(&d, state.presence.get(id.as_str()));
-        let mut changes = vec![Change::Device(d)];
+        let mut changes = vec![Change::Counter(REVOCATION_SEQ, seq), Change::Device(d)];
         if state.publisher.durable() {
             changes.push(outbox::entry(&id, sealed.clone(), now_ms));
         }
@@ -185,10 +192,11 @@ pub async fn revoke(
     Ok((status, Json(view)))
 }
 
-fn seal(key: &SigningKey, d: &DeviceRecord, now_ms: u64) -> ApiResult<Vec<u8>> {
+/// The version-2 envelope revoking `d`'s registration number `epoch`.
+fn seal(key: &SigningKey, d: &DeviceRecord, epoch: u64) -> ApiResult<Vec<u8>> {
     let rev = Revocation {
         device_id: d.device_id.clone(),
-        issued_at: now_ms,
+        epoch,
         seq: d.revocation_seq,
         reason: d.revoke_reason.clone().unwrap_or_default(),
     };

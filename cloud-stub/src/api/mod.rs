@@ -25,6 +25,10 @@ use crate::error::ApiError;
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/devices/register", post(register_device::register))
+        .route(
+            "/devices/register/challenge",
+            post(register_device::challenge),
+        )
         .route("/devices/refresh", post(refresh_device::refresh))
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::show).delete(devices::delete))

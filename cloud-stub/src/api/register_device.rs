@@ -1,22 +1,53 @@
-//! `POST /devices/register`: a device enrols with the fleet's bootstrap token and proves it
-//! holds the key it registers. Re-registering a live id with the same key rotates its
-//! credentials (a device that crashed before saving the answer can try again).
+//! `POST /devices/register/challenge` and `POST /devices/register` (protocol 2,
+//! docs/device-protocol.md): a device asks for a single-use challenge, then enrols with the
+//! fleet's bootstrap token and a proof, over that challenge, that it holds the key it
+//! registers. No decision here reads the device's clock. Re-registering a live id with the
+//! same key rotates its credentials (a device that crashed before saving the answer can try
+//! again) and gives it a new registration epoch.
 
 use std::net::SocketAddr;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use octomil_common::token::{self, TokenKind};
-use octomil_common::wire::{MqttInfo, RegisterRequest, RegisterResponse, codes};
+use octomil_common::wire::{
+    ChallengeRequest, ChallengeResponse, MqttInfo, Proof, RegisterRequest, RegisterResponse, codes,
+};
 use octomil_common::{DeviceId, proof};
 
 use crate::app::AppState;
+use crate::challenge::{self, ChallengeError};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
 use crate::limits::Surface;
-use crate::store::{Change, DeviceRecord, DeviceState, RefreshState};
+use crate::store::{Change, DeviceRecord, DeviceState, REGISTRATION_EPOCH, RefreshState};
 
 use super::refresh_device::issue_pair;
+
+/// Mints a challenge. Unauthenticated and stateless (the challenge verifies itself), on a
+/// per-address budget of its own.
+pub async fn challenge(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Body(req): Body<ChallengeRequest>,
+) -> ApiResult<Json<ChallengeResponse>> {
+    state.take_permit(Surface::Challenge, &peer.ip().to_string())?;
+    let now = state.clock.now_ms() / 1000;
+    Ok(Json(ChallengeResponse {
+        challenge: state.challenges.mint(req.device_id.as_str(), now),
+        expires_in: challenge::TTL_SECS,
+    }))
+}
+
+fn challenge_error(e: ChallengeError) -> ApiError {
+    let code = match e {
+        ChallengeError::Invalid => codes::INVALID_CHALLENGE,
+        ChallengeError::Expired => codes::CHALLENGE_EXPIRED,
+        ChallengeError::Used => codes::CHALLENGE_USED,
+        ChallengeError::Busy(secs) => return ApiError::rate_limited(secs),
+    };
+    ApiError::bad_request(code, e.to_string())
+}
 
 pub async fn register(
     State(state): State<AppState>,
@@ -40,25 +71,46 @@ pub async fn register(
             "this device id is reserved",
         ));
     }
+    let (challenge, signature) = match (&req.challenge, &req.proof) {
+        (Some(c), Proof::Signature(s)) => (c, s),
+        _ => {
+            return Err(ApiError::bad_request(
+                codes::CHALLENGE_REQUIRED,
+                "this cloud speaks device protocol 2: get a challenge from \
+                 POST /api/v1/devices/register/challenge and sign it (protocol-1 \
+                 timestamp proofs are refused; upgrade octomild)",
+            ));
+        }
+    };
     let public_key = proof::decode_public_key(&req.device_public_key)
         .map_err(|e| ApiError::bad_request(codes::INVALID_PROOF, e.to_string()))?;
     let now_ms = state.clock.now_ms();
     let now = now_ms / 1000;
-    proof::verify(
-        &public_key,
-        req.device_id.as_str(),
-        req.proof.timestamp,
-        &req.proof.signature,
-        now,
-    )
-    .map_err(|e| ApiError::bad_request(codes::INVALID_PROOF, e.to_string()))?;
+    let checked = state
+        .challenges
+        .check(req.device_id.as_str(), challenge, now)
+        .map_err(challenge_error)?;
+    let boot_hash = token::hash(req.bootstrap_token.expose());
+    let statement = proof::Statement {
+        challenge,
+        device_id: req.device_id.as_str(),
+        device_public_key: &req.device_public_key,
+        bootstrap_hash: &boot_hash,
+    };
+    proof::verify(&public_key, &statement, signature)
+        .map_err(|e| ApiError::bad_request(codes::INVALID_PROOF, e.to_string()))?;
+    // Consumed only once the proof verified: someone who merely saw the challenge cannot
+    // burn it for the device.
+    state
+        .challenges
+        .consume(checked, now)
+        .map_err(challenge_error)?;
 
     state.take_permit(Surface::ControlPlane, req.device_id.as_str())?;
 
-    let boot_hash = token::hash(req.bootstrap_token.expose());
     let settings = state.settings();
     let expiry = settings.device_token_expiry_secs;
-    let (api_key, refresh_token, expires_at) = state.store.write(|m| {
+    let (api_key, refresh_token, expires_at, epoch) = state.store.write(|m| {
         let invalid = || {
             ApiError::unauthorized(
                 codes::INVALID_BOOTSTRAP_TOKEN,
@@ -110,13 +162,22 @@ pub async fn register(
         }
         let (key, refresh, expires_at) = issue_pair(&mut device, m.environment(), now, expiry);
         boot.uses += 1;
+        let epoch = m
+            .counter(REGISTRATION_EPOCH)
+            .checked_add(1)
+            .ok_or_else(|| ApiError::internal("the registration epoch is exhausted"))?;
         Ok((
-            (key, refresh, expires_at),
-            vec![Change::Device(device), Change::Bootstrap(boot)],
+            (key, refresh, expires_at, epoch),
+            vec![
+                Change::Epoch(device.device_id.clone(), epoch),
+                Change::Counter(REGISTRATION_EPOCH, epoch),
+                Change::Device(device),
+                Change::Bootstrap(boot),
+            ],
         ))
     })?;
 
-    tracing::info!(device_id = %req.device_id, "device registered");
+    tracing::info!(device_id = %req.device_id, epoch, "device registered");
     Ok(Json(RegisterResponse {
         mqtt: state
             .mqtt_url
@@ -129,6 +190,7 @@ pub async fn register(
         expires_in: Some(expiry),
         revocation_public_key: proof::encode_public_key(&state.revocation_key.verifying_key()),
         rate_limits: settings.rate_limits.device_view(),
+        registration_epoch: epoch,
     }))
 }
 

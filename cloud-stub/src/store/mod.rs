@@ -2,6 +2,7 @@
 //! every change. A change is applied to memory only after its redb transaction committed, so
 //! what a caller was told always survives a restart.
 
+mod counters;
 pub mod records;
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,6 +13,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use counters::{REGISTRATION_EPOCH, REVOCATION_SEQ};
 pub use records::*;
 
 const ORG: TableDefinition<&str, &[u8]> = TableDefinition::new("org");
@@ -64,6 +66,10 @@ pub enum Change {
     Resource(ResourceRecord),
     OutboxPut(OutboxRecord),
     DeleteOutbox(String),
+    /// A cloud-wide counter's new value (see [`counters`]).
+    Counter(&'static str, u64),
+    /// The registration epoch of a device's current registration.
+    Epoch(String, u64),
 }
 
 /// Everything the cloud knows, with the hash indexes that make bearer lookups O(1).
@@ -78,6 +84,10 @@ pub struct Model {
     pub resources: BTreeMap<String, ResourceRecord>,
     /// Retained messages owed to the broker, by device id (one per device: the newest wins).
     pub outbox: BTreeMap<String, OutboxRecord>,
+    /// Cloud-wide counters that never restart, by name.
+    pub counters: BTreeMap<String, u64>,
+    /// Registration epoch by device id (absent: registered before protocol 2, epoch 0).
+    pub epochs: BTreeMap<String, u64>,
     api_key_by_hash: HashMap<Hash, String>,
     device_by_key_hash: HashMap<Hash, String>,
     bootstrap_by_hash: HashMap<Hash, String>,
@@ -107,6 +117,16 @@ impl Model {
         self.org
             .as_ref()
             .map_or(Environment::Live, |o| o.environment)
+    }
+
+    /// The current value of a cloud-wide counter (0 before its first use).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+
+    /// The registration epoch of `device_id`'s current registration.
+    pub fn epoch_of(&self, device_id: &str) -> u64 {
+        self.epochs.get(device_id).copied().unwrap_or(0)
     }
 
     pub fn resource_key(kind: &str, parent: Option<&str>, id: &str) -> String {
@@ -156,6 +176,12 @@ impl Model {
             Change::DeleteOutbox(id) => {
                 self.outbox.remove(&id);
             }
+            Change::Counter(name, v) => {
+                self.counters.insert(name.to_owned(), v);
+            }
+            Change::Epoch(id, v) => {
+                self.epochs.insert(id, v);
+            }
         }
     }
 
@@ -188,6 +214,8 @@ impl Store {
             ] {
                 tx.open_table(t)?;
             }
+            tx.open_table(counters::COUNTERS)?;
+            tx.open_table(counters::EPOCHS)?;
             tx.commit()?;
         }
         let mut model = Model::default();
@@ -212,6 +240,8 @@ impl Store {
         for r in load(&tx, OUTBOX, "mqtt_outbox")? {
             model.apply(Change::OutboxPut(r));
         }
+        model.counters = counters::load(&tx, counters::COUNTERS)?;
+        model.epochs = counters::load(&tx, counters::EPOCHS)?;
         Ok(Self {
             db,
             model: Mutex::new(model),
@@ -266,6 +296,8 @@ impl Store {
                 )?,
                 Change::OutboxPut(o) => put(&tx, OUTBOX, &o.device_id, o)?,
                 Change::DeleteOutbox(id) => del(&tx, OUTBOX, id)?,
+                Change::Counter(name, v) => counters::put(&tx, counters::COUNTERS, name, *v)?,
+                Change::Epoch(id, v) => counters::put(&tx, counters::EPOCHS, id, *v)?,
             }
         }
         tx.commit()?;

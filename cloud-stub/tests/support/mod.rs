@@ -237,19 +237,51 @@ impl Device {
         }
     }
 
-    pub fn register_body(&self, env: &Env, bootstrap: &str) -> Value {
-        let ts = env.clock_secs();
+    /// A fresh challenge for this device (protocol 2).
+    pub async fn challenge(&self, env: &Env) -> String {
+        let a = env
+            .call(
+                Method::POST,
+                "/devices/register/challenge",
+                None,
+                Some(json!({"device_id": self.id})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        a.body["challenge"].as_str().unwrap().to_owned()
+    }
+
+    /// A register body over a fresh challenge.
+    pub async fn register_body(&self, env: &Env, bootstrap: &str) -> Value {
+        let challenge = self.challenge(env).await;
+        self.register_body_with(bootstrap, &challenge)
+    }
+
+    /// A register body whose proof signs `challenge` and `bootstrap`.
+    pub fn register_body_with(&self, bootstrap: &str, challenge: &str) -> Value {
+        let pk = proof::encode_public_key(&self.key.verifying_key());
+        let boot = proof::bootstrap_hash(bootstrap);
+        let sig = proof::sign(
+            &self.key,
+            &proof::Statement {
+                challenge,
+                device_id: &self.id,
+                device_public_key: &pk,
+                bootstrap_hash: &boot,
+            },
+        );
         json!({
             "bootstrap_token": bootstrap,
             "device_id": self.id,
-            "device_public_key": proof::encode_public_key(&self.key.verifying_key()),
-            "proof": {"timestamp": ts, "signature": proof::sign(&self.key, &self.id, ts)},
+            "device_public_key": pk,
+            "challenge": challenge,
+            "proof": sig,
             "metadata": {"model": "rpi4"},
         })
     }
 
     pub async fn try_register(&self, env: &Env) -> Answer {
-        let body = self.register_body(env, &env.bootstrap_token());
+        let body = self.register_body(env, &env.bootstrap_token()).await;
         env.call(Method::POST, "/devices/register", None, Some(body))
             .await
     }

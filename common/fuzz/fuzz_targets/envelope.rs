@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         // Only the holder of the signing key can produce this; the fuzzer cannot.
         let _ = Expectations {
             device_id: &rev.device_id,
-            registered_at: 0,
+            epoch: 0,
             last_seq: None,
         }
         .check(&rev);
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let reason = String::from_utf8_lossy(data).chars().take(64).collect::<String>();
     let rev = Revocation {
         device_id: "fuzz".into(),
-        issued_at: 1,
+        epoch: 1,
         seq: 1,
         reason,
     };

@@ -21,6 +21,11 @@ pub mod codes {
     pub const UNKNOWN_SCOPE: &str = "unknown_scope";
     pub const INVALID_ARGUMENT: &str = "invalid_argument";
     pub const INVALID_PROOF: &str = "invalid_proof";
+    /// A protocol-1 registration (no challenge) reached a protocol-2 cloud.
+    pub const CHALLENGE_REQUIRED: &str = "challenge_required";
+    pub const INVALID_CHALLENGE: &str = "invalid_challenge";
+    pub const CHALLENGE_EXPIRED: &str = "challenge_expired";
+    pub const CHALLENGE_USED: &str = "challenge_used";
     // 401
     pub const UNAUTHENTICATED: &str = "unauthenticated";
     pub const INVALID_CREDENTIALS: &str = "invalid_credentials";

@@ -5,12 +5,14 @@ pub mod error;
 pub mod presence;
 pub mod rate_limits;
 pub mod refresh_device;
+pub mod register_challenge;
 pub mod register_device;
 
 pub use error::{ErrorBody, codes};
 pub use presence::Presence;
 pub use rate_limits::{RateLimit, RateLimits, Surface};
 pub use refresh_device::{RefreshRequest, RefreshResponse};
+pub use register_challenge::{ChallengeRequest, ChallengeResponse};
 pub use register_device::{MqttInfo, Proof, RegisterRequest, RegisterResponse};
 
 /// Largest request body the cloud accepts.

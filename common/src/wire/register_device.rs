@@ -13,6 +13,10 @@ pub struct RegisterRequest {
     pub device_id: DeviceId,
     /// Base64url (no padding) Ed25519 public key of the device.
     pub device_public_key: String,
+    /// The challenge from `POST /devices/register/challenge` (protocol 2); absent in a
+    /// protocol-1 request, which the cloud refuses with `challenge_required`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<String>,
     pub proof: Proof,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<BTreeMap<String, String>>,
@@ -20,11 +24,13 @@ pub struct RegisterRequest {
 
 /// Proof of possession of the device key: see [`crate::proof`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Proof {
-    /// Unix seconds when the proof was made.
-    pub timestamp: u64,
-    /// Base64url Ed25519 signature.
-    pub signature: String,
+#[serde(untagged)]
+pub enum Proof {
+    /// Protocol 2: the base64url Ed25519 signature over the challenge statement.
+    Signature(String),
+    /// Protocol 1's `{timestamp, signature}`: parsed only so the cloud can name the
+    /// protocol mismatch instead of answering a bare "invalid body".
+    Legacy { timestamp: u64, signature: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +49,9 @@ pub struct RegisterResponse {
     /// Base64url Ed25519 key that signs revocation envelopes; the device pins it.
     pub revocation_public_key: String,
     pub rate_limits: RateLimits,
+    /// Cloud-wide counter of successful registrations, never reused: revocation envelopes
+    /// carry it, so a device judges their freshness without any clock.
+    pub registration_epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ mod fsx;
 pub mod seal;
 #[cfg(test)]
 mod tests;
+mod v1;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -47,8 +48,8 @@ const DB_CACHE_BYTES: usize = 256 * 1024;
 ///
 /// postcard is not self-describing: changing this struct or any type in it (including
 /// `MqttInfo` and `RateLimits` from `common`) changes the on-disk format. Bump
-/// [`seal::FORMAT_VERSION`] and keep a decoder for the old layout; the test
-/// `format_v1_layout_is_pinned` fails until you do.
+/// [`seal::FORMAT_VERSION`] and keep a decoder for the old layout (see `v1.rs`); the test
+/// `format_v2_layout_is_pinned` fails until you do.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Persisted {
     /// The device's Ed25519 key, made once before first registration.
@@ -81,6 +82,9 @@ pub struct Credentials {
     pub revocation_public_key: [u8; 32],
     pub mqtt: Option<MqttInfo>,
     pub rate_limits: RateLimits,
+    /// The cloud's `registration_epoch` for this registration (format 2; 0 when migrated
+    /// from format 1): revocation envelopes for older epochs are stale.
+    pub registration_epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! The seal key (systemd credential or 0600 key file) and the sealed record format.
 //!
-//! A record is `version (1) || generation (8, LE) || nonce (24) || XChaCha20-Poly1305(postcard)`.
+//! A record is `version (1 byte) || generation (8, LE) || nonce (24) || XChaCha20-Poly1305(postcard)`.
 //! The header is plain so a reader can compare generations without the key; the AEAD's
 //! associated data binds the header's version and generation under a fixed domain string, so a
 //! record cannot be replayed under another generation or format. The nonce is random per save.
@@ -19,8 +19,11 @@ use super::{Persisted, StoreError, fsx};
 
 /// The file name of the seal key inside `$CREDENTIALS_DIRECTORY` (`LoadCredentialEncrypted=`).
 pub const CREDENTIAL_NAME: &str = "octomil-seal-key";
-/// Format of the records this build writes; it reads only this one.
-pub const FORMAT_VERSION: u8 = 1;
+/// Format of the records this build writes. It also reads format 1 (before the registration
+/// epoch) and migrates it: the next save writes format 2.
+pub const FORMAT_VERSION: u8 = 2;
+/// The oldest format this build still reads.
+const OLDEST_READABLE: u8 = 1;
 /// Associated data prefix: a sealed octomild state record and nothing else.
 const DOMAIN: &[u8] = b"octomil-edge/octomild/state-record\0";
 const KEY_LEN: usize = 32;
@@ -177,7 +180,7 @@ impl Header {
             return Err(OpenError::Truncated);
         }
         let version = record[0];
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE..=FORMAT_VERSION).contains(&version) {
             return Err(OpenError::UnknownVersion(version));
         }
         let mut generation = [0u8; 8];
@@ -239,6 +242,35 @@ pub(crate) fn seal(
     Ok(std::mem::take(&mut *record))
 }
 
+/// Seals raw plaintext under any format `version`: how tests make records of earlier formats.
+#[cfg(test)]
+pub(crate) fn seal_raw_for_tests(
+    key: &SealKey,
+    version: u8,
+    generation: u64,
+    plain: &[u8],
+) -> Vec<u8> {
+    let header = Header {
+        version,
+        generation,
+        nonce: [3; NONCE_LEN],
+    };
+    let mut record = Vec::new();
+    header.write(&mut record);
+    let mut body = plain.to_vec();
+    let tag = key
+        .cipher()
+        .encrypt_inout_detached(
+            &XNonce::from(header.nonce),
+            &header.aad(),
+            body.as_mut_slice().into(),
+        )
+        .expect("seal");
+    record.extend_from_slice(&body);
+    record.extend_from_slice(&tag);
+    record
+}
+
 /// Opens a record sealed by [`seal`] under `key`.
 pub(crate) fn open(key: &SealKey, record: &[u8]) -> Result<Persisted, OpenError> {
     let header = Header::parse(record)?;
@@ -253,7 +285,12 @@ pub(crate) fn open(key: &SealKey, record: &[u8]) -> Result<Persisted, OpenError>
             &tag,
         )
         .map_err(|_| OpenError::Auth)?;
-    postcard::from_bytes(&plain).map_err(|_| OpenError::Decode)
+    match header.version {
+        1 => postcard::from_bytes::<super::v1::Persisted>(&plain)
+            .map(Into::into)
+            .map_err(|_| OpenError::Decode),
+        _ => postcard::from_bytes(&plain).map_err(|_| OpenError::Decode),
+    }
 }
 
 /// Why sealing failed; none of these carries data.

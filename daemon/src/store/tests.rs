@@ -31,6 +31,7 @@ pub(super) fn sample(n: u64) -> Persisted {
                 username: "dev-01.test".into(),
             }),
             rate_limits: RateLimits::default(),
+            registration_epoch: 9,
         }),
         revoked: None,
         last_revocation_seq: Some(3),
@@ -245,11 +246,14 @@ fn records_bind_generation_and_version() {
     other_gen[1] ^= 1;
     assert_eq!(seal::open(&k, &other_gen), Err(seal::OpenError::Auth));
     let mut other_version = record.clone();
-    other_version[0] = 2;
+    other_version[0] = 3;
     assert_eq!(
         seal::open(&k, &other_version),
-        Err(seal::OpenError::UnknownVersion(2))
+        Err(seal::OpenError::UnknownVersion(3))
     );
+    // The version is authenticated: a format-2 record relabelled as format 1 does not open.
+    other_version[0] = 1;
+    assert_eq!(seal::open(&k, &other_version), Err(seal::OpenError::Auth));
     assert_eq!(
         seal::open(&k, &record[..seal::HEADER_LEN + 3]),
         Err(seal::OpenError::Truncated)
@@ -355,26 +359,92 @@ fn bad_key_length_names_the_file() {
     }
 }
 
-/// The postcard layout of format 1, byte for byte. If this fails, a type inside `Persisted`
+/// The postcard plaintext of `sample(1)` as format 1 (today's main before the registration
+/// epoch) wrote it.
+const V1_HEX: &str = concat!(
+    "010b6465762d30312e74657374736565642d62797465732d746861742d6d7573742d737461792d73",
+    "6563726574012a6564675f6c6976655f5a7138586b5033764e376d5232745936774234634a39684c",
+    "3173443566473061313c6564675f726566726573685f4d6e344276384378325a6c364b6a30486733",
+    "4664375361315177354572395479325569364f703441733844663047683181e6fe890781c3f98907",
+    "80b8b3dda53701010707070707070707070707070707070707070707070707070707070707070707",
+    "01186d717474733a2f2f62726f6b65722e746573743a38383833296f63746f6d696c2f76312f6465",
+    "76696365732f6465762d30312e746573742f7265766f636174696f6e0b6465762d30312e74657374",
+    "643ce8073c000103",
+);
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// `sample(1)` as the previous release holds it after migration: no epoch known (0).
+fn sample_from_v1() -> Persisted {
+    let mut p = sample(1);
+    if let Some(c) = p.credentials.as_mut() {
+        c.registration_epoch = 0;
+    }
+    p
+}
+
+/// The postcard layout of format 2, byte for byte. If this fails, a type inside `Persisted`
 /// changed: existing stores would no longer decode. Bump `seal::FORMAT_VERSION`, decode the old
-/// layout on load, then update this constant.
+/// layout on load (as `v1.rs` does), then update this constant.
 #[test]
-fn format_v1_layout_is_pinned() {
-    const V1_HEX: &str = concat!(
-        "010b6465762d30312e74657374736565642d62797465732d746861742d6d7573742d737461792d73",
-        "6563726574012a6564675f6c6976655f5a7138586b5033764e376d5232745936774234634a39684c",
-        "3173443566473061313c6564675f726566726573685f4d6e344276384378325a6c364b6a30486733",
-        "4664375361315177354572395479325569364f703441733844663047683181e6fe890781c3f98907",
-        "80b8b3dda53701010707070707070707070707070707070707070707070707070707070707070707",
-        "01186d717474733a2f2f62726f6b65722e746573743a38383833296f63746f6d696c2f76312f6465",
-        "76696365732f6465762d30312e746573742f7265766f636174696f6e0b6465762d30312e74657374",
-        "643ce8073c000103",
-    );
-    assert_eq!(seal::FORMAT_VERSION, 1);
+fn format_v2_layout_is_pinned() {
+    // Format 1 plus the registration epoch (9) after the rate limits.
+    let v2_hex = V1_HEX.replace("643ce8073c000103", "643ce8073c09000103");
+    assert_eq!(seal::FORMAT_VERSION, 2);
     let hex: String = postcard::to_allocvec(&sample(1))
         .unwrap()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    assert_eq!(hex, V1_HEX, "the on-disk format of Persisted changed");
+    assert_eq!(hex, v2_hex, "the on-disk format of Persisted changed");
+}
+
+#[test]
+fn a_format_1_record_opens_as_format_2_with_epoch_zero() {
+    let k = key(1);
+    let record = seal::seal_raw_for_tests(&k, 1, 4, &unhex(V1_HEX));
+    assert_eq!(seal::open(&k, &record).unwrap(), sample_from_v1());
+}
+
+/// A `state.redb` exactly as today's main (format 1) leaves it: same table, row, header,
+/// associated data and plaintext layout (pinned above). The new daemon opens it, keeps every
+/// credential, and its next save writes format 2.
+#[test]
+fn a_store_made_by_the_previous_release_opens_and_migrates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(DB_FILE);
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(TABLE).unwrap();
+            let record = seal::seal_raw_for_tests(&key(1), 1, 7, &unhex(V1_HEX));
+            t.insert(ROW, record.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded, sample_from_v1());
+    store.save(&loaded).unwrap();
+    let record = store.read_record().unwrap().unwrap();
+    assert_eq!(
+        record[0], 2,
+        "the first save after the upgrade writes format 2"
+    );
+    assert_eq!(
+        u64::from_le_bytes(record[1..9].try_into().unwrap()),
+        8,
+        "the generation continues"
+    );
+    drop(store);
+    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    assert_eq!(store.load().unwrap(), sample_from_v1());
 }

@@ -263,7 +263,8 @@ pub async fn register(
     bootstrap: &str,
     id: &str,
 ) -> RegisterResponse {
-    let body = octomil_e2e::register_request(bootstrap, id);
+    let challenge = octomil_e2e::fetch_challenge(http, api, id).await;
+    let body = octomil_e2e::register_request(bootstrap, id, &challenge);
     let r = http
         .post(format!("{api}/devices/register"))
         .json(&body)
