@@ -42,8 +42,9 @@ const DEFAULT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 const CA_VALIDITY: Duration = Duration::from_secs(3653 * 24 * 60 * 60); // 10 years
 const SERVER_VALIDITY: Duration = Duration::from_secs(1827 * 24 * 60 * 60); // 5 years
-/// Start validity a little in the past so a client whose clock lags still accepts a new cert.
-const BACKDATE: Duration = Duration::from_secs(60 * 60);
+/// Start validity 48 hours in the past, so a device whose clock lags by up to two days (a
+/// board without an RTC before NTP answered, say) still accepts a freshly made certificate.
+const BACKDATE: Duration = Duration::from_secs(48 * 60 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -171,6 +171,8 @@ fn make_install_lays_out_the_tree_with_the_right_modes() {
             .any(|l| l == "ExecStart=/usr/bin/octomild run --config /etc/octomil/octomild.toml"),
         "ExecStart= line"
     );
+    // A core dump would hold the device key: the unit forbids them.
+    assert!(unit.lines().any(|l| l == "LimitCORE=0"), "LimitCORE=0 line");
 }
 
 /// The keys `config.rs` accepts, read from its `KEYS` table so the two cannot drift.
