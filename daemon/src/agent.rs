@@ -1,45 +1,32 @@
-//! The registration and refresh loop: the one task that talks to the cloud for credentials,
-//! persists every answer before using it, and publishes the result as a [`Snapshot`].
-//!
-//! Flow: no credentials -> register with the bootstrap token (capped exponential backoff with
-//! full jitter, `Retry-After` honoured, permanent refusals parked with a clear status);
-//! credentials -> wait on the monotonic clock until the refresh point, refresh (same retry
-//! rules, still serving the valid key meanwhile); revoked -> wipe, persist, stop for good.
+//! The thin async driver around the pure lifecycle core ([`crate::lifecycle`]): it feeds the
+//! core inputs stamped with both clocks and a random draw, runs the effects the core asks for
+//! (cloud calls, saves, wipes, snapshot updates), and sleeps until the core's deadline, a
+//! command, the answer of the call in flight, or shutdown. A cloud call in flight never holds
+//! off a revocation or a shutdown: the call is one branch of the same `select!`.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use octomil_common::wire::{Surface, codes};
 use octomil_common::{Clock, DeviceId, Secret, SystemClock};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::answer;
-use crate::backoff::{Backoff, unit_random};
+use crate::backoff::unit_random;
 use crate::cloud::{CloudClient, CloudError};
+pub use crate::lifecycle::Command;
+use crate::lifecycle::{Core, Count, Effect, Failure, Input, Now, Refreshed, Registration, View};
 use crate::limits::{Denied, Limiter};
 use crate::metrics::Metrics;
 use crate::notify::{self, Heartbeat};
-use crate::schedule;
-use crate::state::{MqttParams, Phase, RevokedInfo, SnapshotTx, Token};
-use crate::store::{Credentials, Identity, Persisted, Revoked, Store};
-
-/// What other tasks may ask of the loop.
-#[derive(Debug)]
-pub enum Command {
-    /// `POST /v1/admin/refresh`: refresh now; the reply carries the new expiry.
-    Refresh(oneshot::Sender<Result<u64, String>>),
-    /// SIGHUP: the bootstrap token (or config) may have changed; retry a parked registration.
-    Reload,
-    /// A verified revocation (MQTT push): take the revocation path.
-    Revoke { reason: String, seq: Option<u64> },
-    /// The broker keeps refusing our session (a revoked device's key no longer logs in):
-    /// ask the cloud now with a refresh instead of waiting for the schedule.
-    Check,
-}
+use crate::state::{MqttParams, RevokedInfo, SnapshotTx, Token};
+use crate::store::{Identity, Persisted, Store};
 
 /// Where the bootstrap token may come from, in order.
 #[derive(Debug, Clone)]
@@ -80,6 +67,16 @@ impl BootstrapSource {
     }
 }
 
+/// Wall seconds of this build (from `build.rs`).
+pub const BUILD_SECS: u64 = match u64::from_str_radix(env!("OCTOMILD_BUILD_SECS"), 10) {
+    Ok(s) => s,
+    Err(_) => 0,
+};
+/// A clock more than this before the build is certainly not set. The margin keeps a device a
+/// few days behind working (the cloud's certificates are backdated two days; a TLS "not yet
+/// valid" beyond that is classified as waiting for the clock too).
+pub const CLOCK_MARGIN: Duration = Duration::from_secs(7 * 86_400);
+
 pub struct Agent {
     pub device_id: DeviceId,
     pub cloud: CloudClient,
@@ -104,87 +101,136 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-/// Why a wait ended.
-enum Wake {
-    Elapsed,
-    Shutdown,
-    Command(Command),
-}
+type Call = Pin<Box<dyn Future<Output = Input> + Send>>;
 
-/// How a phase ended.
-enum Flow {
-    Continue,
-    Stop,
+fn now() -> Now {
+    Now {
+        mono: Instant::now(),
+        wall_secs: SystemClock.now_secs(),
+    }
 }
 
 impl Agent {
     pub async fn run(mut self) {
+        let floor = BUILD_SECS.saturating_sub(CLOCK_MARGIN.as_secs());
+        let mut core = Core::new(
+            self.device_id.as_str().to_owned(),
+            std::mem::take(&mut self.persisted),
+            floor,
+        );
+        let mut call: Option<Call> = None;
+        core.handle(now(), unit_random(), Input::Start);
         loop {
-            self.heartbeat.beat();
-            if self.shutdown.is_cancelled() {
+            if !self.run_effects(&mut core, &mut call).await {
                 return;
             }
-            let flow = if self.persisted.revoked.is_some() {
-                self.revoked().await
-            } else if self.persisted.credentials.is_some() {
-                self.refresh_cycle().await
-            } else {
-                self.register().await
-            };
-            if let Flow::Stop = flow {
-                return;
-            }
-        }
-    }
-
-    /// Waits `d` on the monotonic clock, beating the heartbeat, until a command or shutdown.
-    async fn wait(&mut self, d: Duration) -> Wake {
-        let deadline = Instant::now() + d;
-        loop {
             self.heartbeat.beat();
-            let step = deadline
-                .saturating_duration_since(Instant::now())
-                .min(self.beat_every);
-            tokio::select! {
+            let deadline = core.deadline();
+            let step = Instant::now() + self.beat_every;
+            let input = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return Wake::Shutdown,
+                _ = self.shutdown.cancelled() => Input::Shutdown,
                 cmd = self.commands.recv() => match cmd {
-                    Some(c) => return Wake::Command(c),
-                    None => return Wake::Shutdown,
+                    Some(c) => Input::Command(c),
+                    None => Input::Shutdown,
                 },
-                _ = tokio::time::sleep(step) => {
-                    if Instant::now() >= deadline {
-                        return Wake::Elapsed;
+                answer = async { call.as_mut().expect("guarded").await }, if call.is_some() => {
+                    call = None;
+                    answer
+                }
+                _ = tokio::time::sleep_until(deadline.map_or(step, |d| d.min(step))) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        Input::Timeout
+                    } else {
+                        continue; // a heartbeat step
                     }
                 }
+            };
+            core.handle(now(), unit_random(), input);
+        }
+    }
+
+    /// Runs every pending effect; false once the core said stop.
+    async fn run_effects(&mut self, core: &mut Core, call: &mut Option<Call>) -> bool {
+        while let Some(effect) = core.poll() {
+            match effect {
+                Effect::CallRegister => *call = Some(self.register_call(core.persisted())),
+                Effect::CallRefresh(token) => *call = Some(self.refresh_call(token)),
+                Effect::Persist(p) => {
+                    let r = self.save(*p).await;
+                    core.handle(now(), unit_random(), Input::Saved(r));
+                }
+                Effect::WithholdKey { reason } => {
+                    *call = None;
+                    self.tx.revoke_now(&reason, SystemClock.now_secs());
+                }
+                Effect::Wipe(revoked) => {
+                    let store = self.store.clone();
+                    let wiped =
+                        tokio::task::spawn_blocking(move || store.wipe_secrets(revoked)).await;
+                    if !matches!(wiped, Ok(Ok(()))) {
+                        tracing::error!(
+                            "could not persist the revocation; the key is withheld regardless"
+                        );
+                    }
+                }
+                Effect::SetLimits(l) => self.limits.set_limits(l),
+                Effect::PauseControlPlane(d) => self.limits.pause(
+                    Surface::ControlPlane,
+                    SystemClock
+                        .now_ms()
+                        .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                ),
+                Effect::Reply(tx, r) => {
+                    let _ = tx.send(r);
+                }
+                Effect::Count(c) => Metrics::inc(match c {
+                    Count::RegisterSuccess => &self.metrics.register_success,
+                    Count::RegisterFailure => &self.metrics.register_failure,
+                    Count::RefreshSuccess => &self.metrics.refresh_success,
+                    Count::RefreshFailure => &self.metrics.refresh_failure,
+                }),
+                Effect::Publish => self.publish(core.view(now()), core.persisted()),
+                Effect::Stop => return false,
             }
         }
+        true
     }
 
-    fn publish(&self, f: impl FnOnce(&mut crate::state::Snapshot)) {
-        self.tx.update(f);
+    fn publish(&self, v: View, p: &Persisted) {
+        let creds = p.credentials.as_ref();
+        let token = v
+            .key
+            .map(|k| Arc::new(Token::new(k.secret, k.expires_at, k.valid_until)));
+        let mqtt = creds.and_then(|c| {
+            c.mqtt.as_ref().map(|m| {
+                Arc::new(MqttParams {
+                    url: m.url.clone(),
+                    topic: m.topic.clone(),
+                    username: m.username.clone(),
+                    revocation_public_key: c.revocation_public_key,
+                    registration_epoch: c.registration_epoch,
+                    last_seq: p.last_revocation_seq,
+                })
+            })
+        });
+        self.tx.update(|s| {
+            s.phase = v.phase;
+            s.detail = v.detail;
+            s.token = token;
+            if s.mqtt != mqtt {
+                s.mqtt = mqtt;
+            }
+            s.last_refresh = v.last_refresh;
+            s.next_refresh = v.next_refresh;
+            s.rate_limits = v.rate_limits;
+            s.revoked = v.revoked.map(|r| RevokedInfo {
+                reason: r.reason,
+                at: r.at,
+            });
+        });
         let snap = self.tx.borrow();
         notify::status(&format!("{}: {}", snap.phase.as_str(), snap.detail));
-    }
-
-    /// Takes one control-plane permit for the daemon's own call; how long to wait if the local
-    /// budget (or a pause the cloud asked for) says not yet.
-    fn control_plane_wait(&self) -> Option<Duration> {
-        match self
-            .limits
-            .acquire(Surface::ControlPlane, 1, None, SystemClock.now_ms())
-        {
-            Err(Denied::Wait { wait_ms, .. }) => Some(Duration::from_millis(wait_ms)),
-            _ => None,
-        }
-    }
-
-    /// A 429 from the cloud pauses the control plane locally, for everyone.
-    fn cloud_said_wait(&self, d: Duration) {
-        self.limits.pause(
-            Surface::ControlPlane,
-            SystemClock.now_ms() + d.as_millis() as u64,
-        );
     }
 
     async fn save(&self, p: Persisted) -> Result<(), String> {
@@ -195,454 +241,134 @@ impl Agent {
             .map_err(|e| e.to_string())
     }
 
-    /// The device's Ed25519 key: made once, persisted before it is ever used, so a crash
-    /// between registering and saving the answer can re-register with the same key.
-    async fn identity(&mut self) -> Result<SigningKey, String> {
-        if let Some(id) = &self.persisted.identity
-            && id.device_id == self.device_id.as_str()
+    /// The local budget's verdict on one daemon call: how long to wait, if at all.
+    fn budget_wait(&self) -> Option<Duration> {
+        match self
+            .limits
+            .acquire(Surface::ControlPlane, 1, None, SystemClock.now_ms())
         {
-            return Ok(SigningKey::from_bytes(id.signing_key_seed.expose()));
-        }
-        let key = octomil_common::proof::generate_signing_key();
-        let mut next = self.persisted.clone();
-        next.identity = Some(Identity {
-            device_id: self.device_id.as_str().to_owned(),
-            signing_key_seed: Secret::new(key.to_bytes()),
-        });
-        next.credentials = None;
-        self.save(next.clone()).await?;
-        self.persisted = next;
-        tracing::info!(device_id = %self.device_id, "created the device key");
-        Ok(key)
-    }
-
-    async fn register(&mut self) -> Flow {
-        let key = match self.identity().await {
-            Ok(k) => k,
-            Err(e) => {
-                return self
-                    .park(format!("cannot persist the device key: {e}"))
-                    .await;
-            }
-        };
-        let mut attempt = 0u32;
-        loop {
-            let token = match self.bootstrap.read() {
-                Ok(t) => t,
-                Err(why) => return self.park(why).await,
-            };
-            if let Some(wait) = self.control_plane_wait() {
-                self.publish(|s| {
-                    s.phase = Phase::Registering;
-                    s.detail = format!(
-                        "waiting {} ms for the control-plane budget",
-                        wait.as_millis()
-                    );
-                });
-                match self.wait(wait).await {
-                    Wake::Shutdown => return Flow::Stop,
-                    Wake::Command(c) => {
-                        if let Some(f) = self.command_while_unregistered(c).await {
-                            return f;
-                        }
-                    }
-                    Wake::Elapsed => {}
-                }
-                continue;
-            }
-            self.publish(|s| {
-                s.phase = Phase::Registering;
-                s.detail = "registering with the cloud".into();
-            });
-            let result = self.cloud.register(&token, &self.device_id, &key).await;
-            self.heartbeat.beat();
-            let result = result.and_then(|resp| {
-                answer::check_register(&resp)
-                    .map(|checked| (resp, checked))
-                    .map_err(|e| CloudError::BadAnswer(e.to_string()))
-            });
-            let retry_after = match result {
-                Ok((resp, checked)) => {
-                    let now = SystemClock.now_secs();
-                    let creds = Credentials {
-                        api_key: resp.api_key,
-                        refresh_token: resp.refresh_token,
-                        expires_at: now.saturating_add(checked.lifetime_secs),
-                        issued_at: now,
-                        registered_at_ms: SystemClock.now_ms(),
-                        last_refresh: None,
-                        revocation_public_key: checked.revocation_public_key,
-                        mqtt: resp.mqtt,
-                        rate_limits: checked.rate_limits,
-                        registration_epoch: resp.registration_epoch,
-                    };
-                    let mut next = self.persisted.clone();
-                    next.credentials = Some(creds);
-                    if let Err(e) = self.save(next.clone()).await {
-                        // Not saved means not usable: the cloud lets us register again.
-                        tracing::error!(error = %e, "cannot persist credentials; will register again");
-                        Metrics::inc(&self.metrics.register_failure);
-                        None
-                    } else {
-                        self.persisted = next;
-                        self.limits.set_limits(checked.rate_limits);
-                        Metrics::inc(&self.metrics.register_success);
-                        tracing::info!(device_id = %self.device_id, "registered with the cloud");
-                        return Flow::Continue;
-                    }
-                }
-                Err(CloudError::Revoked) => {
-                    return self
-                        .revoke("revoked by the cloud at registration".into(), None)
-                        .await;
-                }
-                Err(CloudError::RateLimited(d)) => {
-                    Metrics::inc(&self.metrics.register_failure);
-                    self.cloud_said_wait(d);
-                    Some(d)
-                }
-                Err(CloudError::Transient(e)) => {
-                    Metrics::inc(&self.metrics.register_failure);
-                    tracing::warn!(error = %e, attempt, "registration failed; retrying");
-                    None
-                }
-                Err(e @ CloudError::BadAnswer(_)) => {
-                    // Nothing from it is kept; a fix on the cloud side heals it without us.
-                    Metrics::inc(&self.metrics.register_failure);
-                    tracing::error!(error = %e, "refusing the cloud's registration answer; retrying slowly");
-                    return self.park(format!("registration answer refused: {e}")).await;
-                }
-                Err(
-                    e @ (CloudError::Rejected { .. }
-                    | CloudError::Setup(_)
-                    | CloudError::Incompatible(_)),
-                ) => {
-                    Metrics::inc(&self.metrics.register_failure);
-                    tracing::error!(error = %e, "registration refused; retrying slowly (SIGHUP retries at once)");
-                    return self.park(format!("registration refused: {e}")).await;
-                }
-            };
-            let delay = Backoff::CLOUD.delay(attempt, unit_random(), retry_after);
-            attempt = attempt.saturating_add(1);
-            self.publish(|s| {
-                s.phase = Phase::Registering;
-                s.detail = format!("registration failed; retrying in {}s", delay.as_secs());
-            });
-            match self.wait(delay).await {
-                Wake::Shutdown => return Flow::Stop,
-                Wake::Command(c) => {
-                    if let Some(f) = self.command_while_unregistered(c).await {
-                        return f;
-                    }
-                    attempt = 0;
-                }
-                Wake::Elapsed => {}
-            }
+            Err(Denied::Wait { wait_ms, .. }) => Some(Duration::from_millis(wait_ms)),
+            _ => None,
         }
     }
 
-    /// Holds registration after a refusal that waiting cannot heal (unknown or used-up
-    /// bootstrap token, id held by another key, an incompatible cloud, an answer we refuse):
-    /// retried slowly, about hourly with jitter, so a fix on the cloud side reaches every
-    /// device without touching it; a reload (SIGHUP) retries at once.
-    async fn park(&mut self, why: String) -> Flow {
-        let delay = answer::slow_retry(unit_random());
-        tracing::warn!(reason = %why, retry_in_s = delay.as_secs(), "not registered; retrying slowly (SIGHUP retries now)");
-        self.publish(|s| {
-            s.phase = Phase::Unregistered;
-            s.token = None;
-            s.detail = format!(
-                "{why}; retrying in {}s (SIGHUP retries now)",
-                delay.as_secs()
-            );
-        });
-        match self.wait(delay).await {
-            Wake::Shutdown => Flow::Stop,
-            Wake::Elapsed => Flow::Continue,
-            Wake::Command(c) => self
-                .command_while_unregistered(c)
-                .await
-                .unwrap_or(Flow::Continue),
-        }
+    fn register_call(&self, persisted: &Persisted) -> Call {
+        let wait = self.budget_wait();
+        let bootstrap = self.bootstrap.read();
+        let identity = persisted
+            .identity
+            .as_ref()
+            .filter(|i| i.device_id == self.device_id.as_str())
+            .map(|i| SigningKey::from_bytes(i.signing_key_seed.expose()));
+        let (cloud, store, device_id) = (
+            self.cloud.clone(),
+            self.store.clone(),
+            self.device_id.clone(),
+        );
+        let base = persisted.clone();
+        Box::pin(async move {
+            let mut created = None;
+            let r = async {
+                let token = bootstrap.map_err(Failure::Permanent)?;
+                if let Some(w) = wait {
+                    return Err(Failure::Budget(w));
+                }
+                let key = match identity {
+                    Some(k) => k,
+                    None => {
+                        let (key, id) = new_identity(&store, &device_id, base).await?;
+                        created = Some(id);
+                        key
+                    }
+                };
+                let resp = cloud
+                    .register(&token, &device_id, &key)
+                    .await
+                    .map_err(failure)?;
+                let c = answer::check_register(&resp)
+                    .map_err(|e| Failure::Permanent(format!("registration answer refused: {e}")))?;
+                Ok(Registration {
+                    api_key: resp.api_key,
+                    refresh_token: resp.refresh_token,
+                    lifetime_secs: c.lifetime_secs,
+                    revocation_public_key: c.revocation_public_key,
+                    mqtt: resp.mqtt,
+                    rate_limits: c.rate_limits,
+                    epoch: resp.registration_epoch,
+                })
+            }
+            .await;
+            Input::Registered {
+                identity: created,
+                result: r,
+            }
+        })
     }
 
-    /// Handles a command that arrived while not registered; `Some` ends the current phase.
-    async fn command_while_unregistered(&mut self, c: Command) -> Option<Flow> {
-        match c {
-            Command::Refresh(reply) => {
-                let _ = reply.send(Err("not registered yet; registration retried now".into()));
-                None
+    fn refresh_call(&self, refresh_token: Secret<String>) -> Call {
+        let wait = self.budget_wait();
+        let (cloud, device_id) = (self.cloud.clone(), self.device_id.clone());
+        Box::pin(async move {
+            let r = async {
+                if let Some(w) = wait {
+                    return Err(Failure::Budget(w));
+                }
+                let resp = cloud
+                    .refresh(&device_id, &refresh_token)
+                    .await
+                    .map_err(failure)?;
+                let c = answer::check_refresh(&resp)
+                    .map_err(|e| Failure::Permanent(format!("refresh answer refused: {e}")))?;
+                Ok(Refreshed {
+                    api_key: resp.api_key,
+                    refresh_token: resp.refresh_token,
+                    lifetime_secs: c.lifetime_secs,
+                    rate_limits: c.rate_limits,
+                })
             }
-            Command::Reload | Command::Check => None,
-            Command::Revoke { reason, seq } => Some(self.revoke(reason, seq).await),
-        }
+            .await;
+            Input::Refreshed(r)
+        })
     }
+}
 
-    /// Publishes the held key and waits for its refresh point, then refreshes until it works.
-    async fn refresh_cycle(&mut self) -> Flow {
-        let Some(creds) = self.persisted.credentials.clone() else {
-            return Flow::Continue;
-        };
-        self.limits.set_limits(creds.rate_limits);
-        let now_wall = SystemClock.now_secs();
-        let lifetime = Duration::from_secs(creds.expires_at.saturating_sub(creds.issued_at));
-        let remaining = Duration::from_secs(creds.expires_at.saturating_sub(now_wall));
-        let valid_until = Instant::now() + remaining;
-        let delay = schedule::refresh_in_remaining(lifetime, remaining, unit_random());
-        let next = Instant::now() + delay;
-        let token = Arc::new(Token::new(
-            creds.api_key.clone(),
-            creds.expires_at,
-            valid_until,
-        ));
-        let mqtt = creds.mqtt.as_ref().map(|m| {
-            Arc::new(MqttParams {
-                url: m.url.clone(),
-                topic: m.topic.clone(),
-                username: m.username.clone(),
-                revocation_public_key: creds.revocation_public_key,
-                registration_epoch: creds.registration_epoch,
-                last_seq: self.persisted.last_revocation_seq,
-            })
-        });
-        self.publish(|s| {
-            s.phase = Phase::Active;
-            s.token = Some(token);
-            if s.mqtt != mqtt {
-                s.mqtt = mqtt;
-            }
-            s.last_refresh = creds.last_refresh;
-            s.next_refresh = Some(next);
-            s.rate_limits = Some(creds.rate_limits);
-            s.detail = format!(
-                "key valid for {}s; next refresh in {}s",
-                remaining.as_secs(),
-                delay.as_secs()
-            );
-        });
-        let mut forced: Option<oneshot::Sender<Result<u64, String>>> = None;
-        match self.wait(delay).await {
-            Wake::Shutdown => return Flow::Stop,
-            Wake::Elapsed => {}
-            Wake::Command(Command::Refresh(reply)) => forced = Some(reply),
-            Wake::Command(Command::Reload) => return Flow::Continue,
-            Wake::Command(Command::Check) => {
-                tracing::info!("the broker refuses our session; checking with the cloud")
-            }
-            Wake::Command(Command::Revoke { reason, seq }) => {
-                return self.revoke(reason, seq).await;
-            }
-        }
-        self.refresh(creds, forced).await
-    }
+/// The device's Ed25519 key: made once, persisted before it is ever used, so a crash
+/// between registering and saving the answer can re-register with the same key.
+async fn new_identity(
+    store: &Arc<Store>,
+    device_id: &DeviceId,
+    mut next: Persisted,
+) -> Result<(SigningKey, Identity), Failure> {
+    let key = octomil_common::proof::generate_signing_key();
+    let identity = Identity {
+        device_id: device_id.as_str().to_owned(),
+        signing_key_seed: Secret::new(key.to_bytes()),
+    };
+    next.identity = Some(identity.clone());
+    next.credentials = None;
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.save(&next))
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))?
+        .map_err(|e| Failure::Transient(format!("cannot persist the device key: {e}")))?;
+    tracing::info!(device_id = %device_id, "created the device key");
+    Ok((key, identity))
+}
 
-    async fn refresh(
-        &mut self,
-        creds: Credentials,
-        mut forced: Option<oneshot::Sender<Result<u64, String>>>,
-    ) -> Flow {
-        let mut attempt = 0u32;
-        loop {
-            if let Some(wait) = self.control_plane_wait() {
-                self.publish(|s| {
-                    s.detail = format!(
-                        "refresh waits {} ms for the control-plane budget",
-                        wait.as_millis()
-                    )
-                });
-                match self.wait(wait).await {
-                    Wake::Shutdown => return Flow::Stop,
-                    Wake::Command(Command::Refresh(reply)) => forced = Some(reply),
-                    Wake::Command(Command::Revoke { reason, seq }) => {
-                        return self.revoke(reason, seq).await;
-                    }
-                    Wake::Command(Command::Reload | Command::Check) | Wake::Elapsed => {}
-                }
-                continue;
-            }
-            let result = self
-                .cloud
-                .refresh(&self.device_id, &creds.refresh_token)
-                .await;
-            self.heartbeat.beat();
-            let result = result.and_then(|resp| {
-                answer::check_refresh(&resp)
-                    .map(|checked| (resp, checked))
-                    .map_err(|e| CloudError::BadAnswer(e.to_string()))
-            });
-            let (retry_after, why) = match result {
-                Ok((resp, checked)) => {
-                    let now = SystemClock.now_secs();
-                    let next = Credentials {
-                        api_key: resp.api_key,
-                        refresh_token: resp.refresh_token,
-                        expires_at: now.saturating_add(checked.lifetime_secs),
-                        issued_at: now,
-                        last_refresh: Some(now),
-                        rate_limits: checked.rate_limits,
-                        ..creds.clone()
-                    };
-                    let mut p = self.persisted.clone();
-                    p.credentials = Some(next);
-                    // Persist before use: the old refresh token stays valid at the cloud until the
-                    // new pair is used, so a failed save loses nothing.
-                    match self.save(p.clone()).await {
-                        Ok(()) => {
-                            self.persisted = p;
-                            self.limits.set_limits(checked.rate_limits);
-                            Metrics::inc(&self.metrics.refresh_success);
-                            tracing::info!(
-                                expires_at = self
-                                    .persisted
-                                    .credentials
-                                    .as_ref()
-                                    .map_or(0, |c| c.expires_at),
-                                "refreshed the device key"
-                            );
-                            if let Some(r) = forced.take() {
-                                let _ = r.send(Ok(self
-                                    .persisted
-                                    .credentials
-                                    .as_ref()
-                                    .map_or(0, |c| c.expires_at)));
-                            }
-                            return Flow::Continue;
-                        }
-                        Err(e) => (None, format!("cannot persist refreshed credentials: {e}")),
-                    }
-                }
-                Err(CloudError::Revoked) => {
-                    if let Some(r) = forced.take() {
-                        let _ = r.send(Err("device revoked".into()));
-                    }
-                    return self
-                        .revoke("revoked by the cloud at refresh".into(), None)
-                        .await;
-                }
-                Err(CloudError::Rejected { code, message, .. })
-                    if code == codes::REFRESH_TOKEN_REUSED
-                        || code == codes::INVALID_REFRESH_TOKEN =>
-                {
-                    // The cloud no longer honours these credentials: register again with the
-                    // device's own key (the cloud allows it).
-                    tracing::warn!(code = %code, message = %message, "credentials rejected; registering again");
-                    if let Some(r) = forced.take() {
-                        let _ = r.send(Err(format!(
-                            "credentials rejected ({code}); registering again"
-                        )));
-                    }
-                    let mut p = self.persisted.clone();
-                    p.credentials = None;
-                    if self.save(p.clone()).await.is_ok() {
-                        self.persisted = p;
-                    }
-                    self.publish(|s| s.token = None);
-                    return Flow::Continue;
-                }
-                Err(CloudError::RateLimited(d)) => {
-                    self.cloud_said_wait(d);
-                    (Some(d), "rate limited by the cloud".to_owned())
-                }
-                Err(e) => (None, e.to_string()),
-            };
-            Metrics::inc(&self.metrics.refresh_failure);
-            let mut delay = Backoff::CLOUD.delay(attempt, unit_random(), retry_after);
-            // As expiry nears, retry more often: never wait past a third of the validity left
-            // (but never under a second, and never under the cloud's Retry-After).
-            let left = self
-                .tx
-                .borrow()
-                .token
-                .as_ref()
-                .map(|t| t.valid_until.saturating_duration_since(Instant::now()));
-            if let Some(left) = left.filter(|l| !l.is_zero()) {
-                delay = delay
-                    .min((left / 3).max(Duration::from_secs(1)))
-                    .max(retry_after.unwrap_or_default());
-            }
-            attempt = attempt.saturating_add(1);
-            tracing::warn!(error = %why, retry_in_s = delay.as_secs(), "refresh failed; still serving the current key while it is valid");
-            if let Some(r) = forced.take() {
-                let _ = r.send(Err(why.clone()));
-            }
-            self.publish(|s| {
-                s.phase = Phase::Offline;
-                s.next_refresh = Some(Instant::now() + delay);
-                s.detail = format!("refresh failed ({why}); retrying in {}s", delay.as_secs());
-            });
-            match self.wait(delay).await {
-                Wake::Shutdown => return Flow::Stop,
-                Wake::Elapsed => {}
-                Wake::Command(Command::Refresh(reply)) => {
-                    forced = Some(reply);
-                    attempt = 0;
-                }
-                Wake::Command(Command::Reload | Command::Check) => {}
-                Wake::Command(Command::Revoke { reason, seq }) => {
-                    return self.revoke(reason, seq).await;
-                }
-            }
+/// What the core makes of a cloud error.
+fn failure(e: CloudError) -> Failure {
+    match e {
+        CloudError::Transient(m) => Failure::Transient(m),
+        CloudError::RateLimited(d) => Failure::RateLimited(d),
+        CloudError::Revoked => Failure::Revoked,
+        CloudError::Rejected { code, .. }
+            if code == codes::REFRESH_TOKEN_REUSED || code == codes::INVALID_REFRESH_TOKEN =>
+        {
+            Failure::CredentialsRejected(code)
         }
-    }
-
-    /// Wipes the secrets, persists `revoked`, and publishes it. Logged once, at WARN.
-    async fn revoke(&mut self, reason: String, seq: Option<u64>) -> Flow {
-        let at = SystemClock.now_secs();
-        // Withhold the key first (one snapshot swap), then take the time to wipe and persist.
-        let info = RevokedInfo {
-            reason: reason.clone(),
-            at,
-        };
-        self.publish(|s| {
-            s.phase = Phase::Revoked;
-            s.token = None;
-            s.next_refresh = None;
-            s.detail = "revoked by the cloud".into();
-            s.revoked = Some(info);
-        });
-        let revoked = Revoked {
-            device_id: self.device_id.as_str().to_owned(),
-            reason: reason.clone(),
-            at,
-            seq,
-        };
-        let store = self.store.clone();
-        let r = revoked.clone();
-        let wiped = tokio::task::spawn_blocking(move || store.wipe_secrets(r)).await;
-        if !matches!(wiped, Ok(Ok(()))) {
-            tracing::error!("could not persist the revocation; the key is withheld regardless");
-        }
-        self.persisted = Persisted {
-            identity: None,
-            credentials: None,
-            last_revocation_seq: seq.or(self.persisted.last_revocation_seq),
-            revoked: Some(revoked),
-        };
-        tracing::warn!(device_id = %self.device_id, reason = %reason, "device revoked: credentials wiped, no key will be served");
-        Flow::Continue
-    }
-
-    /// Terminal state: answer commands until shutdown.
-    async fn revoked(&mut self) -> Flow {
-        let info = self.persisted.revoked.as_ref().map(|r| RevokedInfo {
-            reason: r.reason.clone(),
-            at: r.at,
-        });
-        self.publish(|s| {
-            s.phase = Phase::Revoked;
-            s.token = None;
-            s.next_refresh = None;
-            s.detail = "revoked by the cloud".into();
-            s.revoked = info;
-        });
-        loop {
-            match self.wait(Duration::from_secs(3600)).await {
-                Wake::Shutdown => return Flow::Stop,
-                Wake::Command(Command::Refresh(reply)) => {
-                    let _ = reply.send(Err("device revoked".into()));
-                }
-                _ => {}
-            }
-        }
+        e @ (CloudError::Rejected { .. }
+        | CloudError::Setup(_)
+        | CloudError::Incompatible(_)
+        | CloudError::BadAnswer(_)) => Failure::Permanent(format!("the cloud refused: {e}")),
     }
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod cloud;
 pub mod config;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod mqtt;

@@ -292,7 +292,7 @@ impl Session {
             online,
             state: state.to_owned(),
             daemon_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-            expires_at: s.token.as_ref().map(|t| t.expires_at),
+            expires_at: s.token.as_ref().and_then(|t| t.expires_at),
         })
         .unwrap_or_default()
     }

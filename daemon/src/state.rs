@@ -17,6 +17,9 @@ pub enum Phase {
     Unregistered,
     /// Registering with the bootstrap token.
     Registering,
+    /// The wall clock is not set (before this build, or TLS says a certificate is not yet
+    /// valid): no cloud call until it is; re-checked every second.
+    WaitingForClock,
     /// Holding a key and refreshing on schedule.
     Active,
     /// Holding credentials but the cloud cannot be reached; retrying.
@@ -26,9 +29,10 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
         Phase::Unregistered,
         Phase::Registering,
+        Phase::WaitingForClock,
         Phase::Active,
         Phase::Offline,
         Phase::Revoked,
@@ -38,6 +42,7 @@ impl Phase {
         match self {
             Self::Unregistered => "unregistered",
             Self::Registering => "registering",
+            Self::WaitingForClock => "waiting_for_clock",
             Self::Active => "active",
             Self::Offline => "offline",
             Self::Revoked => "revoked",
@@ -50,8 +55,9 @@ impl Phase {
 #[derive(Clone)]
 pub struct Token {
     pub secret: Secret<String>,
-    /// Unix seconds, as the cloud said.
-    pub expires_at: u64,
+    /// Unix seconds (receipt time plus lifetime on the device's clock); `None` while the
+    /// wall clock is not set.
+    pub expires_at: Option<u64>,
     /// The same instant on the monotonic clock: what decides whether the key is still served,
     /// so a wall-clock jump can never make the daemon hand out an expired key.
     pub valid_until: Instant,
@@ -66,7 +72,7 @@ impl Token {
 }
 
 impl Token {
-    pub fn new(secret: Secret<String>, expires_at: u64, valid_until: Instant) -> Self {
+    pub fn new(secret: Secret<String>, expires_at: Option<u64>, valid_until: Instant) -> Self {
         let answer = encode_answer(&secret, expires_at);
         Self {
             secret,
@@ -94,11 +100,11 @@ impl std::fmt::Debug for Token {
 /// `{"token": ..., "expires_at": ...}` encoded once per key and shared by every response:
 /// no per-request serialization, and the one buffer holding the key is wiped when the last
 /// response using it is gone.
-fn encode_answer(secret: &Secret<String>, expires_at: u64) -> bytes::Bytes {
+fn encode_answer(secret: &Secret<String>, expires_at: Option<u64>) -> bytes::Bytes {
     #[derive(serde::Serialize)]
     struct Answer<'a> {
         token: &'a str,
-        expires_at: u64,
+        expires_at: Option<u64>,
     }
     let body = serde_json::to_vec(&Answer {
         token: secret.expose(),
@@ -233,7 +239,7 @@ mod tests {
             s.phase = Phase::Active;
             s.token = Some(Arc::new(Token::new(
                 octomil_common::Secret::new("k".into()),
-                2,
+                Some(2),
                 Instant::now(),
             )));
         });

@@ -31,7 +31,7 @@ pub async fn status(State(state): State<ApiState>) -> Json<Status> {
     Json(Status {
         state: s.phase,
         device_id: s.device_id.clone(),
-        expires_at: s.token.as_ref().map(|t| t.expires_at),
+        expires_at: s.token.as_ref().and_then(|t| t.expires_at),
         last_refresh: s.last_refresh,
         next_refresh_in: s
             .next_refresh

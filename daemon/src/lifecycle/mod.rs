@@ -1,0 +1,715 @@
+//! The device lifecycle as a pure state machine: registration, refresh, revocation and every
+//! failure of theirs decided here, with no I/O, no clock reads and no randomness inside.
+//!
+//! The driver (`agent.rs`) feeds [`Input`]s, each with the current [`Now`] (monotonic instant
+//! and wall seconds) and one uniform random draw for jitter, then drains [`Effect`]s (call the
+//! cloud, persist, wipe, publish the snapshot, reply) and sleeps until [`Core::deadline`] or
+//! the next input. Persist before use: a new key is published only after `Saved(Ok)`.
+//! Table tests in `tests.rs` drive every transition without sockets or sleeps.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use octomil_common::Secret;
+use octomil_common::wire::{MqttInfo, RateLimits};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::answer;
+use crate::backoff::Backoff;
+use crate::schedule;
+use crate::state::Phase;
+use crate::store::{Credentials, Identity, Persisted, Revoked};
+
+/// How often the wall clock is looked at again while it is not trustworthy.
+pub const CLOCK_POLL: Duration = Duration::from_secs(1);
+
+/// The time an input happened at, on both clocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub mono: Instant,
+    /// Unix seconds on the device's wall clock (only for `expires_at` we report and for
+    /// deciding whether the clock is set at all; never compared with a cloud timestamp).
+    pub wall_secs: u64,
+}
+
+/// A forced refresh's reply: the new expiry (Unix seconds) or why not.
+pub type Reply = oneshot::Sender<Result<u64, String>>;
+
+/// What the cloud said to a register call, already checked by [`crate::answer`].
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub api_key: Secret<String>,
+    pub refresh_token: Secret<String>,
+    pub lifetime_secs: u64,
+    pub revocation_public_key: [u8; 32],
+    pub mqtt: Option<MqttInfo>,
+    pub rate_limits: RateLimits,
+    pub epoch: u64,
+}
+
+/// What the cloud said to a refresh call, already checked.
+#[derive(Debug, Clone)]
+pub struct Refreshed {
+    pub api_key: Secret<String>,
+    pub refresh_token: Secret<String>,
+    pub lifetime_secs: u64,
+    pub rate_limits: RateLimits,
+}
+
+/// Why a call did not produce an answer, sorted by what the machine does about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Network, 5xx, timeout, a failed local save: retry with backoff.
+    Transient(String),
+    /// 429: retry no sooner than this (already clamped).
+    RateLimited(Duration),
+    /// The local control-plane budget says not yet.
+    Budget(Duration),
+    /// The cloud says the device is revoked.
+    Revoked,
+    /// The cloud no longer honours the refresh token (reused, unknown): register again.
+    CredentialsRejected(String),
+    /// Waiting cannot heal it (bootstrap token unknown or used up, id held by another key, no
+    /// bootstrap token, an incompatible cloud, an answer we refuse): retried slowly.
+    Permanent(String),
+}
+
+/// Commands from other tasks (socket API, SIGHUP, MQTT session).
+#[derive(Debug)]
+pub enum Command {
+    /// `POST /v1/admin/refresh`.
+    Refresh(Reply),
+    /// SIGHUP: retry a held registration at once.
+    Reload,
+    /// A verified revocation arrived on MQTT.
+    Revoke { reason: String, seq: Option<u64> },
+    /// The broker keeps refusing our session: ask the cloud now.
+    Check,
+}
+
+#[derive(Debug)]
+pub enum Input {
+    /// The driver started; `Persisted` was handed to [`Core::new`].
+    Start,
+    /// The deadline passed.
+    Timeout,
+    /// The register call ended; `identity` is the device key if the call had to make (and
+    /// persist) one, so the machine keeps it whatever the outcome.
+    Registered {
+        identity: Option<Identity>,
+        result: Result<Registration, Failure>,
+    },
+    Refreshed(Result<Refreshed, Failure>),
+    /// The last [`Effect::Persist`] finished.
+    Saved(Result<(), String>),
+    Command(Command),
+    Shutdown,
+}
+
+/// Counters the driver bumps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    RegisterSuccess,
+    RegisterFailure,
+    RefreshSuccess,
+    RefreshFailure,
+}
+
+#[derive(Debug)]
+pub enum Effect {
+    /// Read the bootstrap token, make sure the device key exists (persisted before use),
+    /// take a control-plane permit, call register; answer with `Input::Registered`.
+    CallRegister,
+    /// Take a permit and call refresh with this token; answer with `Input::Refreshed`.
+    CallRefresh(Secret<String>),
+    /// Save this state durably; answer with `Input::Saved`.
+    Persist(Box<Persisted>),
+    /// Withhold the key at once (before the slower wipe).
+    WithholdKey {
+        reason: String,
+    },
+    /// Wipe the secrets and persist the revocation (no answer needed).
+    Wipe(Revoked),
+    /// Mirror the cloud's limits locally.
+    SetLimits(RateLimits),
+    /// A 429: pause the local control-plane budget for everyone.
+    PauseControlPlane(Duration),
+    Reply(Reply, Result<u64, String>),
+    Count(Count),
+    /// The snapshot changed: publish [`Core::view`].
+    Publish,
+    /// Shut down: drop any call in flight.
+    Stop,
+}
+
+/// What the machine is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Busy {
+    Idle,
+    Registering,
+    Refreshing,
+    /// A save of a new key (from a register or a refresh) is in flight.
+    Saving,
+    Stopped,
+}
+
+/// The key being served, as the snapshot shows it.
+#[derive(Debug, Clone)]
+pub struct KeyView {
+    pub secret: Secret<String>,
+    /// Unix seconds; `None` while the wall clock cannot be trusted.
+    pub expires_at: Option<u64>,
+    pub valid_until: Instant,
+}
+
+/// Everything the snapshot needs from the machine.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub phase: Phase,
+    pub detail: String,
+    pub key: Option<KeyView>,
+    pub last_refresh: Option<u64>,
+    pub next_refresh: Option<Instant>,
+    pub rate_limits: Option<RateLimits>,
+    pub revoked: Option<Revoked>,
+}
+
+/// The lifecycle. Owns the persisted state the driver loaded at start.
+#[derive(Debug)]
+pub struct Core {
+    device_id: String,
+    persisted: Persisted,
+    /// The state being saved, applied on `Saved(Ok)`.
+    pending: Option<(Persisted, Duration, bool)>,
+    /// Wall seconds of this build: a clock before it is not set.
+    build_secs: u64,
+    phase: Phase,
+    detail: String,
+    busy: Busy,
+    deadline: Option<Instant>,
+    /// Consecutive failures of the current operation.
+    attempt: u32,
+    /// Until when the held key may be served (monotonic).
+    valid_until: Option<Instant>,
+    next_refresh: Option<Instant>,
+    /// Forced refreshes waiting for the outcome.
+    forced: Vec<Reply>,
+    effects: VecDeque<Effect>,
+}
+
+impl Core {
+    pub fn new(device_id: String, persisted: Persisted, build_secs: u64) -> Self {
+        Self {
+            device_id,
+            persisted,
+            pending: None,
+            build_secs,
+            phase: Phase::Unregistered,
+            detail: "starting".into(),
+            busy: Busy::Idle,
+            deadline: None,
+            attempt: 0,
+            valid_until: None,
+            next_refresh: None,
+            forced: Vec::new(),
+            effects: VecDeque::new(),
+        }
+    }
+
+    /// The next effect to run, if any.
+    pub fn poll(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// When to feed `Input::Timeout`; `None` waits for other inputs only.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    pub fn persisted(&self) -> &Persisted {
+        &self.persisted
+    }
+
+    pub fn view(&self, now: Now) -> View {
+        let creds = self.persisted.credentials.as_ref();
+        let key = match (creds, self.valid_until) {
+            (Some(c), Some(valid_until)) if self.persisted.revoked.is_none() => Some(KeyView {
+                secret: c.api_key.clone(),
+                expires_at: self.clock_ok(now).then_some(c.expires_at),
+                valid_until,
+            }),
+            _ => None,
+        };
+        View {
+            phase: self.phase,
+            detail: self.detail.clone(),
+            key,
+            last_refresh: creds.and_then(|c| c.last_refresh),
+            next_refresh: self.next_refresh,
+            rate_limits: creds.map(|c| c.rate_limits),
+            revoked: self.persisted.revoked.clone(),
+        }
+    }
+
+    fn clock_ok(&self, now: Now) -> bool {
+        now.wall_secs >= self.build_secs
+    }
+
+    /// One input at `now`, with `unit` a uniform draw in `[0, 1)` for any jitter it needs.
+    pub fn handle(&mut self, now: Now, unit: f64, input: Input) {
+        if self.busy == Busy::Stopped {
+            if let Input::Command(Command::Refresh(r)) = input {
+                self.effects
+                    .push_back(Effect::Reply(r, Err("shutting down".into())));
+            }
+            return;
+        }
+        match input {
+            Input::Start => self.start(now, unit),
+            Input::Timeout => self.timeout(now, unit),
+            Input::Registered { identity, result } => {
+                if identity.is_some() && self.busy == Busy::Registering {
+                    self.persisted.identity = identity;
+                    self.persisted.credentials = None;
+                }
+                self.registered(now, unit, result)
+            }
+            Input::Refreshed(r) => self.refreshed(now, unit, r),
+            Input::Saved(r) => self.saved(now, unit, r),
+            Input::Command(c) => self.command(now, unit, c),
+            Input::Shutdown => {
+                self.busy = Busy::Stopped;
+                self.deadline = None;
+                for r in self.forced.drain(..) {
+                    self.effects
+                        .push_back(Effect::Reply(r, Err("shutting down".into())));
+                }
+                self.effects.push_back(Effect::Stop);
+            }
+        }
+    }
+
+    fn set(&mut self, phase: Phase, detail: impl Into<String>) {
+        self.phase = phase;
+        self.detail = detail.into();
+        self.effects.push_back(Effect::Publish);
+    }
+
+    fn start(&mut self, now: Now, unit: f64) {
+        if let Some(r) = &self.persisted.revoked {
+            let reason = r.reason.clone();
+            self.effects.push_back(Effect::WithholdKey { reason });
+            self.set(Phase::Revoked, "revoked by the cloud");
+            return;
+        }
+        let Some(c) = self.persisted.credentials.clone() else {
+            self.begin_register(now);
+            return;
+        };
+        self.effects.push_back(Effect::SetLimits(c.rate_limits));
+        let lifetime = Duration::from_secs(c.expires_at.saturating_sub(c.issued_at));
+        if !self.clock_ok(now) {
+            // After a reboot the wall clock is the only link to the stored key's expiry, and
+            // it is not set: serve the key for a full lifetime at most (the cloud stays the
+            // judge of validity) and refresh as soon as the clock is set.
+            self.valid_until = now.mono.checked_add(lifetime);
+            self.next_refresh = Some(now.mono);
+            self.wait_for_clock(now);
+            return;
+        }
+        let remaining = Duration::from_secs(c.expires_at.saturating_sub(now.wall_secs));
+        self.valid_until = now.mono.checked_add(remaining);
+        let delay = schedule::refresh_in_remaining(lifetime, remaining, unit);
+        self.schedule_refresh(now, delay, remaining);
+    }
+
+    fn wait_for_clock(&mut self, now: Now) {
+        self.deadline = now.mono.checked_add(CLOCK_POLL);
+        let detail = format!(
+            "the system clock ({}) is before this build ({}): waiting for it to be set (NTP); \
+             the cloud stays the judge of the stored key",
+            fmt_secs(now.wall_secs),
+            fmt_secs(self.build_secs)
+        );
+        if self.phase != Phase::WaitingForClock || self.detail != detail {
+            self.set(Phase::WaitingForClock, detail);
+        }
+    }
+
+    fn schedule_refresh(&mut self, now: Now, delay: Duration, remaining: Duration) {
+        self.next_refresh = now.mono.checked_add(delay);
+        self.deadline = self.next_refresh;
+        self.set(
+            Phase::Active,
+            format!(
+                "key valid for {}s; next refresh in {}s",
+                remaining.as_secs(),
+                delay.as_secs()
+            ),
+        );
+    }
+
+    fn timeout(&mut self, now: Now, unit: f64) {
+        self.deadline = None;
+        match self.busy {
+            Busy::Idle => {}
+            // Calls and saves end with their own input, never a timeout.
+            _ => return,
+        }
+        if self.persisted.revoked.is_some() {
+            return;
+        }
+        if self.persisted.credentials.is_some() {
+            if !self.clock_ok(now) {
+                self.wait_for_clock(now);
+                return;
+            }
+            if self.phase == Phase::WaitingForClock {
+                // The clock is set now: re-derive the schedule from the stored key.
+                return self.start(now, unit);
+            }
+            self.begin_refresh(now);
+        } else {
+            self.begin_register(now);
+        }
+    }
+
+    fn begin_register(&mut self, now: Now) {
+        if !self.clock_ok(now) {
+            return self.wait_for_clock(now);
+        }
+        self.busy = Busy::Registering;
+        self.deadline = None;
+        self.effects.push_back(Effect::CallRegister);
+        self.set(Phase::Registering, "registering with the cloud");
+    }
+
+    fn begin_refresh(&mut self, now: Now) {
+        let Some(c) = &self.persisted.credentials else {
+            return self.begin_register(now);
+        };
+        if !self.clock_ok(now) {
+            return self.wait_for_clock(now);
+        }
+        self.busy = Busy::Refreshing;
+        self.deadline = None;
+        self.effects
+            .push_back(Effect::CallRefresh(c.refresh_token.clone()));
+    }
+
+    fn registered(&mut self, now: Now, unit: f64, r: Result<Registration, Failure>) {
+        if self.busy != Busy::Registering {
+            return; // revoked or stopped meanwhile: the answer is dropped
+        }
+        self.busy = Busy::Idle;
+        match r {
+            Ok(reg) => {
+                let creds = Credentials {
+                    api_key: reg.api_key,
+                    refresh_token: reg.refresh_token,
+                    expires_at: now.wall_secs.saturating_add(reg.lifetime_secs),
+                    issued_at: now.wall_secs,
+                    registered_at_ms: now.wall_secs.saturating_mul(1000),
+                    last_refresh: None,
+                    revocation_public_key: reg.revocation_public_key,
+                    mqtt: reg.mqtt,
+                    rate_limits: reg.rate_limits,
+                    registration_epoch: reg.epoch,
+                };
+                let mut next = self.persisted.clone();
+                next.credentials = Some(creds);
+                self.save(next, Duration::from_secs(reg.lifetime_secs), false);
+            }
+            Err(f) => {
+                self.effects
+                    .push_back(Effect::Count(Count::RegisterFailure));
+                self.register_failed(now, unit, f);
+            }
+        }
+    }
+
+    fn register_failed(&mut self, now: Now, unit: f64, f: Failure) {
+        let (retry_after, why) = match f {
+            Failure::Revoked => {
+                return self.revoke(now, "revoked by the cloud at registration".into(), None);
+            }
+            Failure::Permanent(why) => {
+                let delay = answer::slow_retry(unit);
+                tracing::warn!(reason = %why, retry_in_s = delay.as_secs(), "not registered; retrying slowly (SIGHUP retries now)");
+                self.attempt = 0;
+                self.deadline = now.mono.checked_add(delay);
+                return self.set(
+                    Phase::Unregistered,
+                    format!(
+                        "{why}; retrying in {}s (SIGHUP retries now)",
+                        delay.as_secs()
+                    ),
+                );
+            }
+            Failure::RateLimited(d) => {
+                self.effects.push_back(Effect::PauseControlPlane(d));
+                (Some(d), "rate limited by the cloud".to_owned())
+            }
+            Failure::Budget(d) => (Some(d), "waiting for the control-plane budget".to_owned()),
+            Failure::Transient(e) | Failure::CredentialsRejected(e) => (None, e),
+        };
+        let delay = Backoff::CLOUD.delay(self.attempt, unit, retry_after);
+        self.attempt = self.attempt.saturating_add(1);
+        tracing::warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "registration failed; retrying");
+        self.deadline = now.mono.checked_add(delay);
+        self.set(
+            Phase::Registering,
+            format!(
+                "registration failed ({why}); retrying in {}s",
+                delay.as_secs()
+            ),
+        );
+    }
+
+    fn refreshed(&mut self, now: Now, unit: f64, r: Result<Refreshed, Failure>) {
+        if self.busy != Busy::Refreshing {
+            return;
+        }
+        self.busy = Busy::Idle;
+        let Some(old) = self.persisted.credentials.clone() else {
+            return self.begin_register(now);
+        };
+        match r {
+            Ok(a) => {
+                let mut next = self.persisted.clone();
+                next.credentials = Some(Credentials {
+                    api_key: a.api_key,
+                    refresh_token: a.refresh_token,
+                    expires_at: now.wall_secs.saturating_add(a.lifetime_secs),
+                    issued_at: now.wall_secs,
+                    last_refresh: Some(now.wall_secs),
+                    rate_limits: a.rate_limits,
+                    ..old
+                });
+                self.save(next, Duration::from_secs(a.lifetime_secs), true);
+            }
+            Err(f) => {
+                self.effects.push_back(Effect::Count(Count::RefreshFailure));
+                self.refresh_failed(now, unit, f);
+            }
+        }
+    }
+
+    fn refresh_failed(&mut self, now: Now, unit: f64, f: Failure) {
+        // (the wait the cloud or the budget imposes, a slow retry, why)
+        let (retry_after, slow, why) = match f {
+            Failure::Revoked => {
+                self.reply_all(Err("device revoked".into()));
+                return self.revoke(now, "revoked by the cloud at refresh".into(), None);
+            }
+            Failure::CredentialsRejected(code) => {
+                // The cloud no longer honours these credentials: register again with the
+                // device's own key (the cloud allows it). Persisted first.
+                tracing::warn!(code = %code, "credentials rejected; registering again");
+                self.reply_all(Err(format!(
+                    "credentials rejected ({code}); registering again"
+                )));
+                let mut next = self.persisted.clone();
+                next.credentials = None;
+                self.persisted = next.clone();
+                self.valid_until = None;
+                self.next_refresh = None;
+                self.attempt = 0;
+                self.effects.push_back(Effect::Persist(Box::new(next)));
+                return self.begin_register(now);
+            }
+            Failure::RateLimited(d) => {
+                self.effects.push_back(Effect::PauseControlPlane(d));
+                (Some(d), None, "rate limited by the cloud".to_owned())
+            }
+            Failure::Budget(d) => (
+                Some(d),
+                None,
+                "waiting for the control-plane budget".to_owned(),
+            ),
+            Failure::Transient(e) => (None, None, e),
+            Failure::Permanent(e) => (None, Some(answer::slow_retry(unit)), e),
+        };
+        let mut delay =
+            slow.unwrap_or_else(|| Backoff::CLOUD.delay(self.attempt, unit, retry_after));
+        // As expiry nears, retry more often: never wait past a third of the validity left
+        // (never under a second, never under the cloud's Retry-After).
+        if let Some(left) = self
+            .valid_until
+            .map(|v| v.saturating_duration_since(now.mono))
+            .filter(|l| !l.is_zero())
+        {
+            delay = delay
+                .min((left / 3).max(Duration::from_secs(1)))
+                .max(retry_after.unwrap_or_default());
+        }
+        self.attempt = self.attempt.saturating_add(1);
+        tracing::warn!(error = %why, retry_in_s = delay.as_secs(), "refresh failed; still serving the current key while it is valid");
+        self.reply_all(Err(why.clone()));
+        self.next_refresh = now.mono.checked_add(delay);
+        self.deadline = self.next_refresh;
+        self.set(
+            Phase::Offline,
+            format!("refresh failed ({why}); retrying in {}s", delay.as_secs()),
+        );
+    }
+
+    fn save(&mut self, next: Persisted, lifetime: Duration, refresh: bool) {
+        self.busy = Busy::Saving;
+        self.effects
+            .push_back(Effect::Persist(Box::new(next.clone())));
+        self.pending = Some((next, lifetime, refresh));
+    }
+
+    fn saved(&mut self, now: Now, unit: f64, r: Result<(), String>) {
+        if self.busy != Busy::Saving {
+            return; // a fire-and-forget save (credentials dropped)
+        }
+        self.busy = Busy::Idle;
+        let Some((next, lifetime, refresh)) = self.pending.take() else {
+            return;
+        };
+        if let Err(e) = r {
+            // Not saved means not used: the cloud keeps the old pair (refresh) or lets us
+            // register again (register).
+            let f = Failure::Transient(format!("cannot persist the new credentials: {e}"));
+            return if refresh {
+                self.effects.push_back(Effect::Count(Count::RefreshFailure));
+                self.refresh_failed(now, unit, f)
+            } else {
+                self.effects
+                    .push_back(Effect::Count(Count::RegisterFailure));
+                self.register_failed(now, unit, f)
+            };
+        }
+        let Some(c) = next.credentials.clone() else {
+            return;
+        };
+        self.persisted = next;
+        self.attempt = 0;
+        self.valid_until = now.mono.checked_add(lifetime);
+        self.effects.push_back(Effect::SetLimits(c.rate_limits));
+        self.effects.push_back(Effect::Count(if refresh {
+            Count::RefreshSuccess
+        } else {
+            Count::RegisterSuccess
+        }));
+        if refresh {
+            tracing::info!(expires_at = c.expires_at, "refreshed the device key");
+        } else {
+            tracing::info!(epoch = c.registration_epoch, "registered with the cloud");
+        }
+        self.reply_all(Ok(c.expires_at));
+        let delay = schedule::refresh_in(lifetime, unit);
+        self.schedule_refresh(now, delay, lifetime);
+    }
+
+    fn reply_all(&mut self, r: Result<u64, String>) {
+        for tx in self.forced.drain(..) {
+            self.effects.push_back(Effect::Reply(tx, r.clone()));
+        }
+    }
+
+    fn command(&mut self, now: Now, unit: f64, c: Command) {
+        let _ = unit;
+        if self.persisted.revoked.is_some() {
+            if let Command::Refresh(r) = c {
+                self.effects
+                    .push_back(Effect::Reply(r, Err("device revoked".into())));
+            }
+            return;
+        }
+        match c {
+            Command::Revoke { reason, seq } => self.revoke(now, reason, seq),
+            Command::Refresh(r) => {
+                if self.persisted.credentials.is_none() {
+                    self.effects.push_back(Effect::Reply(
+                        r,
+                        Err("not registered yet; registration retried now".into()),
+                    ));
+                    if self.busy == Busy::Idle {
+                        self.attempt = 0;
+                        self.begin_register(now);
+                    }
+                    return;
+                }
+                self.forced.push(r);
+                if self.busy == Busy::Idle {
+                    self.attempt = 0;
+                    self.begin_refresh(now);
+                    if self.busy != Busy::Refreshing {
+                        // Waiting for the clock: say so rather than hang the caller.
+                        let why = self.detail.clone();
+                        self.reply_all(Err(why));
+                    }
+                }
+            }
+            Command::Reload => {
+                if self.busy == Busy::Idle && self.persisted.credentials.is_none() {
+                    self.attempt = 0;
+                    self.begin_register(now);
+                }
+            }
+            Command::Check => {
+                if self.busy == Busy::Idle && self.persisted.credentials.is_some() {
+                    tracing::info!("the broker refuses our session; checking with the cloud");
+                    self.begin_refresh(now);
+                }
+            }
+        }
+    }
+
+    /// Withholds the key at once, wipes and persists `revoked`; a call in flight is dropped
+    /// when it answers. Terminal.
+    fn revoke(&mut self, now: Now, reason: String, seq: Option<u64>) {
+        self.effects.push_back(Effect::WithholdKey {
+            reason: reason.clone(),
+        });
+        let revoked = Revoked {
+            device_id: self.device_id.clone(),
+            reason: reason.clone(),
+            at: now.wall_secs,
+            seq,
+        };
+        self.effects.push_back(Effect::Wipe(revoked.clone()));
+        self.persisted = Persisted {
+            identity: None,
+            credentials: None,
+            last_revocation_seq: seq.or(self.persisted.last_revocation_seq),
+            revoked: Some(revoked),
+        };
+        self.pending = None;
+        self.busy = Busy::Idle;
+        self.deadline = None;
+        self.valid_until = None;
+        self.next_refresh = None;
+        self.reply_all(Err("device revoked".into()));
+        tracing::warn!(reason = %reason, "device revoked: credentials wiped, no key will be served");
+        self.set(Phase::Revoked, "revoked by the cloud");
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for a status line (civil-from-days, no time crate needed).
+pub fn fmt_secs(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
