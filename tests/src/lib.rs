@@ -145,6 +145,31 @@ fn placeholder_info() -> CloudInfo {
     }
 }
 
+/// libfaketime's multi-threaded library, wherever this system keeps it (Debian-like systems:
+/// `/usr/lib/<triplet>/faketime`, on any architecture; `OCTOMIL_LIBFAKETIME` overrides).
+/// Missing: panics under `CI=true`, otherwise prints SKIPPED and returns `None`.
+pub fn libfaketime() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("OCTOMIL_LIBFAKETIME") {
+        return Some(PathBuf::from(p));
+    }
+    let mut roots = vec![PathBuf::from("/usr/lib/faketime")];
+    for base in ["/usr/lib", "/usr/lib64", "/usr/local/lib"] {
+        if let Ok(entries) = std::fs::read_dir(base) {
+            roots.extend(entries.flatten().map(|e| e.path().join("faketime")));
+        }
+    }
+    let found = roots
+        .into_iter()
+        .map(|r| r.join("libfaketimeMT.so.1"))
+        .find(|p| p.exists());
+    if found.is_none() {
+        let msg = "libfaketime not found (apt-get install faketime, or set OCTOMIL_LIBFAKETIME)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+    }
+    found
+}
+
 /// `POST {api}/devices/register/challenge` for `id` (`api` ends in `/api/v1`).
 pub async fn fetch_challenge(http: &reqwest::Client, api: &str, id: &str) -> String {
     let r = http

@@ -12,16 +12,8 @@ use octomil_cloud::faults::DeviceCall;
 use octomil_e2e::{DaemonProcess, TestCloud};
 use serde_json::json;
 
-const LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-
 fn faketime() -> Option<PathBuf> {
-    let p = PathBuf::from(LIB);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: libfaketime not installed ({LIB}); apt-get install faketime");
-        None
-    }
+    octomil_e2e::libfaketime()
 }
 
 /// Sets the daemon's wall-clock offset in seconds (read on every clock call).

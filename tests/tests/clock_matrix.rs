@@ -1,0 +1,138 @@
+//! The clock matrix (issue 2/6): the real cloud process on the real clock, real daemons under
+//! libfaketime at -1 h, -10 min, +4 min, +1 h and +30 days. Each registers, serves its key
+//! and refuses it promptly after `octomil devices revoke`; and one daemon whose clock starts
+//! 400 days before its build shows `waiting_for_clock`, then registers within 10 s of its
+//! clock being set while it runs. Fails under `CI=true` without libfaketime; says SKIPPED
+//! otherwise.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use octomil_e2e::{CloudProcess, DaemonOptions, DaemonProcess, run};
+
+fn faketime() -> Option<PathBuf> {
+    octomil_e2e::libfaketime()
+}
+
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// libfaketime for one daemon: its wall clock at `offset` (read from `file` on every call,
+/// so the test can set the clock while the daemon runs); monotonic time untouched.
+fn clock_env(lib: &Path, file: &Path, offset_secs: i64) -> Vec<(String, String)> {
+    std::fs::write(file, format!("{offset_secs:+}\n")).unwrap();
+    vec![
+        ("LD_PRELOAD".into(), lib.display().to_string()),
+        ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
+        ("FAKETIME_NO_CACHE".into(), "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
+}
+
+fn daemon(cloud: &CloudProcess, dir: &Path, id: &str, env: Vec<(String, String)>) -> DaemonProcess {
+    let mut o = DaemonOptions::for_cloud(&cloud.info, Some(cloud.bootstrap_token()), id);
+    o.env = env;
+    DaemonProcess::start(&dir.join(id), &o)
+}
+
+async fn wait_mqtt(d: &DaemonProcess) {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, s) = d.get("/v1/status").await;
+        if s["mqtt_connected"] == true {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "no MQTT session: {s}\n{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `/v1/token` until it is refused with `device_revoked`; how long that took.
+async fn refused_after(d: &DaemonProcess, from: Instant, bound: Duration) -> Duration {
+    loop {
+        let (code, body) = d.get("/v1/token").await;
+        if code == 403 {
+            assert_eq!(body["error"], "device_revoked");
+            return from.elapsed();
+        }
+        assert!(
+            from.elapsed() < bound,
+            "still serving a key {:?} after the revoke\n{}",
+            from.elapsed(),
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_at_any_clock_offset_register_serve_and_refuse_after_a_revoke() {
+    let Some(lib) = faketime() else { return };
+    install_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let cloud = CloudProcess::start(&tmp.path().join("cloud"));
+    let offsets: [(&str, i64); 5] = [
+        ("minus-1h", -3600),
+        ("minus-10m", -600),
+        ("plus-4m", 240),
+        ("plus-1h", 3600),
+        ("plus-30d", 30 * 86_400),
+    ];
+    let daemons: Vec<(&str, DaemonProcess)> = offsets
+        .iter()
+        .map(|&(id, off)| {
+            let env = clock_env(&lib, &tmp.path().join(format!("{id}.faketime")), off);
+            (id, daemon(&cloud, tmp.path(), id, env))
+        })
+        .collect();
+    for (id, d) in &daemons {
+        let s = d.wait_state("active", Duration::from_secs(30)).await;
+        assert_eq!(s["device_id"], *id);
+        assert!(d.token().await.starts_with("edg_"), "{id}");
+        wait_mqtt(d).await;
+    }
+    let mut figures = Vec::new();
+    for (id, d) in &daemons {
+        let t0 = Instant::now();
+        let (out, stdout, stderr) = run(cloud.cli().args(["devices", "revoke", id]));
+        assert!(out.status.success(), "{stdout}{stderr}");
+        let took = refused_after(d, t0, Duration::from_secs(5)).await;
+        d.wait_state("revoked", Duration::from_secs(5)).await;
+        figures.push(format!("{id}: {} ms", took.as_millis()));
+    }
+    eprintln!("revoke-to-refusal by clock offset: {}", figures.join(", "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_400_days_behind_waits_for_the_clock_then_registers_once_it_is_set() {
+    let Some(lib) = faketime() else { return };
+    install_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let cloud = CloudProcess::start(&tmp.path().join("cloud"));
+    let file = tmp.path().join("clock.faketime");
+    let env = clock_env(&lib, &file, -400 * 86_400);
+    let d = daemon(&cloud, tmp.path(), "rtc-less", env);
+    let s = d
+        .wait_state("waiting_for_clock", Duration::from_secs(20))
+        .await;
+    let detail = s["detail"].as_str().unwrap();
+    assert!(detail.contains("clock"), "{detail}");
+    let (code, _) = d.get("/v1/token").await;
+    assert_eq!(code, 503, "no key before registering");
+    // NTP answers: the clock is set right while the daemon runs.
+    let set = Instant::now();
+    std::fs::write(&file, "+0\n").unwrap();
+    d.wait_state("active", Duration::from_secs(10)).await;
+    eprintln!(
+        "waiting_for_clock to active after the clock was set: {} ms",
+        set.elapsed().as_millis()
+    );
+    assert!(d.token().await.starts_with("edg_"));
+}
