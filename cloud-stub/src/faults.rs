@@ -29,6 +29,8 @@ struct Switch {
     rate_limit: AtomicU32,
     retry_after: AtomicU64,
     delay_ms: AtomicU64,
+    /// Fields merged into the next successful answers' JSON (a scripted, misbehaving cloud).
+    patches: Mutex<Vec<serde_json::Value>>,
 }
 
 /// The cloud's fault switches and call log.
@@ -65,6 +67,16 @@ impl Faults {
         self.switch(call)
             .delay_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The next successful answers to `call` get each patch's top-level fields merged in,
+    /// one patch per answer, in order: how tests play a cloud that sends absurd values.
+    pub fn patch_next(&self, call: DeviceCall, patches: Vec<serde_json::Value>) {
+        *self
+            .switch(call)
+            .patches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = patches;
     }
 
     /// When each call of kind `call` arrived (unix ms).
@@ -111,5 +123,31 @@ pub async fn apply(State(state): State<AppState>, req: Request, next: Next) -> R
     if take(&s.rate_limit) {
         return ApiError::rate_limited(s.retry_after.load(Ordering::SeqCst)).into_response();
     }
-    next.run(req).await
+    let resp = next.run(req).await;
+    if !resp.status().is_success() {
+        return resp;
+    }
+    let patch = {
+        let mut patches = s.patches.lock().unwrap_or_else(|p| p.into_inner());
+        if patches.is_empty() {
+            return resp;
+        }
+        patches.remove(0)
+    };
+    let (parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, octomil_common::wire::MAX_BODY_BYTES).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let mut json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if let (Some(obj), Some(fields)) = (json.as_object_mut(), patch.as_object()) {
+        for (k, v) in fields {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+    let mut parts = parts;
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(
+        parts,
+        axum::body::Body::from(serde_json::to_vec(&json).unwrap_or_default()),
+    )
 }

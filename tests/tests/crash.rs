@@ -136,3 +136,20 @@ async fn sigterm_drains_in_flight_requests_within_the_grace_period() {
         "an in-flight request was cut before the grace period"
     );
 }
+
+/// A cloud call that hangs far past the grace period cannot hold shutdown: SIGTERM exits
+/// within `shutdown_grace` (2 s in the test config) plus a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_a_cloud_call_hangs_exits_within_the_grace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cloud(tmp.path()).await;
+    let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("hang"));
+    d.wait_state("active", Duration::from_secs(20)).await;
+    // The refresh reaches the cloud and is held there for a minute.
+    let _inflight = d.refresh_held_by(&c.handle.cloud, Duration::from_secs(60));
+    let started = std::time::Instant::now();
+    let status = d.terminate();
+    let took = started.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+}
