@@ -124,7 +124,12 @@ impl Agent {
             if !self.run_effects(&mut core, &mut call).await {
                 return;
             }
-            self.heartbeat.beat();
+            // The watchdog follows the loop's progress: no beat while a cloud call is out
+            // (calls are bounded by cloud_timeout, which WatchdogSec must exceed), so a call
+            // that never ends gets the daemon restarted.
+            if call.is_none() {
+                self.heartbeat.beat();
+            }
             let deadline = core.deadline();
             let step = Instant::now() + self.beat_every;
             let input = tokio::select! {
@@ -361,6 +366,7 @@ fn failure(e: CloudError) -> Failure {
         CloudError::Transient(m) => Failure::Transient(m),
         CloudError::RateLimited(d) => Failure::RateLimited(d),
         CloudError::Revoked => Failure::Revoked,
+        e @ CloudError::ClockBehind => Failure::ClockBehind(e.to_string()),
         CloudError::Rejected { code, .. }
             if code == codes::REFRESH_TOKEN_REUSED || code == codes::INVALID_REFRESH_TOKEN =>
         {

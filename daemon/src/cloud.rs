@@ -41,6 +41,11 @@ pub enum CloudError {
     /// The cloud answered with a value the daemon refuses (see [`crate::answer`]).
     #[error("{0}")]
     BadAnswer(String),
+    /// TLS says the cloud's certificate is not valid yet: this device's clock is behind.
+    #[error(
+        "the cloud's TLS certificate is not valid yet by this device's clock: the clock is behind"
+    )]
+    ClockBehind,
 }
 
 impl CloudError {
@@ -161,7 +166,17 @@ impl CloudClient {
             .send()
             .await
             // reqwest's errors name the URL, never the body: safe to keep.
-            .map_err(|e| CloudError::Transient(e.to_string()))?;
+            .map_err(|e| match tls_time(&e) {
+                Some(TlsTime::NotYetValid) => CloudError::ClockBehind,
+                Some(TlsTime::Expired(Some(at))) => CloudError::Transient(format!(
+                    "the cloud's TLS certificate expired at {} (by this device's clock)",
+                    crate::lifecycle::fmt_secs(at)
+                )),
+                Some(TlsTime::Expired(None)) => CloudError::Transient(
+                    "the cloud's TLS certificate has expired (by this device's clock)".into(),
+                ),
+                None => CloudError::Transient(error_chain(&e)),
+            })?;
         let status = resp.status();
         if status.is_success() {
             return resp
@@ -178,6 +193,60 @@ impl CloudClient {
         let err: Option<ErrorBody> = resp.json().await.ok();
         Err(classify(status, retry_after, err))
     }
+}
+
+/// A certificate validity failure found in an error's chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsTime {
+    NotYetValid,
+    /// With the certificate's `not_after` (Unix seconds) when rustls gives it.
+    Expired(Option<u64>),
+}
+
+/// Walks `e`'s sources (and the errors inside `io::Error`s, which `source()` skips) for a
+/// rustls certificate-validity error.
+fn tls_time(e: &(dyn std::error::Error + 'static)) -> Option<TlsTime> {
+    use rustls::CertificateError as C;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(rustls::Error::InvalidCertificate(c)) = err.downcast_ref::<rustls::Error>() {
+            match c {
+                C::NotValidYet | C::NotValidYetContext { .. } => {
+                    return Some(TlsTime::NotYetValid);
+                }
+                C::Expired => return Some(TlsTime::Expired(None)),
+                C::ExpiredContext { not_after, .. } => {
+                    return Some(TlsTime::Expired(Some(not_after.as_secs())));
+                }
+                _ => {}
+            }
+        }
+        // An io::Error's source() skips the error it wraps: descend into that one itself
+        // (transports wrap io::Errors in io::Errors).
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// `e` and its causes, so "error sending request" says what went wrong underneath.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 fn classify(
@@ -223,6 +292,24 @@ mod tests {
 
     fn body(code: &str) -> Option<ErrorBody> {
         Some(ErrorBody::new(code, "m"))
+    }
+
+    #[test]
+    fn certificate_time_errors_are_found_inside_io_errors() {
+        let not_yet = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet);
+        let io = std::io::Error::other(not_yet);
+        assert_eq!(tls_time(&io), Some(TlsTime::NotYetValid));
+        let expired = rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext {
+            time: rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(2_000)),
+            not_after: rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(1_000)),
+        });
+        assert_eq!(tls_time(&expired), Some(TlsTime::Expired(Some(1_000))));
+        let twice = std::io::Error::other(std::io::Error::other(
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet),
+        ));
+        assert_eq!(tls_time(&twice), Some(TlsTime::NotYetValid));
+        let other = std::io::Error::other("connection refused");
+        assert_eq!(tls_time(&other), None);
     }
 
     #[test]

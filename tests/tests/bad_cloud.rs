@@ -31,6 +31,16 @@ async fn wait_detail(d: &DaemonProcess, needle: &str) -> serde_json::Value {
     }
 }
 
+/// Waits until the daemon has counted `n` failed registrations.
+async fn wait_register_failures(d: &DaemonProcess, n: usize) {
+    let want = format!("octomild_registration_total{{result=\"failure\"}} {n}");
+    let end = Instant::now() + Duration::from_secs(20);
+    while !d.metrics().await.lines().any(|l| l == want) {
+        assert!(Instant::now() < end, "never saw {want}\n{}", d.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Register answers the daemon must refuse: it stays up, says why, retries slowly; a SIGHUP
 /// retries at once and the (then sane) cloud gets it registered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,6 +72,7 @@ async fn absurd_register_answers_are_refused_with_a_reason_and_never_crash_the_d
     );
     let d = DaemonProcess::start(&tmp.path().join("d"), &c.opts("absurd-1"));
     for (i, (patch, needle)) in cases.iter().enumerate() {
+        wait_register_failures(&d, i + 1).await;
         let s = wait_detail(&d, needle).await;
         assert_eq!(s["state"], "unregistered", "{patch}: {s}");
         assert!(s["detail"].as_str().unwrap().contains("retrying in"), "{s}");

@@ -71,6 +71,8 @@ pub enum Failure {
     Budget(Duration),
     /// The cloud says the device is revoked.
     Revoked,
+    /// TLS says the cloud's certificate is not valid yet: the clock is behind.
+    ClockBehind(String),
     /// The cloud no longer honours the refresh token (reused, unknown): register again.
     CredentialsRejected(String),
     /// Waiting cannot heal it (bootstrap token unknown or used up, id held by another key, no
@@ -198,6 +200,9 @@ pub struct Core {
     next_refresh: Option<Instant>,
     /// Forced refreshes waiting for the outcome.
     forced: Vec<Reply>,
+    /// Set when TLS said the clock is behind: both clocks then, to see the wall clock being
+    /// set (it moves against the monotonic one), and when to try again regardless.
+    clock_ref: Option<(Instant, u64, Instant)>,
     effects: VecDeque<Effect>,
 }
 
@@ -216,6 +221,7 @@ impl Core {
             valid_until: None,
             next_refresh: None,
             forced: Vec::new(),
+            clock_ref: None,
             effects: VecDeque::new(),
         }
     }
@@ -363,6 +369,24 @@ impl Core {
         if self.persisted.revoked.is_some() {
             return;
         }
+        if let Some((mono0, wall0, retry_at)) = self.clock_ref {
+            let expected =
+                wall0.saturating_add(now.mono.saturating_duration_since(mono0).as_secs());
+            let set = now.wall_secs.abs_diff(expected) > 2;
+            if !set && now.mono < retry_at {
+                self.deadline = now.mono.checked_add(CLOCK_POLL);
+                return;
+            }
+            self.clock_ref = None;
+            if set {
+                self.attempt = 0;
+            }
+            return if self.persisted.credentials.is_some() {
+                self.begin_refresh(now)
+            } else {
+                self.begin_register(now)
+            };
+        }
         if self.persisted.credentials.is_some() {
             if !self.clock_ok(now) {
                 self.wait_for_clock(now);
@@ -432,8 +456,33 @@ impl Core {
         }
     }
 
+    /// TLS says the clock is behind: look at the clock every second and call again as soon
+    /// as it moves (is set), or after a backoff capped at a minute regardless.
+    fn clock_behind(&mut self, now: Now, why: String) {
+        const BACKOFF: Backoff = Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+        };
+        let retry_at = now
+            .mono
+            .checked_add(BACKOFF.ceiling(self.attempt))
+            .unwrap_or(now.mono);
+        self.attempt = self.attempt.saturating_add(1);
+        self.clock_ref = Some((now.mono, now.wall_secs, retry_at));
+        self.deadline = now.mono.checked_add(CLOCK_POLL);
+        self.reply_all(Err(why.clone()));
+        self.set(
+            Phase::WaitingForClock,
+            format!(
+                "{why} (it reads {}); waiting for it to be set (NTP)",
+                fmt_secs(now.wall_secs)
+            ),
+        );
+    }
+
     fn register_failed(&mut self, now: Now, unit: f64, f: Failure) {
         let (retry_after, why) = match f {
+            Failure::ClockBehind(why) => return self.clock_behind(now, why),
             Failure::Revoked => {
                 return self.revoke(now, "revoked by the cloud at registration".into(), None);
             }
@@ -502,6 +551,7 @@ impl Core {
     fn refresh_failed(&mut self, now: Now, unit: f64, f: Failure) {
         // (the wait the cloud or the budget imposes, a slow retry, why)
         let (retry_after, slow, why) = match f {
+            Failure::ClockBehind(why) => return self.clock_behind(now, why),
             Failure::Revoked => {
                 self.reply_all(Err("device revoked".into()));
                 return self.revoke(now, "revoked by the cloud at refresh".into(), None);
@@ -683,6 +733,7 @@ impl Core {
             revoked: Some(revoked),
         };
         self.pending = None;
+        self.clock_ref = None;
         self.busy = Busy::Idle;
         self.deadline = None;
         self.valid_until = None;

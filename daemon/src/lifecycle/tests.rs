@@ -490,3 +490,41 @@ fn a_restart_with_stored_credentials_serves_and_refreshes_on_the_remaining_time(
         Duration::from_secs(4 * 3600)
     );
 }
+
+#[test]
+fn tls_saying_the_certificate_is_not_yet_valid_waits_for_the_clock_and_resumes_when_it_is_set() {
+    // A clock past the build but days behind the cloud: only TLS can tell.
+    let mut h = H::new(Persisted::default(), BUILD + 100);
+    h.feed(Input::Start);
+    h.registered(Err(Failure::ClockBehind(
+        "the cloud's TLS certificate is not valid yet".into(),
+    )));
+    let v = h.view();
+    assert_eq!(v.phase, Phase::WaitingForClock);
+    assert!(v.detail.contains("not valid yet"), "{}", v.detail);
+    assert_eq!(h.in_(), Some(CLOCK_POLL));
+    // The clock is looked at every second; unchanged, nothing is called until the backoff
+    // (1 s first) ends.
+    assert_eq!(h.jump_to_deadline(), ["call_register", "publish"]);
+    h.registered(Err(Failure::ClockBehind("still".into())));
+    assert_eq!(h.jump_to_deadline(), Vec::<String>::new());
+    assert_eq!(h.in_(), Some(CLOCK_POLL));
+    // NTP sets the clock 3 days forward: the next look calls at once.
+    h.wall += 3 * 86_400;
+    assert_eq!(h.jump_to_deadline(), ["call_register", "publish"]);
+    h.registered(Ok(registration(7)));
+    h.feed(Input::Saved(Ok(())));
+    assert_eq!(h.view().phase, Phase::Active);
+}
+
+#[test]
+fn tls_clock_trouble_at_refresh_keeps_serving_the_key() {
+    let mut h = H::active(BUILD);
+    h.jump_to_deadline();
+    h.feed(Input::Refreshed(Err(Failure::ClockBehind("behind".into()))));
+    let v = h.view();
+    assert_eq!(v.phase, Phase::WaitingForClock);
+    assert!(v.key.is_some());
+    h.wall += 86_400 * 2;
+    assert_eq!(h.jump_to_deadline(), ["call_refresh"]);
+}
