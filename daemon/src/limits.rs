@@ -188,9 +188,15 @@ impl Limiter {
             });
         }
         gcra.clamp(&mut s.tat_ns, now_ms);
+        // Local apps draw on the control plane only down to the daemon's reserve: its own
+        // refreshes and registrations can never be starved by an app that keeps acquiring.
+        let app_gcra = match (surface, uid) {
+            (Surface::ControlPlane, Some(_)) => reserved_for_apps(limit).gcra(),
+            _ => gcra,
+        };
         // Try on copies; commit only if both the device budget and the caller's share allow.
         let mut tat = s.tat_ns;
-        let granted = gcra
+        let granted = app_gcra
             .acquire(&mut tat, now_ms, n)
             .map_err(|r| refusal(r, false))?;
         let mut uid_tat = None;
@@ -243,6 +249,33 @@ impl Limiter {
     }
 }
 
+/// Control-plane permits no local app can take: a tenth of the limit, at least one (none
+/// when the limit is a single call).
+pub fn daemon_reserve(limit: RateLimit) -> u32 {
+    if limit.limit < 2 {
+        0
+    } else {
+        (limit.limit / 10).max(1)
+    }
+}
+
+/// The control-plane limit apps see: the same rate, a burst smaller by the daemon's reserve.
+fn reserved_for_apps(limit: RateLimit) -> RateLimit {
+    let reserve = daemon_reserve(limit);
+    if reserve == 0 {
+        return limit;
+    }
+    let apps = limit.limit - reserve;
+    // Same emission interval: the period shrinks with the burst.
+    let period_ms = u64::from(limit.period_secs) * 1000 * u64::from(apps) / u64::from(limit.limit);
+    RateLimit {
+        limit: apps,
+        period_secs: u32::try_from(period_ms.div_ceil(1000))
+            .unwrap_or(u32::MAX)
+            .max(1),
+    }
+}
+
 fn per_uid_limit(limit: RateLimit, share: f64) -> RateLimit {
     RateLimit {
         limit: ((f64::from(limit.limit) * share).floor() as u32).max(1),
@@ -290,6 +323,31 @@ mod tests {
         let l = Limiter::open(None, share);
         l.set_limits(RateLimits::default());
         l
+    }
+
+    #[test]
+    fn apps_cannot_take_the_daemons_control_plane_reserve() {
+        let l = limiter(None);
+        // An app acquires control_plane until refused.
+        let mut app = 0;
+        while l.acquire(Surface::ControlPlane, 1, Some(1000), T0).is_ok() {
+            app += 1;
+            assert!(app <= 100);
+        }
+        let reserve = daemon_reserve(RateLimits::default().control_plane);
+        assert_eq!(reserve, 10);
+        assert_eq!(app, 100 - reserve);
+        // The daemon's own refreshes still get their reserve at that same instant.
+        for _ in 0..reserve {
+            l.acquire(Surface::ControlPlane, 1, None, T0).unwrap();
+        }
+        assert!(l.acquire(Surface::ControlPlane, 1, None, T0).is_err());
+        // Inference has no reserve: apps get the whole budget.
+        let mut inf = 0;
+        while l.acquire(Surface::Inference, 1, Some(1000), T0).is_ok() {
+            inf += 1;
+        }
+        assert_eq!(inf, 1000);
     }
 
     #[test]
