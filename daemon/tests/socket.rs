@@ -309,6 +309,19 @@ async fn request_as(
     method: &str,
     url: &str,
 ) -> HelperResult {
+    request_as_with(uid, groups, socket, method, url, false).await
+}
+
+/// As `request_as`; with `hold`, the helper keeps its connection open after the answer and
+/// reports whether the server closed it (within 20 s).
+async fn request_as_with(
+    uid: u32,
+    groups: &str,
+    socket: &Path,
+    method: &str,
+    url: &str,
+    hold: bool,
+) -> HelperResult {
     let exe = std::env::current_exe().unwrap();
     let groups_arg = if groups.is_empty() {
         "--clear-groups".to_owned()
@@ -323,7 +336,8 @@ async fn request_as(
         .args(["--exact", "helper_client", "--ignored", "--nocapture"])
         .env("OCTOMILD_TEST_SOCKET", socket)
         .env("OCTOMILD_TEST_METHOD", method)
-        .env("OCTOMILD_TEST_URL", url);
+        .env("OCTOMILD_TEST_URL", url)
+        .env("OCTOMILD_TEST_HOLD", if hold { "1" } else { "" });
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()
@@ -351,6 +365,32 @@ fn helper_client() {
         .parse()
         .unwrap();
     let url = std::env::var("OCTOMILD_TEST_URL").unwrap();
+    if std::env::var("OCTOMILD_TEST_HOLD").as_deref() == Ok("1") {
+        // One request on a raw connection, then wait for the server to close it.
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        write!(s, "{method} {url} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        let status: u16 = String::from_utf8_lossy(&buf[..n])
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(_) => break false,
+            }
+        };
+        println!(
+            "HELPER_RESULT {}",
+            json!({"status": status, "body": {"closed": closed}})
+        );
+        return;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -371,6 +411,36 @@ fn helper_client() {
         Err(e) => json!({"error": e.to_string()}),
     };
     println!("HELPER_RESULT {out}");
+}
+
+/// A reload that removes a uid from the allowed list closes that uid's open connections: a
+/// kept-alive connection does not keep a permission the operator took away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_uid_closes_its_open_connections() {
+    if let Some(why) = emulation::cannot_exec_self() {
+        eprintln!(
+            "SKIPPED a_reload_that_removes_a_uid_closes_its_open_connections: setpriv must run this test binary as another user; {why}"
+        );
+        return;
+    }
+    let server = TestServer::start(|o| o.group = Some(NOBODY), Duration::from_secs(1)).await;
+    server.allow(&[NOBODY], &[]);
+    let path = server.path.clone();
+    let held =
+        tokio::spawn(async move { request_as_with(NOBODY, "", &path, "GET", "/fast", true).await });
+    let fast = Arc::clone(&server.fast);
+    eventually("the held request to be answered", || {
+        fast.served.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let removed = Instant::now();
+    server.allow(&[], &[]);
+    let res = held.await.unwrap();
+    assert_eq!(res.status, Some(200), "{res:?}");
+    assert_eq!(res.body.unwrap()["closed"], true);
+    // Well before the idle timeout would have closed it anyway.
+    assert!(removed.elapsed() < Duration::from_secs(5));
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,7 +105,7 @@ pub async fn serve(
                 Ok((stream, _)) => {
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
                     if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
-                        let policy = Arc::clone(&policy.borrow());
+                        let policy = policy.clone();
                         let conn = Connection {
                             slot: ActiveSlot::new(slot, Arc::clone(&stats)),
                             router: router.clone(),
@@ -195,7 +195,8 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, stream: UnixStream, policy: Arc<AccessPolicy>) {
+    async fn run(mut self, stream: UnixStream, mut policy_rx: watch::Receiver<Arc<AccessPolicy>>) {
+        let policy = Arc::clone(&policy_rx.borrow_and_update());
         let cred = match stream.peer_cred() {
             Ok(cred) => cred,
             Err(e) => {
@@ -220,7 +221,38 @@ impl Connection {
             info!(uid, gid, ?pid, "caller not allowed; answering 403");
         } else {
             debug!(uid, gid, ?pid, access = access.as_str(), "connection");
+            // A reload that takes this caller off the allowed lists closes its connection
+            // (after the request in flight): a kept-alive connection must not outlive the
+            // permission it was accepted under.
+            let stop = self.shutdown.child_token();
+            let watcher = stop.clone();
+            let _guard = stop.clone().drop_guard();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = watcher.cancelled() => return,
+                        changed = policy_rx.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            let now = Arc::clone(&policy_rx.borrow_and_update());
+                            if now.classify(uid, gid, &supplementary) == Access::Denied {
+                                info!(uid, gid, "caller no longer allowed after a reload; closing its connection");
+                                watcher.cancel();
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            self.shutdown = stop;
+            return self.serve(stream, peer, access).await;
         }
+        self.serve(stream, peer, access).await
+    }
+
+    async fn serve(self, stream: UnixStream, peer: Peer, access: Access) {
+        let uid = peer.uid;
 
         // Allowed callers start on the fast path; hyper takes the connection when it must.
         let (stream, read_ahead) = match &self.fast {
