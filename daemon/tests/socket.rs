@@ -526,6 +526,8 @@ async fn over_the_cap_a_caller_gets_503_quickly_and_the_others_keep_working() {
     let server = TestServer::start(
         |o| {
             o.max_connections = CAP;
+            // One caller fills every slot here; the per-uid share has its own test.
+            o.max_connections_per_uid = Some(CAP);
             o.header_read_timeout = Duration::from_secs(30);
         },
         Duration::from_secs(1),
@@ -561,6 +563,50 @@ async fn over_the_cap_a_caller_gets_503_quickly_and_the_others_keep_working() {
     let stats = Arc::clone(&server.stats);
     eventually("a slot to free up", || {
         stats.active.load(Ordering::Relaxed) == CAP as u64 - 1
+    })
+    .await;
+    let res = client.request(Method::GET, "/x", None).await.unwrap();
+    assert_eq!(res.status, StatusCode::OK);
+    server.stop().await;
+}
+
+/// One caller uid cannot hold every connection slot: past its share it gets 503 naming the
+/// uid, while a slot stays free for other callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_uid_cannot_hold_every_connection_slot() {
+    let server = TestServer::start(
+        |o| {
+            o.max_connections = 8;
+            o.header_read_timeout = Duration::from_secs(30);
+        },
+        Duration::from_secs(1),
+    )
+    .await;
+    let client = server.client();
+    let mut held = Vec::new();
+    // The default share: 8 less an eighth.
+    for _ in 0..7 {
+        let mut conn = client.connect().await.unwrap();
+        let res = conn.request(Method::GET, "/x", None).await.unwrap();
+        assert_eq!(res.status, StatusCode::OK);
+        held.push(conn);
+    }
+    let res = client.request(Method::GET, "/x", None).await.unwrap();
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+    let body = res.json::<Value>().unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("uid 0"),
+        "{body}"
+    );
+    // The slot it did not get is still free for someone else.
+    let stats = Arc::clone(&server.stats);
+    eventually("the refused connection to end", || {
+        stats.active.load(Ordering::Relaxed) == 7
+    })
+    .await;
+    held.pop();
+    eventually("a share slot to free up", || {
+        stats.active.load(Ordering::Relaxed) == 6
     })
     .await;
     let res = client.request(Method::GET, "/x", None).await.unwrap();

@@ -36,6 +36,9 @@ pub struct SocketOptions {
     pub group: Option<u32>,
     /// Connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Connections one caller uid may hold at once, so no single uid can take every slot;
+    /// `None`: `max_connections` less an eighth (at least one slot kept for others).
+    pub max_connections_per_uid: Option<usize>,
     /// Longest wait for a complete request head, including the wait on an idle kept-alive
     /// connection (hyper starts this timer whenever it waits for a new request).
     pub header_read_timeout: Duration,
@@ -52,9 +55,21 @@ impl SocketOptions {
             mode: 0o660,
             group: None,
             max_connections: 64,
+            max_connections_per_uid: None,
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl SocketOptions {
+    /// The per-uid cap in effect.
+    pub fn per_uid_cap(&self) -> usize {
+        self.max_connections_per_uid.unwrap_or_else(|| {
+            self.max_connections
+                .saturating_sub((self.max_connections / 8).max(1))
+                .max(1)
+        })
     }
 }
 

@@ -1,5 +1,6 @@
 //! The accept loop: classify each caller before any HTTP, serve it with bounds, drain on shutdown.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -84,6 +85,10 @@ pub async fn serve(
         idle_timeout: opts.idle_timeout,
     };
     let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let uid_slots = Arc::new(UidSlots {
+        cap: opts.per_uid_cap(),
+        held: std::sync::Mutex::new(HashMap::new()),
+    });
     let reject_slots = Arc::new(Semaphore::new(REJECT_SLOTS));
     let Routes { router, fast } = routes.into();
     let router = TowerToHyperService::new(router);
@@ -108,6 +113,7 @@ pub async fn serve(
                         let policy = policy.clone();
                         let conn = Connection {
                             slot: ActiveSlot::new(slot, Arc::clone(&stats)),
+                            uid_slots: Arc::clone(&uid_slots),
                             router: router.clone(),
                             fast: fast.clone(),
                             limits,
@@ -185,9 +191,50 @@ impl Drop for ActiveSlot {
     }
 }
 
+/// How many connections each caller uid holds, against the per-uid cap.
+#[derive(Debug)]
+struct UidSlots {
+    cap: usize,
+    held: std::sync::Mutex<HashMap<u32, usize>>,
+}
+
+/// One of a uid's connections; given back on drop.
+struct UidSlot {
+    slots: Arc<UidSlots>,
+    uid: u32,
+}
+
+impl UidSlots {
+    fn take(self: &Arc<Self>, uid: u32) -> Option<UidSlot> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(uid).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(UidSlot {
+            slots: Arc::clone(self),
+            uid,
+        })
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.uid);
+            }
+        }
+    }
+}
+
 /// One accepted connection that got a slot.
 struct Connection {
     slot: ActiveSlot,
+    uid_slots: Arc<UidSlots>,
     router: TowerToHyperService<Router>,
     fast: Option<Arc<dyn FastPath>>,
     limits: Limits,
@@ -205,6 +252,22 @@ impl Connection {
             }
         };
         let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
+        let Some(_uid_slot) = self.uid_slots.take(uid) else {
+            self.slot
+                .stats
+                .rejected_busy
+                .fetch_add(1, Ordering::Relaxed);
+            info!(
+                uid,
+                cap = self.uid_slots.cap,
+                "caller holds its share of connections; answering 503"
+            );
+            let message = format!(
+                "uid {uid} already holds {} connections to octomild, its share; retry shortly",
+                self.uid_slots.cap
+            );
+            return answer_busy(stream, self.limits, message).await;
+        };
         let supplementary = match pid {
             Some(pid) if policy.needs_groups(uid, gid) => supplementary_groups(pid, uid),
             _ => Vec::new(),
@@ -360,15 +423,24 @@ fn forbidden(peer: &Peer) -> Response {
 /// Answers 503 to a connection over the cap. The request head is read first: closing a Unix
 /// socket with unread data resets it, and the caller would lose the answer.
 async fn reject_busy(stream: UnixStream, _permit: OwnedSemaphorePermit, limits: Limits) {
-    let service = service_fn(|_req: Request<Incoming>| async {
-        let mut res = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            codes::UNAVAILABLE,
-            "too many connections to octomild; retry shortly",
-        );
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        Ok::<_, Infallible>(res)
+    answer_busy(
+        stream,
+        limits,
+        "too many connections to octomild; retry shortly".into(),
+    )
+    .await;
+}
+
+async fn answer_busy(stream: UnixStream, limits: Limits, message: String) {
+    let service = service_fn(move |_req: Request<Incoming>| {
+        let message = message.clone();
+        async move {
+            let mut res =
+                error_response(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, message);
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Ok::<_, Infallible>(res)
+        }
     });
     let mut builder = http1::Builder::new();
     builder
