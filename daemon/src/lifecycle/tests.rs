@@ -4,7 +4,10 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::store::Identity;
+use octomil_common::Secret;
 use octomil_common::wire::RateLimits;
+use tokio::sync::oneshot;
 
 const BUILD: u64 = 1_800_000_000;
 const LIFETIME: u64 = 24 * 3600;
