@@ -372,9 +372,61 @@ fn failure(e: CloudError) -> Failure {
         {
             Failure::CredentialsRejected(code)
         }
+        // A challenge that expired on a slow link (or was spent) heals with a fresh one.
+        CloudError::Rejected { code, message, .. }
+            if code == codes::CHALLENGE_EXPIRED
+                || code == codes::CHALLENGE_USED
+                || code == codes::INVALID_CHALLENGE =>
+        {
+            Failure::Transient(format!("{message} ({code})"))
+        }
         e @ (CloudError::Rejected { .. }
         | CloudError::Setup(_)
         | CloudError::Incompatible(_)
         | CloudError::BadAnswer(_)) => Failure::Permanent(format!("the cloud refused: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(code: &str) -> CloudError {
+        CloudError::Rejected {
+            status: 400,
+            code: code.into(),
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn only_refusals_that_waiting_cannot_heal_are_permanent() {
+        // (cloud error, permanent?)
+        let cases = [
+            (rejected(codes::INVALID_BOOTSTRAP_TOKEN), true),
+            (rejected(codes::DEVICE_ID_TAKEN), true),
+            (rejected(codes::CHALLENGE_REQUIRED), true),
+            (CloudError::Incompatible("old".into()), true),
+            (CloudError::BadAnswer("bad key".into()), true),
+            (rejected(codes::CHALLENGE_EXPIRED), false),
+            (rejected(codes::CHALLENGE_USED), false),
+            (rejected(codes::INVALID_CHALLENGE), false),
+            (CloudError::Transient("503".into()), false),
+            (CloudError::RateLimited(Duration::from_secs(3)), false),
+            (CloudError::ClockBehind, false),
+        ];
+        for (e, permanent) in cases {
+            let label = e.to_string();
+            assert_eq!(
+                matches!(failure(e), Failure::Permanent(_)),
+                permanent,
+                "{label}"
+            );
+        }
+        assert!(matches!(
+            failure(rejected(codes::REFRESH_TOKEN_REUSED)),
+            Failure::CredentialsRejected(_)
+        ));
+        assert!(matches!(failure(CloudError::Revoked), Failure::Revoked));
     }
 }
