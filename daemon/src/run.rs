@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::notify::{self, Heartbeat};
 use crate::socket::{self, AccessPolicy, SocketOptions, SocketStats};
 use crate::state::{Snapshot, SnapshotTx};
-use crate::store::{KeyringCache, SealKey, Store};
+use crate::store::{SealKey, Store};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,11 +63,7 @@ pub async fn run(
     let (seal_key, source) =
         SealKey::load_or_create(credentials_dir.as_deref(), &config.seal_key_file)?;
     tracing::info!(source = ?source, "loaded the sealing key");
-    let store = Arc::new(Store::open(
-        &config.state_dir,
-        seal_key,
-        Box::new(KeyringCache::new(&config.state_dir)),
-    )?);
+    let store = Arc::new(Store::open(&config.state_dir, seal_key)?);
     let persisted = {
         let s = store.clone();
         tokio::task::spawn_blocking(move || s.load())

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use octomil_common::Secret;
 use octomil_common::wire::RateLimits;
-use octomild::store::{Credentials, Identity, NoCache, Persisted, SealKey, SecretCache, Store};
+use octomild::store::{Credentials, Identity, Persisted, SealKey, Store};
 
 /// Set (to the work directory) in the re-executed copy of this binary that plays the child.
 const CHILD_ENV: &str = "OCTOMILD_STORE_CRASH_CHILD";
@@ -53,22 +53,6 @@ fn counter(p: &Persisted) -> u64 {
     })
 }
 
-/// A cache in a plain file, written non-atomically, so kills leave it stale or torn: the
-/// store must see through both.
-struct FileCache(PathBuf);
-
-impl SecretCache for FileCache {
-    fn get(&self) -> Option<Vec<u8>> {
-        fs::read(&self.0).ok()
-    }
-    fn put(&self, bytes: &[u8]) {
-        let _ = fs::write(&self.0, bytes);
-    }
-    fn clear(&self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
 struct Work {
     dir: PathBuf,
 }
@@ -85,11 +69,8 @@ impl Work {
     fn progress(&self) -> PathBuf {
         self.dir.join("progress")
     }
-    fn open(&self, cache: Box<dyn SecretCache>) -> Store {
-        Store::open(&self.state_dir(), self.key(), cache).unwrap()
-    }
-    fn file_cache(&self) -> Box<dyn SecretCache> {
-        Box::new(FileCache(self.dir.join("cache")))
+    fn open(&self) -> Store {
+        Store::open(&self.state_dir(), self.key()).unwrap()
     }
 }
 
@@ -110,7 +91,7 @@ fn crash_child() {
         return;
     };
     let work = Work { dir: dir.into() };
-    let store = work.open(work.file_cache());
+    let store = work.open();
     let mut n = counter(&store.load().unwrap());
     let progress = OpenOptions::new()
         .write(true)
@@ -204,7 +185,7 @@ fn crash_torture() {
         child.wait().unwrap();
 
         let acked = read_progress(&work.progress());
-        let loaded = work.open(work.file_cache()).load().unwrap();
+        let loaded = work.open().load().unwrap();
         let n = counter(&loaded);
         assert!(
             n == acked || n == acked + 1,
@@ -219,8 +200,6 @@ fn crash_torture() {
                 state(n)
             }
         );
-        // The disk alone (no cache) says the same.
-        assert_eq!(work.open(Box::new(NoCache)).load().unwrap(), loaded);
         if n == acked {
             acked_only += 1;
         } else {
@@ -246,32 +225,26 @@ fn save_and_load_latency() {
     let work = Work {
         dir: tmp.path().to_path_buf(),
     };
-    let store = work.open(work.file_cache());
+    let store = work.open();
     let mut saves = Vec::new();
     for n in 1..=100 {
         let t = Instant::now();
         store.save(&state(n)).unwrap();
         saves.push(t.elapsed());
     }
-    let mut hits = Vec::new();
-    let mut misses = Vec::new();
+    let mut loads = Vec::new();
     for _ in 0..100 {
         let t = Instant::now();
         store.load().unwrap();
-        hits.push(t.elapsed());
-        fs::remove_file(work.dir.join("cache")).unwrap();
-        let t = Instant::now();
-        store.load().unwrap();
-        misses.push(t.elapsed());
+        loads.push(t.elapsed());
     }
     let summary = |v: &mut Vec<Duration>| {
         v.sort();
         format!("p50 {:?}, p99 {:?}", v[v.len() / 2], v[v.len() * 99 / 100])
     };
     eprintln!(
-        "store latency (debug build): save {}; load via cache {}; load from disk {}",
+        "store latency (debug build): save {}; load {}",
         summary(&mut saves),
-        summary(&mut hits),
-        summary(&mut misses)
+        summary(&mut loads)
     );
 }
