@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use octomil_common::Secret;
 use octomil_common::wire::RateLimits;
+use octomil_testkit::skip;
 use octomild::store::{Credentials, Identity, Persisted, SealKey, Store};
 
 /// Set (to the work directory) in the re-executed copy of this binary that plays the child.
@@ -151,7 +152,10 @@ fn wait_for_progress(child: &mut Child, progress: &Path, target: u64) {
 #[test]
 fn crash_torture() {
     if let Some(why) = emulation::cannot_exec_self() {
-        eprintln!("SKIPPED crash_torture: the crash child is a second copy of this binary; {why}");
+        skip::emulation_limit(
+            "crash_torture",
+            &format!("the crash child is a second copy of this binary; {why}"),
+        );
         return;
     }
     let rounds: u32 = std::env::var(ROUNDS_ENV)
