@@ -28,6 +28,11 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 pub use error::StoreError;
+/// Creates a directory 0700 (tightening a looser existing one): the daemon's one way to make a
+/// private directory.
+pub use fsx::ensure_private_dir;
+/// Replaces a file atomically with a 0600 one: the daemon's one atomic private write.
+pub use fsx::replace_private_file;
 pub use seal::{KeySource, SealKey};
 
 use error::open_error;
