@@ -41,7 +41,8 @@ pub struct Config {
     pub allowed_gids: BTreeSet<u32>,
     /// `human` (default) or `json`.
     pub log_format: LogFormat,
-    /// A tracing filter such as `info` or `octomild=debug`. Reloaded on SIGHUP.
+    /// A log filter: a level or `target=level` directives (`info`, `octomild=debug,info`; see
+    /// [`log_filter`]). Reloaded on SIGHUP.
     pub log_level: String,
     /// Sealing key used when no systemd credential is given; default `<state_dir>/seal.key`.
     pub seal_key_file: PathBuf,
