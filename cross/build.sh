@@ -7,7 +7,7 @@
 # TARGET: aarch64-unknown-linux-gnu | armv7-unknown-linux-gnueabihf |
 #         aarch64-unknown-linux-musl | x86_64-unknown-linux-musl
 # PROFILE: release (default: what ships) or ci-release (thin LTO, for CI's smoke builds).
-# Linkers and qemu runners per target are in .cargo/config.toml; see "Cross builds" in README.md.
+# Linkers and qemu runners per target are in .cargo/config.toml; see docs/cross-builds.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,10 +23,10 @@ case $target in
   aarch64-unknown-linux-musl) packages="gcc-aarch64-linux-gnu qemu-user" ;;
   x86_64-unknown-linux-musl) packages="musl-tools" ;;
   armv7-unknown-linux-musleabihf)
-    echo "$target: no prebuilt std for it is reachable from here; see 'Cross builds' in README.md" >&2
+    echo "$target: no prebuilt std for it is reachable from here; see docs/cross-builds.md" >&2
     exit 2 ;;
   *)
-    echo "unsupported target $target; see 'Cross builds' in README.md" >&2
+    echo "unsupported target $target; see docs/cross-builds.md" >&2
     exit 2 ;;
 esac
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The unit under a real systemd: installs octomild (`make install`, as from the tarball) into
-# a Debian 12 minbase tree, boots it with systemd-nspawn, and follows the README's install
+# a Debian 12 minbase tree, boots it with systemd-nspawn, and follows docs/install.md's install
 # walk-through against a native octomil-cloud on loopback (the container shares the host's
 # network): encrypted credentials, registration, the socket's owner, group and mode, a group
 # member served and a stranger refused, reload, restart without the bootstrap token.
@@ -8,7 +8,9 @@
 #   systemd/nspawn-test.sh [BUILD_DIR]   # native octomild and octomil-cloud; default
 #                                        # $CARGO_TARGET_DIR/debug or target/debug
 #
-# Needs root, debootstrap and systemd-container (installed if missing) and Debian's mirror.
+# Needs root, debootstrap and systemd-container (installed if missing), and Debian 12's
+# packages from wherever this machine's own apt sources get them (debootstrap's default when
+# they name no bookworm archive).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,9 +48,14 @@ poll() {
   done
 }
 
+# The archive this machine's apt already uses for bookworm's main component, if any: no host
+# is named here. Without one, debootstrap picks its own default.
+archive=$(apt-get indextargets --format '$(REPO_URI)' 'Release: bookworm' 'Component: main' \
+  'Identifier: Packages' 2>/dev/null | head -n 1 || true)
 # procps: /bin/kill for ExecReload= (the .deb depends on it; a tarball install needs it too).
-debootstrap --variant=minbase --include=systemd,procps bookworm "$root" \
-  http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1 \
+# shellcheck disable=SC2086 # $archive is one URL or nothing
+debootstrap --variant=minbase --include=systemd,procps bookworm "$root" $archive \
+  >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 make -s install DESTDIR="$root" PREFIX=/usr BUILD_DIR="$build_dir"
 chroot "$root" systemd-sysusers octomil.conf

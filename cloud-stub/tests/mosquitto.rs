@@ -1,6 +1,6 @@
 //! Interop: the cloud in `--mqtt-broker` mode against a real Mosquitto with a TLS listener,
 //! a password file and per-device pattern ACLs (the setup docs/mosquitto.conf.example shows).
-//! Skipped, and says so, when `mosquitto` is not installed.
+//! Without `mosquitto` installed it fails in CI and skips, saying so, elsewhere.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,6 +10,7 @@ use octomil_cloud::{ExternalBroker, MqttMode};
 use octomil_common::wire::Presence;
 use octomil_common::{Secret, envelope, proof, token};
 use octomil_testkit::mosquitto::{self, Mosquitto};
+use octomil_testkit::skip;
 use reqwest::{Method, StatusCode};
 
 use support::Device;
@@ -18,7 +19,10 @@ use support::mqtt::{Login, TestClient, eventually, start_with};
 #[tokio::test]
 async fn revocations_and_presence_flow_through_mosquitto() {
     if !mosquitto::available() {
-        println!("SKIPPED: mosquitto not installed");
+        skip::missing_dependency(
+            "revocations_and_presence_flow_through_mosquitto",
+            "mosquitto is not installed (apt-get install mosquitto)",
+        );
         return;
     }
     support::install_crypto();
@@ -50,7 +54,7 @@ async fn revocations_and_presence_flow_through_mosquitto() {
     let d = Device::new("edge-mosq-1");
     let reg = d.register(&env).await;
     // A static password file cannot follow key rotation; here the test enrols the current
-    // key by hand (see the README for what production setups do instead).
+    // key by hand (see docs/mqtt.md for what production setups do instead).
     broker.add_user(&d.id, reg.api_key.expose());
     eventually("the cloud to log in to Mosquitto", || async {
         env.handle.mqtt_connected().then_some(())

@@ -1,4 +1,5 @@
-//! Wall-clock time behind a trait, so tests drive expiry and rate limits without sleeping.
+//! Wall-clock time behind a trait, so tests drive expiry and rate limits without sleeping,
+//! and its one text form for people ([`rfc3339`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,9 +62,39 @@ impl Clock for ManualClock {
     }
 }
 
+/// Unix seconds as UTC RFC 3339 (`2026-03-01T12:00:00Z`), by the civil-from-days algorithm
+/// (H. Hinnant): no time crate for one formatter. Valid for every `u64`, never panics.
+pub fn rfc3339(unix_secs: u64) -> String {
+    let days = unix_secs / 86_400;
+    let rem = unix_secs % 86_400;
+    let (hh, mm, ss) = (rem / 3_600, rem % 3_600 / 60, rem % 60);
+    // Shift the epoch to 0000-03-01 so leap days fall at the end of each 400-year era.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{hh:02}:{mm:02}:{ss:02}Z")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(951_868_799), "2000-02-29T23:59:59Z");
+        assert_eq!(rfc3339(1_795_935_654), "2026-11-29T07:00:54Z");
+        assert_eq!(rfc3339(4_107_542_400), "2100-03-01T00:00:00Z");
+        // Far future: a well-formed string, no overflow panic.
+        assert!(rfc3339(u64::MAX).ends_with('Z'));
+    }
 
     #[test]
     fn manual_clock_moves_only_when_told() {

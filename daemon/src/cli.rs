@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use octomil_common::clock::rfc3339;
 use serde_json::Value;
 
 use crate::client::{ClientError, SocketClient};
@@ -167,27 +168,6 @@ fn relative(t: u64, now: u64) -> String {
     }
 }
 
-/// Civil-from-days (Howard Hinnant's algorithm): no time crate for one formatter.
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,12 +177,5 @@ mod tests {
         assert_eq!(relative(105, 100), "in 5s");
         assert_eq!(relative(100, 100), "now");
         assert_eq!(relative(95, 100), "5s ago");
-    }
-
-    #[test]
-    fn rfc3339_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_935_654), "2026-11-29T07:00:54Z");
     }
 }

@@ -41,7 +41,8 @@ pub struct Config {
     pub allowed_gids: BTreeSet<u32>,
     /// `human` (default) or `json`.
     pub log_format: LogFormat,
-    /// A tracing filter such as `info` or `octomild=debug`. Reloaded on SIGHUP.
+    /// A log filter: a level or `target=level` directives (`info`, `octomild=debug,info`; see
+    /// [`log_filter`]). Reloaded on SIGHUP.
     pub log_level: String,
     /// Sealing key used when no systemd credential is given; default `<state_dir>/seal.key`.
     pub seal_key_file: PathBuf,
@@ -262,7 +263,7 @@ pub fn parse(path: &Path, text: &str, env: &Env) -> Result<Config, ConfigError> 
         }
     };
     let log_level = p.string("log_level").unwrap_or_else(|| "info".into());
-    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+    if log_filter(&log_level).is_none() {
         p.problem(
             "log_level",
             "is not a valid filter (e.g. \"info\", \"octomild=debug\")",
@@ -330,6 +331,14 @@ pub fn parse(path: &Path, text: &str, env: &Env) -> Result<Config, ConfigError> 
 
 /// `edge-` + 32 hex chars of HMAC-SHA256(machine-id, "octomil-device-id"): stable per machine,
 /// and the raw machine id (which other software treats as confidential) never leaves it.
+/// A log filter as `log_level` and `RUST_LOG` take it: a level, or `target=level` directives
+/// separated by commas (`"info"`, `"octomild=debug,info"`); `None` when it does not parse.
+/// This is tracing's `Targets`, not `EnvFilter`: no span or field filters, and so no regex
+/// engine in the daemon's binary.
+pub fn log_filter(spec: &str) -> Option<tracing_subscriber::filter::Targets> {
+    spec.parse().ok()
+}
+
 pub fn derive_device_id(machine_id: &str) -> DeviceId {
     use hmac::{Hmac, KeyInit, Mac};
     let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(machine_id.trim().as_bytes())
@@ -533,6 +542,7 @@ mod tests {
             socket_mode = "777x"
             allowed_uids = [true]
             log_format = "xml"
+            log_level = "octomild=loud"
             max_connections = 0
             cloud_timeout = "forever"
             limit_per_uid_share = 2
@@ -548,6 +558,7 @@ mod tests {
             "socket_mode",
             "allowed_uids",
             "log_format",
+            "log_level",
             "max_connections",
             "cloud_timeout",
             "limit_per_uid_share",
@@ -555,6 +566,21 @@ mod tests {
             assert!(keys.contains(&k), "no problem reported for {k}: {got:?}");
         }
         assert!(got.contains(&("colud_url".into(), "unknown key".into())));
+    }
+
+    #[test]
+    fn log_filters_take_levels_and_per_target_levels() {
+        for ok in [
+            "info",
+            "debug",
+            "octomild=debug",
+            "octomild=debug,rumqttc=warn,info",
+        ] {
+            assert!(log_filter(ok).is_some(), "{ok}");
+        }
+        for bad in ["octomild=loud", "info,octomild=verbose"] {
+            assert!(log_filter(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

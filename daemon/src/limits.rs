@@ -8,7 +8,7 @@
 //! must not reset a spent budget) and saved at most once a second and at shutdown.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use octomil_common::gcra::Refusal;
@@ -239,7 +239,7 @@ impl Limiter {
             g.dirty = false;
             postcard::to_stdvec(&g.state).unwrap_or_default()
         };
-        write_atomic(path, &bytes).map_err(|source| {
+        crate::store::replace_private_file(path, &bytes).map_err(|source| {
             self.lock().dirty = true;
             LimitsError::Io {
                 path: path.clone(),
@@ -292,25 +292,6 @@ fn refusal(r: Refusal, per_uid: bool) -> Denied {
         },
         Refusal::TooLarge { limit } => Denied::TooLarge { limit },
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use octomild::cli::{self, Call};
 use octomild::config::{self, Config, LogFormat};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -116,8 +116,12 @@ async fn run(path: PathBuf) -> i32 {
 
 /// Sets up logging; returns a function that swaps the filter (for SIGHUP).
 fn init_tracing(config: &Config) -> Box<dyn Fn(&str) + Send + Sync> {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    // RUST_LOG overrides log_level when it parses; log_level was checked by config::load.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| config::log_filter(&spec))
+        .or_else(|| config::log_filter(&config.log_level))
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter);
@@ -126,7 +130,7 @@ fn init_tracing(config: &Config) -> Box<dyn Fn(&str) + Send + Sync> {
         LogFormat::Json => registry.with(fmt.json()).init(),
     }
     Box::new(move |level: &str| {
-        if let Ok(f) = EnvFilter::try_new(level) {
+        if let Some(f) = config::log_filter(level) {
             let _ = handle.reload(f);
         }
     })

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::notify::{self, Heartbeat};
 use crate::socket::{self, AccessPolicy, SocketOptions, SocketStats};
 use crate::state::{Snapshot, SnapshotTx};
-use crate::store::{KeyringCache, SealKey, Store};
+use crate::store::{SealKey, Store};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,15 +59,12 @@ pub async fn run(
     hooks: Hooks,
 ) -> Result<(), RunError> {
     let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-    ensure_state_dir(&config)?;
+    // 0700 before the seal key file may be created in it (the store checks it again).
+    crate::store::ensure_private_dir(&config.state_dir)?;
     let (seal_key, source) =
         SealKey::load_or_create(credentials_dir.as_deref(), &config.seal_key_file)?;
     tracing::info!(source = ?source, "loaded the sealing key");
-    let store = Arc::new(Store::open(
-        &config.state_dir,
-        seal_key,
-        Box::new(KeyringCache::new(&config.state_dir)),
-    )?);
+    let store = Arc::new(Store::open(&config.state_dir, seal_key)?);
     let persisted = {
         let s = store.clone();
         tokio::task::spawn_blocking(move || s.load())
@@ -228,20 +225,6 @@ fn policy(config: &Config) -> AccessPolicy {
         allowed_uids: config.allowed_uids.clone(),
         allowed_gids: config.allowed_gids.clone(),
     }
-}
-
-fn ensure_state_dir(config: &Config) -> Result<(), RunError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |source| RunError::StateDir {
-        path: config.state_dir.clone(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.state_dir)
-        .map_err(err)?;
-    std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
 /// SIGHUP re-reads the config: access lists and log level apply at once; a parked

@@ -14,6 +14,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{Method, StatusCode};
+use octomil_testkit::skip;
 use octomild::client::{ClientError, SocketClient};
 use octomild::socket::{
     self, AccessPolicy, FastAnswer, FastPath, FastRequest, FastStatus, Peer, RequireAdmin, Routes,
@@ -446,8 +447,9 @@ async fn a_reload_that_removes_a_uid_closes_its_open_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_uid_is_denied_until_the_policy_allows_it() {
     if let Some(why) = emulation::cannot_exec_self() {
-        eprintln!(
-            "SKIPPED other_uid_is_denied_until_the_policy_allows_it: setpriv must run this test binary as another user; {why}"
+        skip::emulation_limit(
+            "other_uid_is_denied_until_the_policy_allows_it",
+            &format!("setpriv must run this test binary as another user; {why}"),
         );
         return;
     }
@@ -503,8 +505,9 @@ async fn other_uid_is_denied_until_the_policy_allows_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_mode_keeps_out_users_outside_its_group() {
     if let Some(why) = emulation::cannot_exec_self() {
-        eprintln!(
-            "SKIPPED socket_mode_keeps_out_users_outside_its_group: setpriv must run this test binary as another user; {why}"
+        skip::emulation_limit(
+            "socket_mode_keeps_out_users_outside_its_group",
+            &format!("setpriv must run this test binary as another user; {why}"),
         );
         return;
     }
@@ -1035,7 +1038,7 @@ async fn shutdown_leaves_a_socket_that_is_no_longer_ours() {
 async fn curl_works_against_the_socket() {
     let which = Command::new("curl").arg("--version").output();
     if !which.is_ok_and(|o| o.status.success()) {
-        println!("SKIPPED: curl is not installed");
+        skip::missing_dependency("curl_works_against_the_socket", "curl is not installed");
         return;
     }
     let server = TestServer::start(|_| {}, Duration::from_secs(1)).await;

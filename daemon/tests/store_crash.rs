@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use octomil_common::Secret;
 use octomil_common::wire::RateLimits;
-use octomild::store::{Credentials, Identity, NoCache, Persisted, SealKey, SecretCache, Store};
+use octomil_testkit::skip;
+use octomild::store::{Credentials, Identity, Persisted, SealKey, Store};
 
 /// Set (to the work directory) in the re-executed copy of this binary that plays the child.
 const CHILD_ENV: &str = "OCTOMILD_STORE_CRASH_CHILD";
@@ -54,22 +55,6 @@ fn counter(p: &Persisted) -> u64 {
     })
 }
 
-/// A cache in a plain file, written non-atomically, so kills leave it stale or torn: the
-/// store must see through both.
-struct FileCache(PathBuf);
-
-impl SecretCache for FileCache {
-    fn get(&self) -> Option<Vec<u8>> {
-        fs::read(&self.0).ok()
-    }
-    fn put(&self, bytes: &[u8]) {
-        let _ = fs::write(&self.0, bytes);
-    }
-    fn clear(&self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
 struct Work {
     dir: PathBuf,
 }
@@ -86,11 +71,8 @@ impl Work {
     fn progress(&self) -> PathBuf {
         self.dir.join("progress")
     }
-    fn open(&self, cache: Box<dyn SecretCache>) -> Store {
-        Store::open(&self.state_dir(), self.key(), cache).unwrap()
-    }
-    fn file_cache(&self) -> Box<dyn SecretCache> {
-        Box::new(FileCache(self.dir.join("cache")))
+    fn open(&self) -> Store {
+        Store::open(&self.state_dir(), self.key()).unwrap()
     }
 }
 
@@ -111,7 +93,7 @@ fn crash_child() {
         return;
     };
     let work = Work { dir: dir.into() };
-    let store = work.open(work.file_cache());
+    let store = work.open();
     let mut n = counter(&store.load().unwrap());
     let progress = OpenOptions::new()
         .write(true)
@@ -171,7 +153,10 @@ fn wait_for_progress(child: &mut Child, progress: &Path, target: u64) {
 #[test]
 fn crash_torture() {
     if let Some(why) = emulation::cannot_exec_self() {
-        eprintln!("SKIPPED crash_torture: the crash child is a second copy of this binary; {why}");
+        skip::emulation_limit(
+            "crash_torture",
+            &format!("the crash child is a second copy of this binary; {why}"),
+        );
         return;
     }
     let rounds: u32 = std::env::var(ROUNDS_ENV)
@@ -205,7 +190,7 @@ fn crash_torture() {
         child.wait().unwrap();
 
         let acked = read_progress(&work.progress());
-        let loaded = work.open(work.file_cache()).load().unwrap();
+        let loaded = work.open().load().unwrap();
         let n = counter(&loaded);
         assert!(
             n == acked || n == acked + 1,
@@ -220,8 +205,6 @@ fn crash_torture() {
                 state(n)
             }
         );
-        // The disk alone (no cache) says the same.
-        assert_eq!(work.open(Box::new(NoCache)).load().unwrap(), loaded);
         if n == acked {
             acked_only += 1;
         } else {
@@ -247,32 +230,26 @@ fn save_and_load_latency() {
     let work = Work {
         dir: tmp.path().to_path_buf(),
     };
-    let store = work.open(work.file_cache());
+    let store = work.open();
     let mut saves = Vec::new();
     for n in 1..=100 {
         let t = Instant::now();
         store.save(&state(n)).unwrap();
         saves.push(t.elapsed());
     }
-    let mut hits = Vec::new();
-    let mut misses = Vec::new();
+    let mut loads = Vec::new();
     for _ in 0..100 {
         let t = Instant::now();
         store.load().unwrap();
-        hits.push(t.elapsed());
-        fs::remove_file(work.dir.join("cache")).unwrap();
-        let t = Instant::now();
-        store.load().unwrap();
-        misses.push(t.elapsed());
+        loads.push(t.elapsed());
     }
     let summary = |v: &mut Vec<Duration>| {
         v.sort();
         format!("p50 {:?}, p99 {:?}", v[v.len() / 2], v[v.len() * 99 / 100])
     };
     eprintln!(
-        "store latency (debug build): save {}; load via cache {}; load from disk {}",
+        "store latency (debug build): save {}; load {}",
         summary(&mut saves),
-        summary(&mut hits),
-        summary(&mut misses)
+        summary(&mut loads)
     );
 }

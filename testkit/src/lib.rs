@@ -1,5 +1,7 @@
 //! Test helpers that more than one crate's tests need: `octomil-cloud`'s own tests cannot
 //! depend on the end-to-end crate (which depends on it), so what both use lives here, as a
-//! dev-dependency only.
+//! dev-dependency only. [`skip`] is how every test reports a missing dependency (it fails in
+//! CI); [`mosquitto`] runs a real Mosquitto per test.
 
 pub mod mosquitto;
+pub mod skip;

@@ -14,7 +14,8 @@ pub fn find(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Both binaries the harness needs, or `None` (the caller reports SKIPPED).
+/// Whether both binaries the harness needs are installed (if not, the caller reports it
+/// through [`crate::skip::missing_dependency`]).
 pub fn available() -> bool {
     find("mosquitto").is_some() && find("mosquitto_passwd").is_some()
 }

@@ -83,7 +83,10 @@ async fn run() {
     let settle = Duration::from_millis(env_or("BENCH_SETTLE_MS", 250) as u64);
     let have_mosquitto = mosquitto::available();
     if !have_mosquitto {
-        println!("SKIPPED: Mosquitto runs (mosquitto not installed: apt-get install -y mosquitto)");
+        octomil_testkit::skip::missing_dependency(
+            "revocation bench, Mosquitto runs",
+            "mosquitto is not installed (apt-get install -y mosquitto)",
+        );
     }
     let mut brokers = vec![Broker::Embedded];
     if have_mosquitto && !skipped("mosquitto") {

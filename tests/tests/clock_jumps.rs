@@ -1,7 +1,7 @@
 //! Wall-clock jumps on the device (libfaketime under the daemon only; the cloud keeps real
 //! time): the refresh schedule and key validity run on the monotonic clock, so a jump neither
 //! skips a refresh, nor causes a refresh storm, nor makes the daemon serve or withhold a key
-//! wrongly. Skipped (and says so) where libfaketime is not installed.
+//! wrongly. Without libfaketime it fails in CI and skips, saying so, elsewhere.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,8 +12,9 @@ use octomil_cloud::faults::DeviceCall;
 use octomil_e2e::{DaemonProcess, TestCloud};
 use serde_json::json;
 
-fn faketime() -> Option<PathBuf> {
-    octomil_e2e::libfaketime()
+/// libfaketime, or `None` after reporting it missing (which fails `test` in CI).
+fn faketime(test: &str) -> Option<PathBuf> {
+    octomil_e2e::libfaketime(test)
 }
 
 /// Sets the daemon's wall-clock offset in seconds (read on every clock call).
@@ -59,7 +60,9 @@ async fn watch_tokens(d: &DaemonProcess, window: Duration) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backward_jump_does_not_skip_a_refresh() {
-    let Some(lib) = faketime() else { return };
+    let Some(lib) = faketime("a_backward_jump_does_not_skip_a_refresh") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let (cloud, d, offset) = setup(tmp.path(), &lib, "clock-back").await;
     // Half an hour back (the server certificate is backdated one hour, so TLS still works).
@@ -79,7 +82,9 @@ async fn a_backward_jump_does_not_skip_a_refresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forward_jump_causes_no_refresh_storm_and_keeps_the_key() {
-    let Some(lib) = faketime() else { return };
+    let Some(lib) = faketime("a_forward_jump_causes_no_refresh_storm_and_keeps_the_key") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let (cloud, d, offset) = setup(tmp.path(), &lib, "clock-fwd").await;
     // Two hours ahead: by the wall clock the 6 s key is long expired, but it is not.

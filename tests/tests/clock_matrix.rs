@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use octomil_e2e::{CloudProcess, DaemonOptions, DaemonProcess, run};
 
-fn faketime() -> Option<PathBuf> {
-    octomil_e2e::libfaketime()
+fn faketime(test: &str) -> Option<PathBuf> {
+    octomil_e2e::libfaketime(test)
 }
 
 fn install_crypto() {
@@ -74,7 +74,11 @@ async fn refused_after(d: &DaemonProcess, from: Instant, bound: Duration) -> Dur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemons_at_any_clock_offset_register_serve_and_refuse_after_a_revoke() {
-    let Some(lib) = faketime() else { return };
+    let Some(lib) =
+        faketime("daemons_at_any_clock_offset_register_serve_and_refuse_after_a_revoke")
+    else {
+        return;
+    };
     install_crypto();
     let tmp = tempfile::tempdir().unwrap();
     let cloud = CloudProcess::start(&tmp.path().join("cloud"));
@@ -115,7 +119,11 @@ async fn daemons_at_any_clock_offset_register_serve_and_refuse_after_a_revoke() 
 /// only TLS can tell. Both wait for the clock, say so, and register once it is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_far_behind_waits_for_the_clock_then_registers_once_it_is_set() {
-    let Some(lib) = faketime() else { return };
+    let Some(lib) =
+        faketime("a_daemon_far_behind_waits_for_the_clock_then_registers_once_it_is_set")
+    else {
+        return;
+    };
     install_crypto();
     let tmp = tempfile::tempdir().unwrap();
     let cloud = CloudProcess::start(&tmp.path().join("cloud"));

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use octomil_e2e::{bin, run};
+use octomil_testkit::skip;
 
 /// What `make install install-cloud PREFIX=/usr` must produce, and nothing else: path under
 /// DESTDIR, source in the repository (None for built binaries), mode.
@@ -93,10 +94,10 @@ fn mode(path: &Path) -> u32 {
 }
 
 /// Runs `make install install-cloud` into a fresh DESTDIR with the binaries cargo built for
-/// this test run; None (after printing why) when `make` is missing.
-fn make_install() -> Option<tempfile::TempDir> {
+/// this test run; None when `make` is missing (reported for `test`, which fails in CI).
+fn make_install(test: &str) -> Option<tempfile::TempDir> {
     if !on_path("make") {
-        println!("SKIPPED install: `make` is not on PATH");
+        skip::missing_dependency(test, "`make` is not on PATH");
         return None;
     }
     let build_dir = bin("octomild").parent().unwrap().to_owned();
@@ -127,7 +128,9 @@ fn make_install() -> Option<tempfile::TempDir> {
 
 #[test]
 fn make_install_lays_out_the_tree_with_the_right_modes() {
-    let Some(dest) = make_install() else { return };
+    let Some(dest) = make_install("make_install_lays_out_the_tree_with_the_right_modes") else {
+        return;
+    };
     let root = dest.path();
     let mut want: Vec<String> = FILES.iter().map(|(p, _, _)| (*p).to_owned()).collect();
     want.sort();
@@ -329,15 +332,21 @@ fn debian_package_ships_what_make_install_does() {
 
 #[test]
 fn installed_snippets_and_unit_pass_systemds_own_tools() {
-    let Some(dest) = make_install() else { return };
+    const TEST: &str = "installed_snippets_and_unit_pass_systemds_own_tools";
+    let Some(dest) = make_install(TEST) else {
+        return;
+    };
     let root = dest.path();
     std::fs::create_dir_all(root.join("etc")).unwrap();
 
     // sysusers and tmpfiles create root-owned files: as another user they fail on chown.
     if !is_root() {
-        println!("SKIPPED systemd-sysusers/systemd-tmpfiles --root: not running as root");
+        skip::missing_dependency(
+            TEST,
+            "systemd-sysusers/systemd-tmpfiles --root need root (they chown)",
+        );
     } else if !on_path("systemd-sysusers") || !on_path("systemd-tmpfiles") {
-        println!("SKIPPED systemd-sysusers/systemd-tmpfiles --root: not installed");
+        skip::missing_dependency(TEST, "systemd-sysusers/systemd-tmpfiles are not installed");
     } else {
         let (out, _, stderr) = run(Command::new("systemd-sysusers")
             .arg(format!("--root={}", root.display()))
@@ -368,7 +377,7 @@ fn installed_snippets_and_unit_pass_systemds_own_tools() {
     }
 
     if !on_path("systemd-analyze") {
-        println!("SKIPPED systemd-analyze verify/security: not installed");
+        skip::missing_dependency(TEST, "systemd-analyze is not installed");
         return;
     }
     // The same gate CI runs on the cross-built binary (systemd/check.sh), here on this build.

@@ -13,6 +13,7 @@ use octomil_common::{Secret, token};
 use octomil_e2e::mosquitto::{self, Mosquitto};
 use octomil_e2e::proxy::Proxy;
 use octomil_e2e::{DaemonOptions, DaemonProcess, TestCloud};
+use octomil_testkit::skip;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde_json::json;
 
@@ -317,7 +318,10 @@ async fn presence_shows_online_and_a_killed_daemon_offline_within_its_keepalive(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_revocation_flows_through_a_real_mosquitto() {
     if !mosquitto::available() {
-        println!("SKIPPED: mosquitto not installed (apt-get install mosquitto)");
+        skip::missing_dependency(
+            "the_same_revocation_flows_through_a_real_mosquitto",
+            "mosquitto is not installed (apt-get install mosquitto)",
+        );
         return;
     }
     install();

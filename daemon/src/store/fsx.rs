@@ -25,7 +25,7 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 
 /// Creates `dir` (and missing parents) 0700. An existing directory that grants anything to
 /// group or others is tightened to 0700 with a warning: it is ours and holds secrets.
-pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
+pub fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
     DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
@@ -104,22 +104,8 @@ pub(crate) fn read_private_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8
 /// hard-linked to `path`, which therefore either does not exist or is complete. Returns
 /// `false` when `path` already existed (another process won the race): the caller reads it.
 pub(crate) fn create_secret_file(path: &Path, bytes: &[u8]) -> Result<bool, StoreError> {
-    let file_name = path
-        .file_name()
-        .map_or_else(|| "secret".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{file_name}.tmp.{}", std::process::id()));
-    let write = || -> io::Result<()> {
-        let mut f: File = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(FILE_MODE)
-            .custom_flags(OFlag::O_NOFOLLOW.bits())
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    let linked = write().and_then(|()| fs::hard_link(&tmp, path));
+    let tmp = temp_name(path);
+    let linked = write_private_temp(&tmp, bytes).and_then(|()| fs::hard_link(&tmp, path));
     // The temp name goes away in every case; the data lives on under `path` if linked.
     let _ = fs::remove_file(&tmp);
     match linked {
@@ -131,6 +117,45 @@ pub(crate) fn create_secret_file(path: &Path, bytes: &[u8]) -> Result<bool, Stor
         sync_dir(parent)?;
     }
     Ok(true)
+}
+
+/// Replaces `path` with `bytes` crash-safely: a 0600 temp file beside it is written and
+/// synced, renamed over `path`, and the directory synced, so a crash leaves the old file or
+/// the new one, never a torn one, and the contents are never readable by others. The daemon's
+/// one atomic private write (the limiter state uses it; the store itself is redb).
+pub fn replace_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_name(path);
+    let renamed = write_private_temp(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    if renamed.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    renamed?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// A hidden temp name beside `path`, unique per process.
+fn temp_name(path: &Path) -> std::path::PathBuf {
+    let file_name = path
+        .file_name()
+        .map_or_else(|| "secret".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{file_name}.tmp.{}", std::process::id()))
+}
+
+/// Writes `bytes` to `tmp`, created 0600 (no symlink followed), and syncs it.
+fn write_private_temp(tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f: File = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .open(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// fsync on a directory: makes a create, link or rename inside it durable.
@@ -205,6 +230,22 @@ mod tests {
             ensure_private_dir(&target),
             Err(StoreError::Io { .. } | StoreError::NotADirectory { .. })
         ));
+    }
+
+    #[test]
+    fn private_file_is_replaced_whole_and_stays_0600() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("limits.bin");
+        fs::write(&path, b"old").unwrap();
+        fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        replace_private_file(&path, b"new contents").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new contents");
+        assert_eq!(mode(&path), 0o600, "the replacement is private");
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            1,
+            "no temp file left behind"
+        );
     }
 
     #[test]

@@ -4,13 +4,13 @@
 //! a [`SealKey`] (see [`seal`] for the record format), and kept as one row of one redb table,
 //! so a save is a single durable write transaction: after `kill -9` or a power cut the store
 //! holds either the previous record or the new one, never a mix. Each record carries a
-//! generation that grows by one per save; the boot-lifetime [`SecretCache`] holds a copy of the
-//! latest record and is believed only when its header matches the disk's. Nothing
-//! unencrypted ever reaches the disk, a log line, an error or `Debug` output.
+//! generation that grows by one per save. Nothing unencrypted ever reaches the disk, a log
+//! line, an error or `Debug` output.
+//!
+//! There is no second copy (an earlier version cached the sealed record in the kernel
+//! keyring): the daemon loads the store once per start and keeps its state in memory, so a
+//! cache had nothing to save; `docs/security.md` ("No keyring cache") has the measurements.
 
-mod cache;
-#[cfg(test)]
-mod cache_tests;
 mod error;
 mod fsx;
 pub mod seal;
@@ -28,8 +28,12 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use cache::{KEYRING_SERVICE, KeyringCache, NoCache, SecretCache};
 pub use error::StoreError;
+/// Creates a directory 0700 (tightening a looser existing one): the daemon's one way to make a
+/// private directory.
+pub use fsx::ensure_private_dir;
+/// Replaces a file atomically with a 0600 one: the daemon's one atomic private write.
+pub use fsx::replace_private_file;
 pub use seal::{KeySource, SealKey};
 
 use error::open_error;
@@ -101,7 +105,6 @@ pub struct Revoked {
 pub struct Store {
     db: Database,
     key: SealKey,
-    cache: Box<dyn SecretCache>,
     path: PathBuf,
 }
 
@@ -121,22 +124,13 @@ impl Store {
     /// instead of the first request. The key is checked through a read-only handle first, so a
     /// wrong key leaves the file byte for byte as it was (except after a crash, when redb's
     /// writable open must repair the file before anything can be read).
-    pub fn open(
-        state_dir: &Path,
-        key: SealKey,
-        cache: Box<dyn SecretCache>,
-    ) -> Result<Store, StoreError> {
+    pub fn open(state_dir: &Path, key: SealKey) -> Result<Store, StoreError> {
         fsx::ensure_private_dir(state_dir)?;
         let path = state_dir.join(DB_FILE);
         fsx::ensure_private_file(&path)?;
         precheck(&path, &key)?;
         let db = builder().create(&path).map_err(|e| open_error(&path, e))?;
-        let store = Store {
-            db,
-            key,
-            cache,
-            path,
-        };
+        let store = Store { db, key, path };
         store.load()?;
         Ok(store)
     }
@@ -146,41 +140,28 @@ impl Store {
         &self.path
     }
 
-    /// Cache first (if its record is the one on disk), else decrypt from disk and refill the
-    /// cache. An empty store is `Persisted::default()`; a record that does not open is an
-    /// error, never an empty state.
+    /// Reads and unseals the record. An empty store is `Persisted::default()`; a record that
+    /// does not open is an error, never an empty state.
     pub fn load(&self) -> Result<Persisted, StoreError> {
         let Some(disk) = self.read_record()? else {
-            // Nothing on disk: a cached record belongs to a store that was deleted.
-            if self.cache.get().is_some() {
-                self.cache.clear();
-            }
             return Ok(Persisted::default());
         };
-        let disk_header = Header::parse(&disk).map_err(|e| e.into_store_error(&self.path))?;
-        if let Some(state) = self.cached_state(&disk_header) {
-            return Ok(state);
-        }
-        let state = seal::open(&self.key, &disk).map_err(|e| e.into_store_error(&self.path))?;
-        self.cache.put(&disk);
-        Ok(state)
+        seal::open(&self.key, &disk).map_err(|e| e.into_store_error(&self.path))
     }
 
     /// Durable and atomic: one redb write transaction (`Durability::Immediate`) replaces the
-    /// record with `state` sealed at the next generation; then a best-effort cache update.
+    /// record with `state` sealed at the next generation.
     pub fn save(&self, state: &Persisted) -> Result<(), StoreError> {
-        let record = self.commit(|_, generation| {
+        self.commit(|_, generation| {
             seal::seal(&self.key, generation, state).map_err(|e| e.into_store_error(&self.path))
-        })?;
-        self.cache.put(&record);
-        Ok(())
+        })
     }
 
-    /// Revocation: removes identity and credentials from disk and cache, records `revoked`
-    /// (and its `seq` as the last one acted on), in one durable transaction. A record that no
-    /// longer opens is overwritten all the same: the secrets must go either way.
+    /// Revocation: removes identity and credentials, records `revoked` (and its `seq` as the
+    /// last one acted on), in one durable transaction. A record that no longer opens is
+    /// overwritten all the same: the secrets must go either way.
     pub fn wipe_secrets(&self, revoked: Revoked) -> Result<(), StoreError> {
-        let record = self.commit(|current, generation| {
+        self.commit(|current, generation| {
             let mut state = match current.map(|bytes| seal::open(&self.key, bytes)) {
                 None => Persisted::default(),
                 Some(Ok(state)) => state,
@@ -197,38 +178,7 @@ impl Store {
             state.last_revocation_seq = state.last_revocation_seq.max(revoked.seq);
             state.revoked = Some(revoked);
             seal::seal(&self.key, generation, &state).map_err(|e| e.into_store_error(&self.path))
-        })?;
-        // Drop the old entry outright (its payload leaves kernel memory), then cache the new.
-        self.cache.clear();
-        self.cache.put(&record);
-        Ok(())
-    }
-
-    /// The cached state, if the cache holds exactly the disk's record (same generation and
-    /// nonce) and it opens. Anything else is a miss, logged at debug.
-    fn cached_state(&self, disk: &Header) -> Option<Persisted> {
-        let cached = self.cache.get()?;
-        match Header::parse(&cached) {
-            Ok(header) if header == *disk => match seal::open(&self.key, &cached) {
-                Ok(state) => Some(state),
-                Err(e) => {
-                    tracing::debug!(error = ?e, "cache entry does not open; reading the disk");
-                    None
-                }
-            },
-            Ok(header) => {
-                tracing::debug!(
-                    cached = header.generation,
-                    disk = disk.generation,
-                    "stale cache entry ignored"
-                );
-                None
-            }
-            Err(e) => {
-                tracing::debug!(error = ?e, "unreadable cache entry ignored");
-                None
-            }
-        }
+        })
     }
 
     fn read_record(&self) -> Result<Option<Vec<u8>>, StoreError> {
@@ -240,11 +190,11 @@ impl Store {
     fn commit(
         &self,
         make: impl FnOnce(Option<&[u8]>, u64) -> Result<Vec<u8>, StoreError>,
-    ) -> Result<Vec<u8>, StoreError> {
+    ) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
         tx.set_durability(Durability::Immediate)
             .map_err(|e| self.db_err(e))?;
-        let record = {
+        {
             let mut table = tx.open_table(TABLE).map_err(|e| self.db_err(e))?;
             let current = table
                 .get(ROW)
@@ -266,10 +216,8 @@ impl Store {
             table
                 .insert(ROW, record.as_slice())
                 .map_err(|e| self.db_err(e))?;
-            record
-        };
-        tx.commit().map_err(|e| self.db_err(e))?;
-        Ok(record)
+        }
+        tx.commit().map_err(|e| self.db_err(e))
     }
 
     fn db_err(&self, e: impl Into<redb::Error>) -> StoreError {

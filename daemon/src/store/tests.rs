@@ -1,4 +1,4 @@
-//! Unit tests of the store: round trips, modes, redaction, keys, corruption and the cache.
+//! Unit tests of the store: round trips, modes, redaction, keys and corruption.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -59,21 +59,21 @@ fn store_is_shareable_across_threads() {
 #[test]
 fn round_trip_and_reopen() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    let store = Store::open(tmp.path(), key(1)).unwrap();
     assert_eq!(store.load().unwrap(), Persisted::default(), "empty store");
     store.save(&sample(1)).unwrap();
     assert_eq!(store.load().unwrap(), sample(1));
     store.save(&sample(2)).unwrap();
     drop(store);
-    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    let store = Store::open(tmp.path(), key(1)).unwrap();
     assert_eq!(store.load().unwrap(), sample(2));
 }
 
 #[test]
 fn second_open_of_the_same_store_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let _first = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
-    let err = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap_err();
+    let _first = Store::open(tmp.path(), key(1)).unwrap();
+    let err = Store::open(tmp.path(), key(1)).unwrap_err();
     assert!(matches!(err, StoreError::Locked { .. }), "{err}");
 }
 
@@ -81,7 +81,7 @@ fn second_open_of_the_same_store_is_refused() {
 fn dir_and_file_modes_from_the_start() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("a/state");
-    let store = Store::open(&dir, key(1), Box::new(NoCache)).unwrap();
+    let store = Store::open(&dir, key(1)).unwrap();
     store.save(&sample(1)).unwrap();
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&tmp.path().join("a")), 0o700);
@@ -97,10 +97,10 @@ fn dir_and_file_modes_from_the_start() {
 fn loose_existing_modes_are_tightened() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state");
-    drop(Store::open(&dir, key(1), Box::new(NoCache)).unwrap());
+    drop(Store::open(&dir, key(1)).unwrap());
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(dir.join(DB_FILE), fs::Permissions::from_mode(0o644)).unwrap();
-    drop(Store::open(&dir, key(1), Box::new(NoCache)).unwrap());
+    drop(Store::open(&dir, key(1)).unwrap());
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
 }
@@ -117,14 +117,14 @@ fn debug_prints_no_secret() {
     assert!(shown.contains("dev-01.test"), "non-secrets still print");
     assert_eq!(format!("{:?}", key(9)), "SealKey(***)");
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path(), key(9), Box::new(NoCache)).unwrap();
+    let store = Store::open(tmp.path(), key(9)).unwrap();
     assert!(!format!("{store:?}").contains("9, 9"), "{store:?}");
 }
 
 #[test]
 fn no_secret_bytes_in_the_database_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    let store = Store::open(tmp.path(), key(1)).unwrap();
     for n in 0..5 {
         store.save(&sample(n)).unwrap();
     }
@@ -150,12 +150,12 @@ fn no_secret_bytes_in_the_database_file() {
 #[test]
 fn wrong_key_is_a_clear_error_and_leaves_the_file_untouched() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    let store = Store::open(tmp.path(), key(1)).unwrap();
     store.save(&sample(1)).unwrap();
     let path = store.path().to_path_buf();
     drop(store);
     let before = fs::read(&path).unwrap();
-    let err = Store::open(tmp.path(), key(2), Box::new(NoCache)).unwrap_err();
+    let err = Store::open(tmp.path(), key(2)).unwrap_err();
     assert!(matches!(err, StoreError::SealKeyMismatch { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
@@ -173,7 +173,7 @@ fn wrong_key_is_a_clear_error_and_leaves_the_file_untouched() {
         diff.len(),
         &diff[..diff.len().min(20)]
     );
-    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    let store = Store::open(tmp.path(), key(1)).unwrap();
     assert_eq!(
         store.load().unwrap(),
         sample(1),
@@ -195,7 +195,7 @@ fn garbage_file_is_an_error_not_a_panic() {
     }
     fs::write(&path, &garbage).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-    let err = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap_err();
+    let err = Store::open(tmp.path(), key(1)).unwrap_err();
     assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
     assert!(err.to_string().contains(DB_FILE), "{err}");
 }
@@ -204,14 +204,14 @@ fn garbage_file_is_an_error_not_a_panic() {
 fn truncated_file_is_an_error_or_the_saved_state_never_silently_empty() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("s");
-    let store = Store::open(&dir, key(1), Box::new(NoCache)).unwrap();
+    let store = Store::open(&dir, key(1)).unwrap();
     store.save(&sample(1)).unwrap();
     let path = store.path().to_path_buf();
     drop(store);
     let full = fs::read(&path).unwrap();
     for len in [1, 100, 512, 4096, full.len() / 2, full.len() - 1] {
         fs::write(&path, &full[..len]).unwrap();
-        match Store::open(&dir, key(1), Box::new(NoCache)) {
+        match Store::open(&dir, key(1)) {
             Err(e) => eprintln!("truncated to {len}: {e}"),
             Ok(store) => assert_eq!(store.load().unwrap(), sample(1), "truncated to {len}"),
         }
@@ -221,7 +221,7 @@ fn truncated_file_is_an_error_or_the_saved_state_never_silently_empty() {
 #[test]
 fn flipped_record_byte_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    let store = Store::open(tmp.path(), key(1)).unwrap();
     store.save(&sample(1)).unwrap();
     let record = store.read_record().unwrap().unwrap();
     let path = store.path().to_path_buf();
@@ -233,7 +233,7 @@ fn flipped_record_byte_is_an_error() {
         .expect("the record is stored contiguously");
     bytes[at + seal::HEADER_LEN + 3] ^= 0x01;
     fs::write(&path, &bytes).unwrap();
-    let err = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap_err();
+    let err = Store::open(tmp.path(), key(1)).unwrap_err();
     eprintln!("flipped ciphertext byte: {err}");
 }
 
@@ -266,7 +266,7 @@ fn records_bind_generation_and_version() {
 #[test]
 fn newer_format_on_disk_is_refused_not_overwritten() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    let store = Store::open(tmp.path(), key(1)).unwrap();
     let mut record = seal::seal(&key(1), 1, &sample(1)).unwrap();
     record[0] = 9;
     store.commit(|_, _| Ok(record.clone())).unwrap();
@@ -430,7 +430,7 @@ fn a_store_made_by_the_previous_release_opens_and_migrates() {
     }
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).unwrap();
-    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    let store = Store::open(tmp.path(), key(1)).unwrap();
     let loaded = store.load().unwrap();
     assert_eq!(loaded, sample_from_v1());
     store.save(&loaded).unwrap();
@@ -445,6 +445,6 @@ fn a_store_made_by_the_previous_release_opens_and_migrates() {
         "the generation continues"
     );
     drop(store);
-    let store = Store::open(tmp.path(), key(1), Box::new(NoCache)).unwrap();
+    let store = Store::open(tmp.path(), key(1)).unwrap();
     assert_eq!(store.load().unwrap(), sample_from_v1());
 }

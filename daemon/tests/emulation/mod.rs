@@ -1,7 +1,8 @@
 //! Whether this test binary can start a copy of itself. It cannot under qemu-user without
 //! binfmt_misc (`cargo test --target aarch64-unknown-linux-gnu` on an x86_64 host, as CI runs
 //! it): the guest's exec goes to the host kernel, which cannot run an aarch64 binary. Tests
-//! that re-run the test binary (as a crash child, or under setpriv) skip there, saying why;
+//! that re-run the test binary (as a crash child, or under setpriv) skip there through
+//! `octomil_testkit::skip::emulation_limit`, which allows it only in that emulated CI run;
 //! natively the probe always succeeds, so nothing is skipped.
 
 use std::process::{Command, Stdio};
