@@ -128,6 +128,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let Command::Serve(args) = cli.command;
     init_tracing(args.log_format);
+    if cfg!(panic = "abort") {
+        tracing::warn!(
+            "built with panic = \"abort\": a bug in the embedded MQTT broker would stop the \
+             whole cloud; ship the cloud built with --profile cloud-release (docs/mqtt.md)"
+        );
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
