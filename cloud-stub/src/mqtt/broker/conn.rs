@@ -229,15 +229,12 @@ async fn session(mut c: Conn, connect: Connect, identity: Identity, peer: Socket
         }
         let mut deadline = Instant::now() + idle;
         loop {
+            // Reads come before deliveries: a busy outgoing queue (the cloud's, with every
+            // device's status) must not delay reading the client's own PUBLISH and PINGREQ.
             tokio::select! {
                 biased;
                 () = kick.cancelled() => return Err(ConnError::Protocol("taken over by a new connection")),
                 () = shared.stop.cancelled() => return Ok(()),
-                () = sleep_until(deadline) => return Err(ConnError::Protocol("keep-alive expired")),
-                p = rx.recv() => match p {
-                    Some(p) => c.send_publish(p).await?,
-                    None => return Ok(()),
-                },
                 n = c.io.read_buf(&mut c.buf) => {
                     if n? == 0 {
                         return Err(ConnError::Closed);
@@ -249,6 +246,11 @@ async fn session(mut c: Conn, connect: Connect, identity: Identity, peer: Socket
                         }
                     }
                 }
+                p = rx.recv() => match p {
+                    Some(p) => c.send_publish(p).await?,
+                    None => return Ok(()),
+                },
+                () = sleep_until(deadline) => return Err(ConnError::Protocol("keep-alive expired")),
             }
         }
     }
@@ -478,5 +480,40 @@ mod tests {
         assert!(r.is_err());
         assert!(dropped.load(Ordering::SeqCst));
         assert_eq!(CatchUnwind(Box::pin(async { 7 })).await, Ok(7));
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes a client sends, framed as one packet of any type with any flags, or
+        /// not framed at all, parse to a packet or an error: never a panic.
+        #[test]
+        fn the_codec_never_panics_on_client_bytes(
+            first in any::<u8>(),
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            raw in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut framed = BytesMut::new();
+            framed.extend_from_slice(&[first]);
+            let mut len = body.len();
+            loop {
+                let mut byte = (len % 128) as u8;
+                len /= 128;
+                if len > 0 {
+                    byte |= 0x80;
+                }
+                framed.extend_from_slice(&[byte]);
+                if len == 0 {
+                    break;
+                }
+            }
+            framed.extend_from_slice(&body);
+            framed.extend_from_slice(&raw);
+            for _ in 0..8 {
+                if Packet::read(&mut framed, 256).is_err() {
+                    break;
+                }
+            }
+        }
     }
 }

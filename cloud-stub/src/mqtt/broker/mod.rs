@@ -293,6 +293,9 @@ impl Drop for Slot {
     }
 }
 
+/// Connections the kernel may queue before the accept loop takes them.
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// The cloud's embedded broker, bound and ready to start once the cloud's state exists.
 pub struct Plan {
     listener: std::net::TcpListener,
@@ -312,7 +315,8 @@ impl std::fmt::Debug for Plan {
 }
 
 impl Plan {
-    /// Binds `listen` now (port 0: the port is known before anyone is told it).
+    /// Binds `listen` now (port 0: the port is known before anyone is told it). Must run
+    /// inside the tokio runtime.
     pub fn new(
         listen: SocketAddr,
         pki: &crate::tls::Pki,
@@ -323,7 +327,21 @@ impl Plan {
             addr: listen,
             source,
         };
-        let listener = std::net::TcpListener::bind(listen).map_err(err)?;
+        // A deep backlog: a burst of connects (a fleet coming back, or someone opening
+        // hundreds of idle sockets) must not fill the kernel's queue and make a device's SYN
+        // wait for a retransmit (1 s); std's `bind` listens with 128.
+        let socket = match listen {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(err)?;
+        socket.set_reuseaddr(true).map_err(err)?;
+        socket.bind(listen).map_err(err)?;
+        let listener = socket
+            .listen(LISTEN_BACKLOG)
+            .map_err(err)?
+            .into_std()
+            .map_err(err)?;
         let addr = listener.local_addr().map_err(err)?;
         Ok(Self {
             listener,
