@@ -23,13 +23,14 @@ use std::time::Duration;
 use octomil_common::{Secret, token};
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 
-use crate::files::{self, FilesError};
+use crate::files::FilesError;
 use crate::tls::{self, Pki, TlsError};
 
 /// Username of the cloud's own session on the embedded broker (devices use their id, which
 /// the register endpoint refuses to hand out under this name).
 pub const CLOUD_USERNAME: &str = "octomil-cloud";
 /// The cloud's embedded-broker password: random, 0600 in the state dir.
+#[cfg(feature = "embedded-broker")]
 const CLOUD_SECRET_FILE: &str = "mqtt_cloud_password";
 /// How long `POST /devices/{id}/revoke` waits for the broker's PUBACK before answering 202.
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -225,6 +226,7 @@ pub(crate) async fn start(
 
 /// Resolves `mode` into client options (and a broker plan in embedded mode). `None` when
 /// MQTT is disabled.
+#[cfg_attr(not(feature = "embedded-broker"), allow(unused_variables))]
 pub(crate) fn prepare(
     mode: &MqttMode,
     dir: &Path,
@@ -310,13 +312,14 @@ fn client_options(
 }
 
 /// The cloud's password on the embedded broker, created on first start.
+#[cfg(feature = "embedded-broker")]
 fn cloud_secret(dir: &Path) -> Result<Secret<String>, MqttError> {
     let path = dir.join(CLOUD_SECRET_FILE);
-    match files::read_secret_string(&path) {
+    match crate::files::read_secret_string(&path) {
         Ok(s) if !s.expose().is_empty() => Ok(s),
         _ => {
             let secret = token::random_base62(32);
-            files::write_private(&path, secret.expose().as_bytes())?;
+            crate::files::write_private(&path, secret.expose().as_bytes())?;
             Ok(secret)
         }
     }
