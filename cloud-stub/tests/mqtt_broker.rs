@@ -388,3 +388,59 @@ async fn unauthenticated_connections_are_capped_per_address_and_devices_are_not(
     drop(idle);
     env.handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_one_connection_ends_only_that_connection() {
+    use octomil_cloud::mqtt::auth::{Authenticator, Identity, Login as AuthLogin, Refused};
+    use octomil_cloud::mqtt::broker;
+
+    /// A bug stand-in: panics on the login named "boom".
+    struct Buggy;
+    impl Authenticator for Buggy {
+        fn authenticate(&self, login: &AuthLogin<'_>) -> Result<Identity, Refused> {
+            assert_ne!(login.username, Some("boom"), "a bug in the broker");
+            Ok(Identity::Cloud)
+        }
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let b = broker::serve(
+        listener,
+        None,
+        std::sync::Arc::new(Buggy),
+        Limits::default(),
+        &tasks,
+        stop.clone(),
+    )
+    .unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", b.addr.port());
+    let login = |id: &'static str, user: &'static str| Login {
+        url: &url,
+        ca_pem: None,
+        client_id: id,
+        username: user,
+        password: "x",
+        will: None,
+        clean: true,
+    };
+    let mut before = TestClient::connect(login("before", "ok")).await.unwrap();
+    before.subscribe("octomil/v1/devices/+/revocation").await;
+    assert!(TestClient::connect(login("boom", "boom")).await.is_err());
+    assert_eq!(b.stats().panics.load(Ordering::Relaxed), 1);
+    // The broker, and the session that was there before, carry on; the slot was released.
+    let mut after = TestClient::connect(login("after", "ok")).await.unwrap();
+    after
+        .publish_retained("octomil/v1/devices/edge-1/revocation", b"r".to_vec())
+        .await;
+    let p = before
+        .next_publish("octomil/v1/devices/edge-1/revocation")
+        .await;
+    assert_eq!(&p.payload[..], b"r");
+    assert_eq!(b.connections(), 2);
+    stop.cancel();
+    tasks.close();
+    tokio::time::timeout(DEADLINE, tasks.wait())
+        .await
+        .expect("the broker stops");
+}
