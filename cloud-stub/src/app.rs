@@ -24,6 +24,9 @@ pub struct Cloud {
     pub publisher: Arc<dyn RevocationPublisher>,
     /// MQTT URL devices connect to, if a broker is configured.
     pub mqtt_url: Option<String>,
+    /// The name the cloud's own MQTT session logs in with (embedded: `octomil-cloud`;
+    /// external: `--mqtt-username`); registration refuses it as a device id.
+    pub mqtt_identity: Option<String>,
     /// What devices last reported on their status topics.
     pub presence: crate::mqtt::presence::PresenceTable,
     /// Failure switches for tests (all off by default).

@@ -100,6 +100,8 @@ impl CloudStub {
             mqtt: MqttMode::Disabled,
             mqtt_device_url: None,
             mqtt_ack_timeout: mqtt::DEFAULT_ACK_TIMEOUT,
+            #[cfg(feature = "embedded-broker")]
+            broker_limits: mqtt::broker::Limits::default(),
             grace: Duration::from_secs(10),
         }
     }
@@ -119,6 +121,8 @@ pub struct Builder {
     mqtt: MqttMode,
     mqtt_device_url: Option<String>,
     mqtt_ack_timeout: Duration,
+    #[cfg(feature = "embedded-broker")]
+    broker_limits: mqtt::broker::Limits,
     grace: Duration,
 }
 
@@ -179,6 +183,13 @@ impl Builder {
         self
     }
 
+    /// The embedded broker's caps and timeouts (default: [`mqtt::broker::Limits::default`]).
+    #[cfg(feature = "embedded-broker")]
+    pub fn mqtt_broker_limits(mut self, limits: mqtt::broker::Limits) -> Self {
+        self.broker_limits = limits;
+        self
+    }
+
     /// How long shutdown waits for in-flight requests.
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
@@ -219,7 +230,21 @@ impl Builder {
             source,
         })?;
 
-        let prepared = mqtt::prepare(&self.mqtt, &dir, &pki, self.mqtt_device_url)?;
+        let prepared = mqtt::prepare(
+            &self.mqtt,
+            &dir,
+            &pki,
+            self.mqtt_device_url,
+            #[cfg(feature = "embedded-broker")]
+            self.broker_limits,
+        )?;
+        // The name the cloud logs in to its broker with: no device may be registered as it.
+        let mqtt_identity = match &self.mqtt {
+            MqttMode::Disabled => None,
+            #[cfg(feature = "embedded-broker")]
+            MqttMode::Embedded { .. } => Some(mqtt::CLOUD_USERNAME.to_owned()),
+            MqttMode::External(ext) => ext.username.clone(),
+        };
         let (publisher, session, mqtt_url, vouched): (Arc<dyn RevocationPublisher>, _, _, _) =
             match prepared {
                 Some(p) => {
@@ -245,6 +270,7 @@ impl Builder {
             challenges: challenge::Challenges::new(init::challenge_key(&dir)?),
             publisher,
             mqtt_url: mqtt_url.clone(),
+            mqtt_identity,
             presence: PresenceTable::new(vouched),
             faults: Default::default(),
         });
@@ -252,9 +278,15 @@ impl Builder {
         let tasks = tokio_util::task::TaskTracker::new();
         let mqtt_stop = CancellationToken::new();
         let mut mqtt_up = None;
+        #[cfg(feature = "embedded-broker")]
+        let mut broker = None;
         if let Some((session, prepared)) = session {
-            let up = mqtt::start(session, prepared, &cloud, &tasks, &mqtt_stop).await?;
-            mqtt_up = Some(up);
+            let started = mqtt::start(session, prepared, &cloud, &tasks, &mqtt_stop).await?;
+            mqtt_up = Some(started.up);
+            #[cfg(feature = "embedded-broker")]
+            {
+                broker = started.broker;
+            }
         }
 
         let host = match addr.ip() {
@@ -303,6 +335,8 @@ impl Builder {
             tasks,
             mqtt_stop,
             mqtt_up,
+            #[cfg(feature = "embedded-broker")]
+            broker,
         })
     }
 }
@@ -329,6 +363,8 @@ pub struct Handle {
     tasks: tokio_util::task::TaskTracker,
     mqtt_stop: CancellationToken,
     mqtt_up: Option<tokio::sync::watch::Receiver<bool>>,
+    #[cfg(feature = "embedded-broker")]
+    broker: Option<mqtt::broker::Broker>,
 }
 
 impl Handle {
@@ -353,6 +389,12 @@ impl Handle {
     /// Whether the cloud's MQTT session is connected to its broker (false without MQTT).
     pub fn mqtt_connected(&self) -> bool {
         self.mqtt_up.as_ref().is_some_and(|u| *u.borrow())
+    }
+
+    /// The embedded broker (its address, counters and state), if it runs.
+    #[cfg(feature = "embedded-broker")]
+    pub fn broker(&self) -> Option<&mqtt::broker::Broker> {
+        self.broker.as_ref()
     }
 
     /// A token that cancels the server when cancelled (e.g. from a signal handler).

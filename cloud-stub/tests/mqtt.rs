@@ -9,6 +9,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use octomil_cloud::mqtt::MqttError;
 use octomil_cloud::{ExternalBroker, MqttMode};
 use octomil_common::envelope;
 use octomil_common::proof;
@@ -344,4 +345,65 @@ async fn deleting_a_device_clears_its_retained_revocation() {
     assert!(observer.next_publish(&topic).await.payload.is_empty());
     assert_eq!(outbox_len(&env).await, 0);
     env.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_plaintext_broker_url_off_loopback_is_refused_at_start() {
+    support::install_crypto();
+    // The library: for the cloud's own broker and for the URL devices are told.
+    let dir = tempfile::tempdir().unwrap();
+    let r = octomil_cloud::CloudStub::builder(dir.path().join("a"))
+        .mqtt(external("mqtt://broker.example:1883".into()))
+        .spawn()
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(octomil_cloud::CloudError::Mqtt(
+                MqttError::PlainNotLoopback { .. }
+            ))
+        ),
+        "{r:?}"
+    );
+    let r = octomil_cloud::CloudStub::builder(dir.path().join("b"))
+        .mqtt(embedded())
+        .mqtt_device_url("mqtt://10.1.2.3:1883")
+        .spawn()
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(octomil_cloud::CloudError::Mqtt(
+                MqttError::PlainNotLoopback { .. }
+            ))
+        ),
+        "{r:?}"
+    );
+    // Loopback stays allowed (development), and so does TLS anywhere.
+    let env = start_with(tempfile::tempdir().unwrap(), |b| {
+        b.mqtt(embedded())
+            .mqtt_device_url("mqtts://broker.example:8883")
+    })
+    .await;
+    env.handle.shutdown().await;
+
+    // The binary says why and exits non-zero, for either flag.
+    for flag in [
+        ["--mqtt-broker", "mqtt://broker.example:1883"],
+        ["--mqtt-device-url", "mqtt://192.0.2.7:1883"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_octomil-cloud"))
+            .args(["serve", "--state-dir"])
+            .arg(dir.path().join("bin"))
+            .args(flag)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag:?}: {stderr}");
+        assert!(
+            stderr.contains("clear text") && stderr.contains("mqtts://"),
+            "{flag:?}: {stderr}"
+        );
+        assert!(!dir.path().join("bin/cloud.json").exists());
+    }
 }

@@ -64,7 +64,9 @@ pub async fn register(
     .map_err(|e| {
         ApiError::bad_request(codes::INVALID_TOKEN_FORMAT, format!("bootstrap_token: {e}"))
     })?;
-    if req.device_id.as_str() == crate::mqtt::CLOUD_USERNAME {
+    if req.device_id.as_str() == crate::mqtt::CLOUD_USERNAME
+        || state.mqtt_identity.as_deref() == Some(req.device_id.as_str())
+    {
         // The cloud's own broker login; a device by that name could never log in.
         return Err(ApiError::bad_request(
             codes::INVALID_DEVICE_ID,

@@ -128,6 +128,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let Command::Serve(args) = cli.command;
     init_tracing(args.log_format);
+    if cfg!(panic = "abort") {
+        tracing::warn!(
+            "built with panic = \"abort\": a bug in the embedded MQTT broker would stop the \
+             whole cloud; ship the cloud built with --profile cloud-release (docs/mqtt.md)"
+        );
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -191,8 +197,7 @@ async fn wait_for_signal() {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // rumqttd logs every connection at INFO: keep its warnings and errors only.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -2,7 +2,7 @@
 //!
 //! In every mode the cloud talks to the broker as an ordinary rumqttc client: it publishes
 //! revocations retained at QoS 1 and subscribes to the devices' status topics. Embedded mode
-//! additionally runs rumqttd in-process (see [`broker`]).
+//! additionally runs our own broker in-process (see [`broker`]).
 
 #[cfg(feature = "embedded-broker")]
 pub mod auth;
@@ -16,7 +16,6 @@ pub mod publisher;
 mod session;
 
 use std::net::IpAddr;
-#[cfg(feature = "embedded-broker")]
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,13 +23,14 @@ use std::time::Duration;
 use octomil_common::{Secret, token};
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 
-use crate::files::{self, FilesError};
+use crate::files::FilesError;
 use crate::tls::{self, Pki, TlsError};
 
 /// Username of the cloud's own session on the embedded broker (devices use their id, which
 /// the register endpoint refuses to hand out under this name).
 pub const CLOUD_USERNAME: &str = "octomil-cloud";
 /// The cloud's embedded-broker password: random, 0600 in the state dir.
+#[cfg(feature = "embedded-broker")]
 const CLOUD_SECRET_FILE: &str = "mqtt_cloud_password";
 /// How long `POST /devices/{id}/revoke` waits for the broker's PUBACK before answering 202.
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,8 +44,8 @@ pub const STATUS_FILTER: &str = "octomil/v1/devices/+/status";
 pub enum MqttMode {
     /// No broker: revocations are recorded and enforced at the next refresh, not pushed.
     Disabled,
-    /// rumqttd in this process, MQTT 3.1.1 over TLS with the cloud's server certificate.
-    /// Port 0 picks a free port (see [`broker`] for the race that implies).
+    /// The embedded broker ([`broker`]), MQTT 3.1.1 over TLS with the cloud's server
+    /// certificate. Port 0 picks a free port (`cloud.json` says which).
     #[cfg(feature = "embedded-broker")]
     Embedded { listen: SocketAddr },
     /// Any MQTT 3.1.1 broker (Mosquitto, EMQX, HiveMQ); the cloud is one of its clients.
@@ -86,8 +86,7 @@ pub enum MqttError {
     #[error(transparent)]
     Files(#[from] FilesError),
     #[error(
-        "the embedded MQTT broker on {addr} did not accept the cloud's session within {secs} s \
-         (port taken between choosing and binding it?)"
+        "the embedded MQTT broker on {addr} did not accept the cloud's session within {secs} s"
     )]
     BrokerDown { addr: SocketAddr, secs: u64 },
 }
@@ -176,31 +175,34 @@ impl std::fmt::Debug for Prepared {
 #[cfg(feature = "embedded-broker")]
 const EMBEDDED_BROKER_DEADLINE: Duration = Duration::from_secs(10);
 
+/// What [`start`] brought up: a watch of the cloud's session being up, and the embedded
+/// broker if there is one.
+pub(crate) struct Started {
+    pub up: tokio::sync::watch::Receiver<bool>,
+    #[cfg(feature = "embedded-broker")]
+    pub broker: Option<broker::Broker>,
+}
+
 /// Starts the embedded broker (if any) and the cloud's session on `tasks`. An embedded broker
 /// must be serving before `cloud.json` says so, so this waits for the session to log in; an
-/// external broker may come and go (the outbox covers the gap). Returns a watch of the
-/// session being up.
+/// external broker may come and go (the outbox covers the gap).
 pub(crate) async fn start(
     session: publisher::Session,
     prepared: Prepared,
     cloud: &crate::AppState,
     tasks: &tokio_util::task::TaskTracker,
     stop: &tokio_util::sync::CancellationToken,
-) -> Result<tokio::sync::watch::Receiver<bool>, MqttError> {
+) -> Result<Started, MqttError> {
     #[cfg(feature = "embedded-broker")]
     let embedded = match prepared.broker {
-        Some(plan) => {
-            let addr = plan.addr;
-            broker::start(plan, std::sync::Arc::downgrade(cloud))?;
-            Some(addr)
-        }
+        Some(plan) => Some(plan.start(std::sync::Arc::downgrade(cloud), tasks, stop.clone())?),
         None => None,
     };
     #[cfg(not(feature = "embedded-broker"))]
     let _ = prepared;
     let up = session.spawn(tasks, cloud.clone(), stop.clone());
     #[cfg(feature = "embedded-broker")]
-    if let Some(addr) = embedded {
+    if let Some(addr) = embedded.as_ref().map(|b| b.addr) {
         let mut watch = up.clone();
         let ready = tokio::time::timeout(EMBEDDED_BROKER_DEADLINE, watch.wait_for(|u| *u))
             .await
@@ -215,23 +217,34 @@ pub(crate) async fn start(
             });
         }
     }
-    Ok(up)
+    Ok(Started {
+        up,
+        #[cfg(feature = "embedded-broker")]
+        broker: embedded,
+    })
 }
 
 /// Resolves `mode` into client options (and a broker plan in embedded mode). `None` when
 /// MQTT is disabled.
+#[cfg_attr(not(feature = "embedded-broker"), allow(unused_variables))]
 pub(crate) fn prepare(
     mode: &MqttMode,
     dir: &Path,
     pki: &Pki,
     device_url: Option<String>,
+    #[cfg(feature = "embedded-broker")] limits: broker::Limits,
 ) -> Result<Option<Prepared>, MqttError> {
+    if let Some(url) = device_url.as_deref().filter(|u| u.starts_with("mqtt://")) {
+        // Devices are told this URL and send their credentials to it: clear text only to
+        // loopback (`BrokerUrl::parse` refuses the rest with `PlainNotLoopback`).
+        BrokerUrl::parse(url)?;
+    }
     match mode {
         MqttMode::Disabled => Ok(None),
         #[cfg(feature = "embedded-broker")]
         MqttMode::Embedded { listen } => {
             let secret = cloud_secret(dir)?;
-            let plan = broker::Plan::new(*listen, dir, &secret)?;
+            let plan = broker::Plan::new(*listen, pki, &secret, limits)?;
             let local = plan.local_addr();
             let url = BrokerUrl {
                 tls: true,
@@ -299,13 +312,14 @@ fn client_options(
 }
 
 /// The cloud's password on the embedded broker, created on first start.
+#[cfg(feature = "embedded-broker")]
 fn cloud_secret(dir: &Path) -> Result<Secret<String>, MqttError> {
     let path = dir.join(CLOUD_SECRET_FILE);
-    match files::read_secret_string(&path) {
+    match crate::files::read_secret_string(&path) {
         Ok(s) if !s.expose().is_empty() => Ok(s),
         _ => {
             let secret = token::random_base62(32);
-            files::write_private(&path, secret.expose().as_bytes())?;
+            crate::files::write_private(&path, secret.expose().as_bytes())?;
             Ok(secret)
         }
     }

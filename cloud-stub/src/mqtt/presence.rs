@@ -42,8 +42,9 @@ pub enum Ignored {
 #[derive(Debug, Default)]
 pub struct PresenceTable {
     seen: Mutex<HashMap<String, Seen>>,
-    /// Trust "online" only from a device that logged in to the embedded broker: rumqttd has
-    /// no ACLs, so any device could publish on another's status topic.
+    /// Trust "online" only from a device that logged in to the embedded broker since the
+    /// cloud started (its ACLs already keep each device to its own status topic; this also
+    /// keeps a stale retained "online" from before a restart from counting).
     vouched: bool,
     ignored: AtomicU64,
 }

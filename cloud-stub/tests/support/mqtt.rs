@@ -198,37 +198,30 @@ impl Drop for TestClient {
     }
 }
 
-/// Starts a plain-TCP rumqttd on `127.0.0.1:port` with no authentication: a broker that
-/// "appears" in the middle of a test. Like every rumqttd, it lives until the process ends.
+/// Starts a plain-TCP broker on `127.0.0.1:port` that lets anyone in as the cloud (publish
+/// revocations, subscribe anywhere): a broker that "appears" in the middle of a test. It is
+/// the embedded broker without TLS and with an allow-all authenticator; it serves until the
+/// test's runtime ends.
+#[cfg(feature = "embedded-broker")]
 pub fn plain_broker(port: u16) {
-    use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
-    let server = ServerSettings {
-        name: format!("test-plain-{port}"),
-        listen: ([127, 0, 0, 1], port).into(),
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections: ConnectionSettings {
-            connection_timeout_ms: 5000,
-            max_payload_size: 20 * 1024,
-            max_inflight_count: 100,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
-    };
-    let config = Config {
-        id: 1000 + usize::from(port),
-        router: RouterConfig {
-            max_connections: 100,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 10,
-            ..RouterConfig::default()
-        },
-        v4: Some([("1".to_owned(), server)].into_iter().collect()),
-        ..Config::default()
-    };
-    std::thread::spawn(move || {
-        let _ = Broker::new(config).start();
-    });
+    use octomil_cloud::mqtt::auth::{Authenticator, Identity, Login, Refused};
+    use octomil_cloud::mqtt::broker::{self, Limits};
+
+    struct Anyone;
+    impl Authenticator for Anyone {
+        fn authenticate(&self, _: &Login<'_>) -> Result<Identity, Refused> {
+            Ok(Identity::Cloud)
+        }
+    }
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let tasks = tokio_util::task::TaskTracker::new();
+    broker::serve(
+        listener,
+        None,
+        Arc::new(Anyone),
+        Limits::default(),
+        &tasks,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .unwrap();
 }

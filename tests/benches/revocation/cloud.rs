@@ -16,7 +16,7 @@ use serde_json::json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Broker {
-    /// rumqttd inside the cloud process.
+    /// The embedded broker inside the cloud process.
     Embedded,
     /// A Mosquitto process; the cloud is one of its clients (`--mqtt-broker`).
     Mosquitto,
@@ -92,7 +92,7 @@ impl Cloud {
         let mut child = KillOnDrop(
             Command::new(bin("octomil-cloud"))
                 .args(&args)
-                .env("RUST_LOG", "info,rumqttd=warn")
+                .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap())
