@@ -48,11 +48,18 @@ impl BootstrapSource {
         let candidates = self
             .credentials_dir
             .iter()
-            .map(|d| d.join(BOOTSTRAP_CREDENTIAL))
-            .chain(self.file.clone());
-        for path in candidates {
-            match std::fs::read_to_string(&path) {
-                Ok(s) if !s.trim().is_empty() => return Ok(Secret::new(s.trim().to_owned())),
+            .map(|d| (d.join(BOOTSTRAP_CREDENTIAL), true))
+            .chain(self.file.clone().map(|f| (f, false)));
+        for (path, credential) in candidates {
+            // Read through the descriptor that was checked; a file that exists but is unsafe
+            // (group/other bits, a symlink, another owner) is an error naming it, not skipped.
+            let read = if credential {
+                crate::store::read_credential(&path)
+            } else {
+                crate::store::read_provisioned_secret(&path)
+            };
+            match read.map_err(|e| e.to_string())? {
+                Some(s) if !s.expose().is_empty() => return Ok(s),
                 _ => tried.push(path.display().to_string()),
             }
         }

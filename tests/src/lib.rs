@@ -286,7 +286,16 @@ impl DaemonOptions {
         std::fs::create_dir_all(dir).expect("daemon dir");
         let boot = dir.join("bootstrap_token");
         if let Some(t) = &self.bootstrap_token {
-            std::fs::write(&boot, t).expect("bootstrap token");
+            // 0600: octomild refuses a bootstrap token file that group or others may read.
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&boot)
+                .expect("bootstrap token");
+            std::io::Write::write_all(&mut f, t.as_bytes()).expect("bootstrap token");
         }
         let config = format!(
             "cloud_url = {:?}\nca_file = {:?}\nbootstrap_token_file = {:?}\ndevice_id = {:?}\nstate_dir = {:?}\nsocket = {:?}\nshutdown_grace = \"2s\"\n{}\n",

@@ -19,6 +19,23 @@ pub enum StoreError {
     #[error("{} is not a regular file", path.display())]
     NotAFile { path: PathBuf },
     #[error(
+        "{} is readable or writable by group or others (mode {mode:o}); a secret file must \
+         be 0600 or 0400: chmod 600 it",
+        path.display()
+    )]
+    InsecureMode { path: PathBuf, mode: u32 },
+    #[error(
+        "{} is owned by uid {owner}, neither this process (uid {euid}) nor root",
+        path.display()
+    )]
+    WrongOwner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+    #[error("{} is not UTF-8 text", path.display())]
+    NotText { path: PathBuf },
+    #[error(
         "seal key {}: expected 32 raw bytes or 44 characters of base64, found {len} bytes",
         path.display()
     )]

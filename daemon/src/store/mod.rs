@@ -36,6 +36,38 @@ pub use fsx::ensure_private_dir;
 pub use fsx::replace_private_file;
 pub use seal::{KeySource, SealKey};
 
+/// Reads a secret file someone else provisioned (the bootstrap token file): opened once
+/// without following a symlink, checked through that descriptor (a regular file owned by this
+/// process's uid or root, no group/other permission bits: refused, never tightened) and read
+/// from it. `Ok(None)` when the file does not exist.
+pub fn read_provisioned_secret(path: &Path) -> Result<Option<Secret<String>>, StoreError> {
+    read_secret_text(path, fsx::LooseMode::Refuse)
+}
+
+/// Reads a systemd credential (`$CREDENTIALS_DIRECTORY/NAME`) through one descriptor: a regular
+/// file, no symlink; its mode is systemd's. `Ok(None)` when it does not exist.
+pub fn read_credential(path: &Path) -> Result<Option<Secret<String>>, StoreError> {
+    read_secret_text(path, fsx::LooseMode::Trust)
+}
+
+fn read_secret_text(
+    path: &Path,
+    loose: fsx::LooseMode,
+) -> Result<Option<Secret<String>>, StoreError> {
+    match fsx::read_private_file(path, loose) {
+        Ok(bytes) => {
+            let text = std::str::from_utf8(&bytes).map_err(|_| StoreError::NotText {
+                path: path.to_path_buf(),
+            })?;
+            Ok(Some(Secret::new(text.trim().to_owned())))
+        }
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 use error::open_error;
 use seal::Header;
 

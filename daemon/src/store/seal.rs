@@ -71,21 +71,18 @@ impl SealKey {
     ) -> Result<(SealKey, KeySource), StoreError> {
         if let Some(dir) = credentials_dir {
             let path = dir.join(CREDENTIAL_NAME);
-            if path.exists() {
-                let bytes =
-                    std::fs::read(&path)
-                        .map(Zeroizing::new)
-                        .map_err(|source| StoreError::Io {
-                            action: "read",
-                            path: path.clone(),
-                            source,
-                        })?;
-                return Ok((parse_key(&bytes, &path)?, KeySource::SystemdCredential));
+            match fsx::read_private_file(&path, fsx::LooseMode::Trust) {
+                Ok(bytes) => return Ok((parse_key(&bytes, &path)?, KeySource::SystemdCredential)),
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    tracing::debug!(
+                        path = %path.display(),
+                        "no seal key credential; using the key file"
+                    );
+                }
+                Err(e) => return Err(e),
             }
-            tracing::debug!(
-                path = %path.display(),
-                "no seal key credential; using the key file"
-            );
         }
         if !key_file.exists() {
             fsx::ensure_parent_dir(key_file)?;
@@ -96,7 +93,7 @@ impl SealKey {
             }
             // Another process created it between our check and our link: use theirs.
         }
-        let bytes = fsx::read_private_file(key_file)?;
+        let bytes = fsx::read_private_file(key_file, fsx::LooseMode::Tighten)?;
         Ok((
             parse_key(&bytes, key_file)?,
             KeySource::KeyFile(key_file.to_path_buf()),

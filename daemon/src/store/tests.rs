@@ -341,6 +341,63 @@ fn systemd_credential_is_preferred_raw_and_base64() {
 }
 
 #[test]
+fn a_symlinked_seal_key_credential_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let creds = tmp.path().join("creds");
+    fs::create_dir(&creds).unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::write(&elsewhere, [3u8; 32]).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, creds.join(seal::CREDENTIAL_NAME)).unwrap();
+    let err = SealKey::load_or_create(Some(&creds), &tmp.path().join("k")).unwrap_err();
+    assert!(matches!(err, StoreError::NotAFile { .. }), "{err:?}");
+}
+
+/// The bootstrap token file is read through the checked descriptor: a group- or
+/// other-accessible file, or a symlink, is refused with an error naming it.
+#[test]
+fn bootstrap_token_file_must_be_private() {
+    use crate::agent::BootstrapSource;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("bootstrap-token");
+    let token = "edg_bootstrap_AAAAbbbbCCCCddddEEEEffffGGGGhhhh";
+    fs::write(&file, format!("{token}\n")).unwrap();
+    let source = BootstrapSource {
+        credentials_dir: None,
+        file: Some(file.clone()),
+        env: None,
+    };
+    for loose in [0o644, 0o640, 0o620, 0o602] {
+        fs::set_permissions(&file, fs::Permissions::from_mode(loose)).unwrap();
+        let err = source.read().unwrap_err();
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(err.contains("group or others"), "{err}");
+        assert!(!err.contains(token), "{err}");
+    }
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(source.read().unwrap().expose(), token);
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o400)).unwrap();
+    assert_eq!(source.read().unwrap().expose(), token);
+
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let err = BootstrapSource {
+        credentials_dir: None,
+        file: Some(link.clone()),
+        env: None,
+    }
+    .read()
+    .unwrap_err();
+    assert!(err.contains(&link.display().to_string()), "{err}");
+
+    let missing = BootstrapSource {
+        credentials_dir: None,
+        file: Some(tmp.path().join("gone")),
+        env: None,
+    };
+    assert!(missing.read().unwrap_err().contains("no bootstrap token"));
+}
+
+#[test]
 fn bad_key_length_names_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let cred = tmp.path().join(seal::CREDENTIAL_NAME);
