@@ -11,6 +11,7 @@
 //! keyring): the daemon loads the store once per start and keeps its state in memory, so a
 //! cache had nothing to save; `docs/security.md` ("No keyring cache") has the measurements.
 
+mod datakey;
 mod error;
 mod fsx;
 pub mod seal;
@@ -20,6 +21,7 @@ mod v1;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use octomil_common::Secret;
 use octomil_common::wire::{MqttInfo, RateLimits};
@@ -68,11 +70,16 @@ fn read_secret_text(
     }
 }
 
+pub use datakey::KEYS_FILE;
+use datakey::{DataKey, KeyFile};
 use error::open_error;
-use seal::Header;
+use seal::{FIRST_DATA_KEY_FORMAT, Header, OpenError};
 
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "state.redb";
+/// A fresh database is built under this name when a store of an older format is migrated,
+/// then renamed over [`DB_FILE`].
+const MIGRATE_FILE: &str = ".state.redb.migrate";
 /// The one table and the one row that hold the sealed record.
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("sealed_state");
 const ROW: &str = "persisted";
@@ -137,6 +144,9 @@ pub struct Revoked {
 pub struct Store {
     db: Database,
     key: SealKey,
+    /// `state.keys`. The lock is held for a whole save, slots included: two saves must not
+    /// interleave their slot writes and destroys.
+    keys: Mutex<KeyFile>,
     path: PathBuf,
 }
 
@@ -145,6 +155,7 @@ impl fmt::Debug for Store {
         f.debug_struct("Store")
             .field("path", &self.path)
             .field("key", &self.key)
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }
@@ -159,12 +170,131 @@ impl Store {
     pub fn open(state_dir: &Path, key: SealKey) -> Result<Store, StoreError> {
         fsx::ensure_private_dir(state_dir)?;
         let path = state_dir.join(DB_FILE);
+        let keys_path = state_dir.join(KEYS_FILE);
         fsx::ensure_private_file(&path)?;
-        precheck(&path, &key)?;
+        precheck(&path, &keys_path, &key)?;
+        let keys = KeyFile::open_or_create(&keys_path)?;
         let db = builder().create(&path).map_err(|e| open_error(&path, e))?;
-        let store = Store { db, key, path };
+        let store = Store {
+            db,
+            key,
+            keys: Mutex::new(keys),
+            path,
+        };
+        let store = store.migrate(state_dir)?;
         store.load()?;
+        store.destroy_unreferenced_key()?;
         Ok(store)
+    }
+
+    /// A store of format 1 or 2 holds records sealed under the seal key alone, in its live
+    /// page and in freed ones. It is rewritten as a fresh database holding one format-3 record
+    /// (the next generation) and renamed over the old file, so no record sealed under the seal
+    /// key alone stays in the state directory. A crash before the rename leaves the old store
+    /// (the half-built file is discarded next time); after it, the new one.
+    fn migrate(self, state_dir: &Path) -> Result<Store, StoreError> {
+        let Some(record) = self.read_record()? else {
+            return Ok(self);
+        };
+        let header = Header::parse(&record).map_err(|e| e.into_store_error(&self.path))?;
+        if header.version >= FIRST_DATA_KEY_FORMAT {
+            return Ok(self);
+        }
+        let state = self.unseal(&self.lock_keys(), &record)?;
+        let tmp = state_dir.join(MIGRATE_FILE);
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::Io {
+                    action: "remove",
+                    path: tmp,
+                    source,
+                });
+            }
+        }
+        fsx::ensure_private_file(&tmp)?;
+        let generation = next_generation(&self.path, Some(&record))?;
+        {
+            let fresh = builder().create(&tmp).map_err(|e| open_error(&tmp, e))?;
+            let keys = self.lock_keys();
+            let mut tx = fresh.begin_write().map_err(|e| db_err(&tmp, e))?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(|e| db_err(&tmp, e))?;
+            {
+                let mut table = tx.open_table(TABLE).map_err(|e| db_err(&tmp, e))?;
+                let sealed = self.seal_new(&keys, generation, &state)?;
+                table
+                    .insert(ROW, sealed.as_slice())
+                    .map_err(|e| db_err(&tmp, e))?;
+            }
+            tx.commit().map_err(|e| db_err(&tmp, e))?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(|source| StoreError::Io {
+            action: "replace",
+            path: self.path.clone(),
+            source,
+        })?;
+        fsx::sync_dir(state_dir)?;
+        tracing::info!(
+            path = %self.path.display(),
+            from = header.version,
+            to = seal::FORMAT_VERSION,
+            "migrated the store"
+        );
+        let Store {
+            db,
+            key,
+            keys,
+            path,
+        } = self;
+        drop(db);
+        let db = builder().create(&path).map_err(|e| open_error(&path, e))?;
+        Ok(Store {
+            db,
+            key,
+            keys,
+            path,
+        })
+    }
+
+    /// After a crash between a commit and the destruction of the previous data key (or
+    /// before a commit that never happened), the slot the current record does not use may
+    /// still hold a key: destroy it.
+    fn destroy_unreferenced_key(&self) -> Result<(), StoreError> {
+        let keys = self.lock_keys();
+        let Some(record) = self.read_record()? else {
+            // No record: no slot is referenced.
+            keys.destroy(0)?;
+            return keys.destroy(1);
+        };
+        let header = Header::parse(&record).map_err(|e| e.into_store_error(&self.path))?;
+        keys.destroy(header.generation.wrapping_add(1))
+    }
+
+    fn lock_keys(&self) -> MutexGuard<'_, KeyFile> {
+        // A panic while the lock was held left the file in one of the states a crash can
+        // leave: still usable.
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens a record with the key its format needs: the seal key (formats 1 and 2) or the
+    /// data key of its generation from `state.keys` (format 3).
+    fn unseal(&self, keys: &KeyFile, record: &[u8]) -> Result<Persisted, StoreError> {
+        unseal(&self.key, keys, record).map_err(|e| e.into_store_error(&self.path))
+    }
+
+    /// Seals `state` as `generation` under a fresh data key, which is durably in its slot
+    /// before this returns (and so before the record can be committed).
+    fn seal_new(
+        &self,
+        keys: &KeyFile,
+        generation: u64,
+        state: &Persisted,
+    ) -> Result<Vec<u8>, StoreError> {
+        let dk = DataKey::generate()?;
+        keys.write(&self.key, generation, &dk)?;
+        seal::seal(&dk, generation, state).map_err(|e| e.into_store_error(&self.path))
     }
 
     /// The database file.
@@ -175,31 +305,33 @@ impl Store {
     /// Reads and unseals the record. An empty store is `Persisted::default()`; a record that
     /// does not open is an error, never an empty state.
     pub fn load(&self) -> Result<Persisted, StoreError> {
+        let keys = self.lock_keys();
         let Some(disk) = self.read_record()? else {
             return Ok(Persisted::default());
         };
-        seal::open(&self.key, &disk).map_err(|e| e.into_store_error(&self.path))
+        self.unseal(&keys, &disk)
     }
 
     /// Durable and atomic: one redb write transaction (`Durability::Immediate`) replaces the
-    /// record with `state` sealed at the next generation.
+    /// record with `state` sealed at the next generation under a fresh data key; the previous
+    /// record's data key is destroyed once the new record is committed.
     pub fn save(&self, state: &Persisted) -> Result<(), StoreError> {
-        self.commit(|_, generation| {
-            seal::seal(&self.key, generation, state).map_err(|e| e.into_store_error(&self.path))
-        })
+        self.commit(|_| Ok(state.clone()))
     }
 
     /// Revocation: removes identity and credentials, records `revoked` (and its `seq` as the
-    /// last one acted on), in one durable transaction. A record that no longer opens is
-    /// overwritten all the same: the secrets must go either way.
+    /// last one acted on), in one durable transaction, then destroys the previous record's
+    /// data key: once this returns, no earlier record left in `state.redb`'s freed pages opens
+    /// with anything the state directory holds, seal key included. A record that no longer
+    /// opens is overwritten all the same: the secrets must go either way.
     pub fn wipe_secrets(&self, revoked: Revoked) -> Result<(), StoreError> {
-        self.commit(|current, generation| {
-            let mut state = match current.map(|bytes| seal::open(&self.key, bytes)) {
+        self.commit(|current| {
+            let mut state = match current {
                 None => Persisted::default(),
                 Some(Ok(state)) => state,
                 Some(Err(e)) => {
                     tracing::warn!(
-                        error = %e.into_store_error(&self.path),
+                        error = %e,
                         "revocation overwrites an unreadable store"
                     );
                     Persisted::default()
@@ -209,7 +341,7 @@ impl Store {
             state.credentials = None;
             state.last_revocation_seq = state.last_revocation_seq.max(revoked.seq);
             state.revoked = Some(revoked);
-            seal::seal(&self.key, generation, &state).map_err(|e| e.into_store_error(&self.path))
+            Ok(state)
         })
     }
 
@@ -217,47 +349,83 @@ impl Store {
         read_record(&self.db).map_err(|e| self.db_err(e))
     }
 
-    /// One durable write transaction: `make` gets the current record (if any) and the next
-    /// generation and returns the new sealed record, which replaces the old one on commit.
+    /// One durable write transaction: `make` gets the current record (opened, if there is
+    /// one) and returns the new state, which is sealed at the next generation under a fresh
+    /// data key and replaces the old record on commit. Then the old record's key is destroyed.
     fn commit(
         &self,
-        make: impl FnOnce(Option<&[u8]>, u64) -> Result<Vec<u8>, StoreError>,
+        make: impl FnOnce(Option<Result<Persisted, StoreError>>) -> Result<Persisted, StoreError>,
     ) -> Result<(), StoreError> {
+        let keys = self.lock_keys();
         let mut tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
         tx.set_durability(Durability::Immediate)
             .map_err(|e| self.db_err(e))?;
+        let generation;
         {
             let mut table = tx.open_table(TABLE).map_err(|e| self.db_err(e))?;
             let current = table
                 .get(ROW)
                 .map_err(|e| self.db_err(e))?
                 .map(|guard| guard.value().to_vec());
-            let generation = match &current {
-                None => 1,
-                // A header we cannot read (say, a newer format) is never overwritten.
-                Some(bytes) => Header::parse(bytes)
-                    .map_err(|e| e.into_store_error(&self.path))?
-                    .generation
-                    .checked_add(1)
-                    .ok_or_else(|| StoreError::Corrupt {
-                        path: self.path.clone(),
-                        detail: "the generation counter is exhausted",
-                    })?,
-            };
-            let record = make(current.as_deref(), generation)?;
+            generation = next_generation(&self.path, current.as_deref())?;
+            let state = make(current.map(|bytes| self.unseal(&keys, &bytes)))?;
+            let record = self.seal_new(&keys, generation, &state)?;
             table
                 .insert(ROW, record.as_slice())
                 .map_err(|e| self.db_err(e))?;
         }
-        tx.commit().map_err(|e| self.db_err(e))
+        tx.commit().map_err(|e| self.db_err(e))?;
+        // The new record is durable: the previous one's key may go. Should this fail, the
+        // next open destroys it.
+        if let Err(e) = keys.destroy(generation.wrapping_sub(1)) {
+            tracing::warn!(error = %e, "cannot destroy the previous record's data key yet");
+        }
+        Ok(())
+    }
+
+    /// Writes `record` as is (tests plant records of other formats this way).
+    #[cfg(test)]
+    fn put_raw_record(&self, record: &[u8]) {
+        let tx = self.db.begin_write().unwrap();
+        tx.open_table(TABLE).unwrap().insert(ROW, record).unwrap();
+        tx.commit().unwrap();
     }
 
     fn db_err(&self, e: impl Into<redb::Error>) -> StoreError {
-        StoreError::Database {
-            path: self.path.clone(),
-            source: e.into(),
-        }
+        db_err(&self.path, e)
     }
+}
+
+fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Database {
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+}
+
+/// The generation after `current`'s. A header we cannot read (say, a newer format) is never
+/// overwritten.
+fn next_generation(path: &Path, current: Option<&[u8]>) -> Result<u64, StoreError> {
+    match current {
+        None => Ok(1),
+        Some(bytes) => Header::parse(bytes)
+            .map_err(|e| e.into_store_error(path))?
+            .generation
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: "the generation counter is exhausted",
+            }),
+    }
+}
+
+fn unseal(key: &SealKey, keys: &KeyFile, record: &[u8]) -> Result<Persisted, OpenError> {
+    let header = Header::parse(record)?;
+    if header.version < FIRST_DATA_KEY_FORMAT {
+        return seal::open(key, record);
+    }
+    let dk = keys.read(key, header.generation)?;
+    seal::open(&dk, record)
 }
 
 fn builder() -> redb::Builder {
@@ -281,7 +449,7 @@ fn read_record(db: &impl ReadableDatabase) -> Result<Option<Vec<u8>>, redb::Erro
 /// with the wrong key must leave the store exactly as it found it. A file that needs redb's
 /// crash recovery cannot be opened read-only; it is checked after the (repairing) writable
 /// open instead.
-fn precheck(path: &Path, key: &SealKey) -> Result<(), StoreError> {
+fn precheck(path: &Path, keys_path: &Path, key: &SealKey) -> Result<(), StoreError> {
     let empty = std::fs::metadata(path)
         .map(|m| m.len() == 0)
         .unwrap_or(false);
@@ -308,10 +476,19 @@ fn precheck(path: &Path, key: &SealKey) -> Result<(), StoreError> {
             return Ok(());
         }
     };
-    match record {
-        Some(bytes) => seal::open(key, &bytes)
+    let Some(bytes) = record else {
+        return Ok(());
+    };
+    let header = Header::parse(&bytes).map_err(|e| e.into_store_error(path))?;
+    if header.version < FIRST_DATA_KEY_FORMAT {
+        return seal::open(key, &bytes)
             .map(drop)
-            .map_err(|e| e.into_store_error(path)),
-        None => Ok(()),
+            .map_err(|e| e.into_store_error(path));
     }
+    let Some(keys) = KeyFile::open_read_only(keys_path)? else {
+        return Err(OpenError::DataKeyMissing.into_store_error(path));
+    };
+    unseal(key, &keys, &bytes)
+        .map(drop)
+        .map_err(|e| e.into_store_error(path))
 }

@@ -4,6 +4,10 @@
 //! The header is plain so a reader can compare generations without the key; the AEAD's
 //! associated data binds the header's version and generation under a fixed domain string, so a
 //! record cannot be replayed under another generation or format. The nonce is random per save.
+//!
+//! Format 3 seals each record under its own random data key (kept wrapped by the seal key in
+//! `state.keys`, see [`super::datakey`]); formats 1 and 2 sealed it under the seal key itself.
+//! The plaintext layout of format 3 is format 2's.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -19,16 +23,19 @@ use super::{Persisted, StoreError, fsx};
 
 /// The file name of the seal key inside `$CREDENTIALS_DIRECTORY` (`LoadCredentialEncrypted=`).
 pub const CREDENTIAL_NAME: &str = "octomil-seal-key";
-/// Format of the records this build writes. It also reads format 1 (before the registration
-/// epoch) and migrates it: the next save writes format 2.
-pub const FORMAT_VERSION: u8 = 2;
+/// Format of the records this build writes: sealed under a per-record data key. It also reads
+/// format 2 (sealed under the seal key) and format 1 (format 2 before the registration epoch)
+/// and migrates them when the store opens (`Store::open` rewrites the file in format 3).
+pub const FORMAT_VERSION: u8 = 3;
+/// The first format whose records are sealed under a data key rather than the seal key.
+pub(crate) const FIRST_DATA_KEY_FORMAT: u8 = 3;
 /// The oldest format this build still reads.
 const OLDEST_READABLE: u8 = 1;
 /// Associated data prefix: a sealed octomild state record and nothing else.
 const DOMAIN: &[u8] = b"octomil-edge/octomild/state-record\0";
-const KEY_LEN: usize = 32;
-const NONCE_LEN: usize = 24;
-const TAG_LEN: usize = 16;
+pub(crate) const KEY_LEN: usize = 32;
+pub(crate) const NONCE_LEN: usize = 24;
+pub(crate) const TAG_LEN: usize = 16;
 pub(crate) const HEADER_LEN: usize = 1 + 8 + NONCE_LEN;
 /// Length of a base64 (padded) 32-byte key: the text form of a seal key.
 const KEY_B64_LEN: usize = 44;
@@ -104,11 +111,23 @@ impl SealKey {
     pub(crate) fn expose(&self) -> &[u8; KEY_LEN] {
         self.0.expose()
     }
+}
+
+/// A key that seals records: the seal key (formats 1 and 2, and the data-key slots) or a
+/// per-record data key (format 3).
+pub(crate) trait RecordKey {
+    fn raw(&self) -> &[u8; KEY_LEN];
 
     fn cipher(&self) -> XChaCha20Poly1305 {
         // Borrow the key as the cipher's array type: no extra copy is left on the stack.
-        let key: &Key = self.0.expose().into();
+        let key: &Key = self.raw().into();
         XChaCha20Poly1305::new(key)
+    }
+}
+
+impl RecordKey for SealKey {
+    fn raw(&self) -> &[u8; KEY_LEN] {
+        self.0.expose()
     }
 }
 
@@ -147,6 +166,8 @@ pub(crate) enum OpenError {
     Auth,
     /// Authentic but not a `Persisted`: a bug, or a format change without a version bump.
     Decode,
+    /// The record's data key is not in `state.keys` (file gone, slot destroyed or damaged).
+    DataKeyMissing,
 }
 
 impl OpenError {
@@ -166,6 +187,10 @@ impl OpenError {
             OpenError::Decode => StoreError::Corrupt {
                 path,
                 detail: "the sealed record opened but does not decode",
+            },
+            OpenError::DataKeyMissing => StoreError::Corrupt {
+                path,
+                detail: "the data key of the current record is missing from state.keys",
             },
         }
     }
@@ -210,7 +235,7 @@ impl Header {
 /// encoded straight into the buffer that is then encrypted in place, so no unencrypted copy
 /// outlives this call (the buffer is sized up front: no reallocation leaves one behind).
 pub(crate) fn seal(
-    key: &SealKey,
+    key: &impl RecordKey,
     generation: u64,
     state: &Persisted,
 ) -> Result<Vec<u8>, SealError> {
@@ -242,7 +267,7 @@ pub(crate) fn seal(
 /// Seals raw plaintext under any format `version`: how tests make records of earlier formats.
 #[cfg(test)]
 pub(crate) fn seal_raw_for_tests(
-    key: &SealKey,
+    key: &impl RecordKey,
     version: u8,
     generation: u64,
     plain: &[u8],
@@ -268,8 +293,9 @@ pub(crate) fn seal_raw_for_tests(
     record
 }
 
-/// Opens a record sealed by [`seal`] under `key`.
-pub(crate) fn open(key: &SealKey, record: &[u8]) -> Result<Persisted, OpenError> {
+/// Opens a record sealed by [`seal`] under `key` (which key a format needs is the store's
+/// business: see `Store::unseal`).
+pub(crate) fn open(key: &impl RecordKey, record: &[u8]) -> Result<Persisted, OpenError> {
     let header = Header::parse(record)?;
     let (body, tag) = record[HEADER_LEN..].split_at(record.len() - HEADER_LEN - TAG_LEN);
     let tag = Tag::try_from(tag).map_err(|_| OpenError::Truncated)?;

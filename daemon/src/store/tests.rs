@@ -86,11 +86,13 @@ fn dir_and_file_modes_from_the_start() {
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&tmp.path().join("a")), 0o700);
     assert_eq!(mode(store.path()), 0o600);
-    assert_eq!(
-        fs::read_dir(&dir).unwrap().count(),
-        1,
-        "one file: {DB_FILE}"
-    );
+    assert_eq!(mode(&dir.join(KEYS_FILE)), 0o600);
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [KEYS_FILE, DB_FILE]);
 }
 
 #[test]
@@ -246,13 +248,13 @@ fn records_bind_generation_and_version() {
     other_gen[1] ^= 1;
     assert_eq!(seal::open(&k, &other_gen), Err(seal::OpenError::Auth));
     let mut other_version = record.clone();
-    other_version[0] = 3;
+    other_version[0] = 4;
     assert_eq!(
         seal::open(&k, &other_version),
-        Err(seal::OpenError::UnknownVersion(3))
+        Err(seal::OpenError::UnknownVersion(4))
     );
-    // The version is authenticated: a format-2 record relabelled as format 1 does not open.
-    other_version[0] = 1;
+    // The version is authenticated: a format-3 record relabelled as format 2 does not open.
+    other_version[0] = 2;
     assert_eq!(seal::open(&k, &other_version), Err(seal::OpenError::Auth));
     assert_eq!(
         seal::open(&k, &record[..seal::HEADER_LEN + 3]),
@@ -269,7 +271,7 @@ fn newer_format_on_disk_is_refused_not_overwritten() {
     let store = Store::open(tmp.path(), key(1)).unwrap();
     let mut record = seal::seal(&key(1), 1, &sample(1)).unwrap();
     record[0] = 9;
-    store.commit(|_, _| Ok(record.clone())).unwrap();
+    store.put_raw_record(&record);
     let err = store.load().unwrap_err();
     assert!(
         matches!(err, StoreError::UnsupportedFormat { found: 9, .. }),
@@ -445,14 +447,19 @@ fn sample_from_v1() -> Persisted {
     p
 }
 
-/// The postcard layout of format 2, byte for byte. If this fails, a type inside `Persisted`
-/// changed: existing stores would no longer decode. Bump `seal::FORMAT_VERSION`, decode the old
-/// layout on load (as `v1.rs` does), then update this constant.
+/// Format 1 plus the registration epoch (9) after the rate limits: the plaintext of formats 2
+/// and 3 (format 3 changed only the key a record is sealed under).
+fn v2_plain() -> Vec<u8> {
+    unhex(&V1_HEX.replace("643ce8073c000103", "643ce8073c09000103"))
+}
+
+/// The postcard layout of formats 2 and 3, byte for byte. If this fails, a type inside
+/// `Persisted` changed: existing stores would no longer decode. Bump `seal::FORMAT_VERSION`,
+/// decode the old layout on load (as `v1.rs` does), then update this constant.
 #[test]
-fn format_v2_layout_is_pinned() {
-    // Format 1 plus the registration epoch (9) after the rate limits.
+fn format_v3_layout_is_pinned() {
     let v2_hex = V1_HEX.replace("643ce8073c000103", "643ce8073c09000103");
-    assert_eq!(seal::FORMAT_VERSION, 2);
+    assert_eq!(seal::FORMAT_VERSION, 3);
     let hex: String = postcard::to_allocvec(&sample(1))
         .unwrap()
         .iter()
@@ -468,40 +475,157 @@ fn a_format_1_record_opens_as_format_2_with_epoch_zero() {
     assert_eq!(seal::open(&k, &record).unwrap(), sample_from_v1());
 }
 
-/// A `state.redb` exactly as today's main (format 1) leaves it: same table, row, header,
-/// associated data and plaintext layout (pinned above). The new daemon opens it, keeps every
-/// credential, and its next save writes format 2.
-#[test]
-fn a_store_made_by_the_previous_release_opens_and_migrates() {
-    let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join(DB_FILE);
+/// A `state.redb` exactly as an earlier release leaves it: same table, row, header,
+/// associated data and plaintext layout (pinned above), sealed under the seal key alone.
+fn previous_release_store(dir: &Path, version: u8, generation: u64, plain: &[u8]) -> Vec<u8> {
+    let path = dir.join(DB_FILE);
+    let record = seal::seal_raw_for_tests(&key(1), version, generation, plain);
     {
         let db = redb::Database::create(&path).unwrap();
         let tx = db.begin_write().unwrap();
         {
             let mut t = tx.open_table(TABLE).unwrap();
-            let record = seal::seal_raw_for_tests(&key(1), 1, 7, &unhex(V1_HEX));
             t.insert(ROW, record.as_slice()).unwrap();
         }
         tx.commit().unwrap();
     }
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
+    record
+}
+
+/// Opening a store of an older format keeps every credential, rewrites it in format 3 at the
+/// next generation, and leaves no record sealed under the seal key alone in the directory.
+fn migrates(version: u8, plain: &[u8], expected: &Persisted) {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = previous_release_store(tmp.path(), version, 7, plain);
     let store = Store::open(tmp.path(), key(1)).unwrap();
-    let loaded = store.load().unwrap();
-    assert_eq!(loaded, sample_from_v1());
-    store.save(&loaded).unwrap();
+    assert_eq!(&store.load().unwrap(), expected, "format {version}");
     let record = store.read_record().unwrap().unwrap();
-    assert_eq!(
-        record[0], 2,
-        "the first save after the upgrade writes format 2"
-    );
+    assert_eq!(record[0], 3, "format {version} is migrated to 3 on open");
     assert_eq!(
         u64::from_le_bytes(record[1..9].try_into().unwrap()),
         8,
         "the generation continues"
     );
+    assert!(
+        seal::open(&key(1), &record).is_err(),
+        "format 3 is not sealed under the seal key"
+    );
+    for (path, bytes) in raw_files(tmp.path()) {
+        assert!(
+            !contains(&bytes, &old),
+            "the format-{version} record is still in {}",
+            path.display()
+        );
+    }
+    store.save(expected).unwrap();
     drop(store);
     let store = Store::open(tmp.path(), key(1)).unwrap();
-    assert_eq!(store.load().unwrap(), sample_from_v1());
+    assert_eq!(&store.load().unwrap(), expected);
+    drop(store);
+    // The wrong key is still refused, and leaves the migrated store alone.
+    let err = Store::open(tmp.path(), key(2)).unwrap_err();
+    assert!(matches!(err, StoreError::SealKeyMismatch { .. }), "{err:?}");
+}
+
+#[test]
+fn a_format_1_store_opens_and_migrates() {
+    migrates(1, &unhex(V1_HEX), &sample_from_v1());
+}
+
+#[test]
+fn a_format_2_store_opens_and_migrates() {
+    migrates(2, &v2_plain(), &sample(1));
+}
+
+/// A migration cut short (the half-built file left behind) changes nothing: the old store
+/// opens and migrates next time.
+#[test]
+fn a_half_built_migration_is_discarded() {
+    let tmp = tempfile::tempdir().unwrap();
+    previous_release_store(tmp.path(), 2, 7, &v2_plain());
+    fs::write(tmp.path().join(MIGRATE_FILE), b"half a database").unwrap();
+    let store = Store::open(tmp.path(), key(1)).unwrap();
+    assert_eq!(store.load().unwrap(), sample(1));
+    assert!(!tmp.path().join(MIGRATE_FILE).exists());
+}
+
+/// Every file in `dir`, raw.
+fn raw_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let bytes = fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+/// A wipe forgets: with the seal key at hand, nothing in any file of the state directory
+/// opens to the old secrets, although redb keeps old records in its freed pages.
+#[test]
+fn a_wipe_leaves_nothing_recoverable_even_with_the_seal_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let store = Store::open(&dir, key(1)).unwrap();
+    let mut old_records = Vec::new();
+    for n in 1..=4 {
+        store.save(&sample(n)).unwrap();
+        old_records.push(store.read_record().unwrap().unwrap());
+    }
+    store
+        .wipe_secrets(Revoked {
+            device_id: "dev-01.test".into(),
+            reason: "test".into(),
+            at: 1,
+            seq: Some(4),
+        })
+        .unwrap();
+    let wiped = store.load().unwrap();
+    assert!(wiped.credentials.is_none() && wiped.identity.is_none());
+    // Scanned while the store is still open: what `kill -9` or a power cut right after the
+    // wipe would leave (a clean close trims redb's free tail), and again after a clean close.
+    let open_files = raw_files(&dir);
+    let found: Vec<&Vec<u8>> = old_records
+        .iter()
+        .filter(|r| open_files.iter().any(|(_, bytes)| contains(bytes, r)))
+        .collect();
+    assert!(
+        !found.is_empty(),
+        "redb keeps an old record in a freed page (the premise of this test)"
+    );
+    drop(store);
+    let seal = key(1);
+    let data_keys = recoverable_data_keys(&dir, &seal);
+    for (path, bytes) in open_files.iter().chain(&raw_files(&dir)) {
+        for needle in [API_KEY.as_bytes(), REFRESH.as_bytes(), &SEED[..]] {
+            assert!(!contains(bytes, needle), "plaintext in {}", path.display());
+        }
+    }
+    // Every key the files yield with the seal key: the seal key itself and every data key
+    // it unwraps from the key file.
+    for record in &found {
+        assert!(
+            seal::open(&seal, record).is_err(),
+            "an old record opens with the seal key"
+        );
+        for dk in &data_keys {
+            assert!(
+                seal::open(dk, record).is_err(),
+                "an old record opens with a data key left in the state directory"
+            );
+        }
+    }
+    // And the store still opens, revoked.
+    let store = Store::open(&dir, key(1)).unwrap();
+    assert_eq!(store.load().unwrap(), wiped);
+}
+fn recoverable_data_keys(dir: &Path, seal: &SealKey) -> Vec<datakey::DataKey> {
+    datakey::KeyFile::open_read_only(&dir.join(KEYS_FILE))
+        .unwrap()
+        .map(|k| k.recoverable(seal))
+        .unwrap_or_default()
 }
