@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use octomil_common::Secret;
 use octomil_common::wire::RateLimits;
 use octomil_testkit::skip;
-use octomild::store::{Credentials, Identity, Persisted, SealKey, Store};
+use octomild::store::{Credentials, DB_FILE, Identity, KEYS_FILE, Persisted, SealKey, Store};
 
 /// Set (to the work directory) in the re-executed copy of this binary that plays the child.
 const CHILD_ENV: &str = "OCTOMILD_STORE_CRASH_CHILD";
@@ -190,7 +190,19 @@ fn crash_torture() {
         child.wait().unwrap();
 
         let acked = read_progress(&work.progress());
-        let loaded = work.open().load().unwrap();
+        // Whatever instant the kill hit (a data-key slot half written, a commit, a destroy),
+        // the state directory holds the database and the key file, nothing else.
+        assert_state_dir(&work.state_dir(), round);
+        let store = work.open();
+        let loaded = store.load().unwrap();
+        drop(store);
+        assert_eq!(
+            fs::metadata(work.state_dir().join(KEYS_FILE))
+                .unwrap()
+                .len(),
+            8192,
+            "round {round}: the key file keeps its two slots, overwritten in place"
+        );
         let n = counter(&loaded);
         assert!(
             n == acked || n == acked + 1,
@@ -221,6 +233,20 @@ fn crash_torture() {
         started.elapsed()
     );
     assert!(last > u64::from(rounds), "the children made progress");
+}
+
+/// Only the store's own files, never a stray temp file.
+fn assert_state_dir(dir: &Path, round: u32) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return; // killed before the directory was made
+    };
+    for entry in entries {
+        let name = entry.unwrap().file_name();
+        assert!(
+            name == DB_FILE || name == KEYS_FILE,
+            "round {round}: unexpected {name:?} in the state directory"
+        );
+    }
 }
 
 /// Not a pass/fail test: prints what a durable save and a load cost on this machine.

@@ -119,7 +119,17 @@ impl KeyFile {
                 file
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                fsx::open_checked(path, true, LooseMode::Tighten)?
+                let file = fsx::open_checked(path, true, LooseMode::Tighten)?;
+                // Cut short by a crash while it was being created: write the missing zeros.
+                let len = file.metadata().map_err(io_err("inspect", path))?.len();
+                let full = SLOTS * SLOT_STRIDE;
+                if len < full {
+                    let zeros = vec![0u8; (full - len) as usize];
+                    file.write_all_at(&zeros, len)
+                        .and_then(|()| file.sync_all())
+                        .map_err(io_err("write", path))?;
+                }
+                file
             }
             Err(e) => return Err(io_err("create", path)(e)),
         };

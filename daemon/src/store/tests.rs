@@ -629,3 +629,73 @@ fn recoverable_data_keys(dir: &Path, seal: &SealKey) -> Vec<datakey::DataKey> {
         .map(|k| k.recoverable(seal))
         .unwrap_or_default()
 }
+
+/// The crash windows of a save: a new key written but its record never committed, or a record
+/// committed but the previous key not yet destroyed. Either way the store opens with the
+/// committed record and the next open destroys the key nothing references.
+#[test]
+fn an_unreferenced_data_key_is_destroyed_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), key(1)).unwrap();
+    store.save(&sample(1)).unwrap();
+    store.save(&sample(2)).unwrap();
+    let generation = Header::parse(&store.read_record().unwrap().unwrap())
+        .unwrap()
+        .generation;
+    drop(store);
+    let keys_path = tmp.path().join(KEYS_FILE);
+    for stray in [generation + 1, generation - 1] {
+        {
+            let keys = datakey::KeyFile::open_or_create(&keys_path).unwrap();
+            keys.write(&key(1), stray, &datakey::DataKey::generate().unwrap())
+                .unwrap();
+            assert_eq!(keys.recoverable(&key(1)).len(), 2, "both slots hold a key");
+        }
+        let store = Store::open(tmp.path(), key(1)).unwrap();
+        assert_eq!(store.load().unwrap(), sample(2));
+        drop(store);
+        let keys = datakey::KeyFile::open_read_only(&keys_path)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            keys.recoverable(&key(1)).len(),
+            1,
+            "only the current record's key is left"
+        );
+    }
+    assert_eq!(
+        fs::metadata(&keys_path).unwrap().len(),
+        8192,
+        "the key file is overwritten in place, never regrown"
+    );
+}
+
+/// Losing `state.keys` loses the record: a clear error, and the store is left as it was.
+#[test]
+fn a_missing_key_file_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path(), key(1)).unwrap();
+    store.save(&sample(1)).unwrap();
+    let path = store.path().to_path_buf();
+    drop(store);
+    let before = fs::read(&path).unwrap();
+    fs::remove_file(tmp.path().join(KEYS_FILE)).unwrap();
+    let err = Store::open(tmp.path(), key(1)).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains(KEYS_FILE), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), before);
+}
+
+/// A symlink planted at `state.keys` is never followed.
+#[test]
+fn a_symlinked_key_file_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::write(&elsewhere, b"").unwrap();
+    let dir = tmp.path().join("state");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join(KEYS_FILE)).unwrap();
+    let err = Store::open(&dir, key(1)).unwrap_err();
+    assert!(matches!(err, StoreError::NotAFile { .. }), "{err:?}");
+    assert_eq!(fs::read(&elsewhere).unwrap(), b"");
+}
