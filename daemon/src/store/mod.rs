@@ -1,11 +1,14 @@
 //! The secure credential store: sealed, crash-safe device state in `state_dir/state.redb`.
 //!
 //! The whole [`Persisted`] state is postcard-encoded and sealed with XChaCha20-Poly1305 under
-//! a [`SealKey`] (see [`seal`] for the record format), and kept as one row of one redb table,
-//! so a save is a single durable write transaction: after `kill -9` or a power cut the store
-//! holds either the previous record or the new one, never a mix. Each record carries a
-//! generation that grows by one per save. Nothing unencrypted ever reaches the disk, a log
-//! line, an error or `Debug` output.
+//! a data key of its own (see [`seal`] for the record format), and kept as one row of one redb
+//! table, so a save is a single durable write transaction: after `kill -9` or a power cut the
+//! store holds either the previous record or the new one, never a mix. Each record carries a
+//! generation that grows by one per save. The data keys live in `state.keys`, wrapped by the
+//! [`SealKey`], and each is destroyed once the next record is committed, so the old records
+//! redb leaves in its freed pages open with nothing the state directory holds (see
+//! `datakey.rs`). Nothing unencrypted ever reaches the disk, a log line, an error or `Debug`
+//! output.
 //!
 //! There is no second copy (an earlier version cached the sealed record in the kernel
 //! keyring): the daemon loads the store once per start and keeps its state in memory, so a
@@ -92,7 +95,7 @@ const DB_CACHE_BYTES: usize = 256 * 1024;
 /// postcard is not self-describing: changing this struct or any type in it (including
 /// `MqttInfo` and `RateLimits` from `common`) changes the on-disk format. Bump
 /// [`seal::FORMAT_VERSION`] and keep a decoder for the old layout (see `v1.rs`); the test
-/// `format_v2_layout_is_pinned` fails until you do.
+/// `format_v3_layout_is_pinned` fails until you do.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Persisted {
     /// The device's Ed25519 key, made once before first registration.
