@@ -111,7 +111,13 @@ impl Limiter {
     pub fn open(path: Option<PathBuf>, per_uid_share: Option<f64>) -> Self {
         let state = path
             .as_deref()
-            .and_then(|p| std::fs::read(p).ok().map(|b| (p, b)))
+            .and_then(|p| match crate::store::read_private_bytes(p) {
+                Ok(b) => b.map(|b| (p, b)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "limiter state refused; starting with full budgets");
+                    None
+                }
+            })
             .and_then(|(p, bytes)| match postcard::from_bytes::<Persisted>(&bytes) {
                 Ok(s) if s.version == FORMAT => Some(s),
                 _ => {
@@ -463,10 +469,23 @@ mod tests {
         );
         // A garbage file starts afresh rather than failing the daemon.
         std::fs::write(&path, b"garbage").unwrap();
-        let l = Limiter::open(Some(path), None);
+        let l = Limiter::open(Some(path.clone()), None);
         assert_eq!(
             l.acquire(Surface::Inference, 1, None, T0),
             Err(Denied::Unknown)
+        );
+        // A symlink at the path is not followed: its target's budgets are not loaded.
+        l.set_limits(RateLimits::default());
+        l.acquire(Surface::Inference, 1000, None, T0).unwrap();
+        l.save_if_dirty().unwrap();
+        let real = dir.path().join("elsewhere.bin");
+        std::fs::rename(&path, &real).unwrap();
+        std::os::unix::fs::symlink(&real, &path).unwrap();
+        let l = Limiter::open(Some(path), None);
+        assert_eq!(
+            l.acquire(Surface::Inference, 1, None, T0),
+            Err(Denied::Unknown),
+            "state read through a symlink"
         );
     }
 

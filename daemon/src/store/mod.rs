@@ -55,6 +55,19 @@ pub fn read_credential(path: &Path) -> Result<Option<Secret<String>>, StoreError
     read_secret_text(path, fsx::LooseMode::Trust)
 }
 
+/// Reads one of the daemon's own private files (the limiter state) through one checked
+/// descriptor: a regular file (no symlink followed) owned by us or root, tightened to 0600 if
+/// looser. `Ok(None)` when it does not exist.
+pub fn read_private_bytes(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    match fsx::read_private_file(path, fsx::LooseMode::Tighten) {
+        Ok(mut bytes) => Ok(Some(std::mem::take(&mut *bytes))),
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn read_secret_text(
     path: &Path,
     loose: fsx::LooseMode,
