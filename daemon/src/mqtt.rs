@@ -377,29 +377,6 @@ fn broker_down(e: &rumqttc::ConnectionError) -> bool {
     }
 }
 
-/// A rustls client config trusting only the CA in `ca_pem` (the same CA as the cloud's HTTPS).
-pub fn tls_config(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        let cert = cert.map_err(|e| format!("CA file is not PEM: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("CA certificate rejected: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("CA file holds no certificate".into());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

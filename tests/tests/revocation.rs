@@ -159,7 +159,7 @@ async fn publish_raw(c: &TestCloud, device: &str, payloads: Vec<Vec<u8>>) {
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     let mut o = MqttOptions::new("test-forger", "127.0.0.1", port);
     o.set_credentials("octomil-cloud", secret.trim());
-    let tls = octomild::mqtt::tls_config(c.handle.ca_pem.as_bytes()).unwrap();
+    let tls = octomil_common::tls::client_config(c.handle.ca_pem.as_bytes()).unwrap();
     o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     let (client, mut ev) = AsyncClient::new(o, 64);
     let n = payloads.len();
