@@ -2,6 +2,7 @@
 //! the signed revocation envelope, the GCRA rate-limit arithmetic and trusting a pinned CA.
 //! No I/O, no async.
 
+pub mod backoff;
 pub mod clock;
 pub mod duration;
 pub mod envelope;

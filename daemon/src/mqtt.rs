@@ -17,14 +17,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Command;
-use crate::backoff::{Backoff, unit_random};
 use crate::metrics::Metrics;
 use crate::state::{MqttParams, Phase, Snapshot, SnapshotRx, SnapshotTx};
+use octomil_common::backoff::{Backoff, Jitter, unit_random};
 
 /// Reconnects back off from 1 s up to this.
 const RECONNECT: Backoff = Backoff {
     base: Duration::from_secs(1),
     cap: Duration::from_secs(60),
+    jitter: Jitter::FULL,
 };
 /// After this many failed connects in a row, ask the refresh loop to check with the cloud (a
 /// revoked device's key no longer logs in to the broker, and the push cannot reach it)...

@@ -6,7 +6,6 @@
 
 #[cfg(feature = "embedded-broker")]
 pub mod auth;
-pub mod backoff;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod correlate;

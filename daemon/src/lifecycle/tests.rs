@@ -206,7 +206,7 @@ fn a_lost_register_answer_is_retried_with_backoff_and_the_same_device_key() {
         h.core.persisted().identity.as_ref().unwrap().device_id,
         "dev-1"
     );
-    assert!(h.in_().unwrap() <= Backoff::CLOUD.ceiling(0));
+    assert!(h.in_().unwrap() <= CLOUD_RETRY.ceiling(0));
     assert!(
         h.view().detail.contains("connection reset"),
         "{}",
@@ -218,7 +218,7 @@ fn a_lost_register_answer_is_retried_with_backoff_and_the_same_device_key() {
         identity: None,
         result: Err(Failure::Transient("timeout".into())),
     });
-    assert!(h.in_().unwrap() <= Backoff::CLOUD.ceiling(1));
+    assert!(h.in_().unwrap() <= CLOUD_RETRY.ceiling(1));
     assert!(h.core.persisted().identity.is_some());
 }
 
