@@ -2,7 +2,7 @@
 //!
 //! An entry is written in the same redb commit as the revocation (or deletion) it announces,
 //! so what the HTTP caller was told is never lost: not to a broker outage, not to a cloud
-//! restart. The session task hands every PUBACK to [`write_acks`], which deletes the entry
+//! restart. The broker client (`broker_client.rs`) hands every PUBACK to [`write_acks`], which deletes the entry
 //! if it still holds exactly the acknowledged payload (a newer one stays). [`retry`] sends
 //! whatever is owed and not already on its way: at each (re)connection, then with capped
 //! backoff while anything remains.
@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::correlate::Message;
-use super::publisher::Shared;
+use super::revocation_sender::Shared;
 use crate::app::AppState;
 use crate::store::{Change, OutboxRecord, StoreError};
 use octomil_common::backoff::{Backoff, Jitter, unit_random};

@@ -1,4 +1,4 @@
-//! The cloud's MQTT session task: drives rumqttc's event loop, matches PUBACKs to publishes, feeds presence, and reconnects with capped backoff.
+//! The cloud's own MQTT client of its broker (embedded or external), as one task: drives rumqttc's event loop, matches PUBACKs to publishes, feeds presence, and reconnects with capped backoff.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use super::correlate::Message;
 use super::outbox;
-use super::publisher::Session;
+use super::revocation_sender::BrokerClient;
 use crate::app::AppState;
 use octomil_common::backoff::{Backoff, Jitter, unit_random};
 
@@ -20,7 +20,7 @@ const RECONNECT: Backoff = Backoff {
     jitter: Jitter::QUARTER,
 };
 
-impl Session {
+impl BrokerClient {
     /// Starts the session, the outbox retry loop and the acknowledgement writer on `tasks`.
     /// All of them end when `stop` is cancelled. Returns a watch of "connected".
     pub(crate) fn spawn(
@@ -44,7 +44,7 @@ impl Session {
 }
 
 async fn run(
-    mut s: Session,
+    mut s: BrokerClient,
     cloud: AppState,
     acks: mpsc::UnboundedSender<Message>,
     up: watch::Sender<bool>,
@@ -126,7 +126,7 @@ async fn run(
 }
 
 /// Sends again what a lost connection dropped, if the outbox still owes it.
-fn resend(s: &Session, cloud: &AppState, dropped: Vec<Message>) {
+fn resend(s: &BrokerClient, cloud: &AppState, dropped: Vec<Message>) {
     if dropped.is_empty() {
         return;
     }
@@ -148,7 +148,7 @@ fn resend(s: &Session, cloud: &AppState, dropped: Vec<Message>) {
     }
 }
 
-fn broker(s: &Session) -> String {
+fn broker(s: &BrokerClient) -> String {
     let (host, port) = s.eventloop.mqtt_options.broker_address();
     format!("{host}:{port}")
 }
