@@ -29,20 +29,8 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// Polls `f` every 10 ms until it returns `Some` or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+/// Polls `f` until it returns `Some` or `timeout` passes (the workspace's one copy, in testkit).
+pub use octomil_testkit::poll::wait_for;
 
 /// A running `octomil-cloud serve` process. Killed on drop.
 #[derive(Debug)]
