@@ -609,23 +609,10 @@ impl Core {
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` for a status line (civil-from-days, no time crate needed).
+/// `YYYY-MM-DD HH:MM:SS UTC` for a status line: [`octomil_common::clock::rfc3339`] (the one
+/// civil-date formatter) with a space for the `T` and ` UTC` for the `Z`.
 pub fn fmt_secs(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let rfc = octomil_common::clock::rfc3339(secs);
+    let rfc = rfc.strip_suffix('Z').unwrap_or(&rfc);
+    format!("{} UTC", rfc.replacen('T', " ", 1))
 }

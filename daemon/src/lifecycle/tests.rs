@@ -531,3 +531,10 @@ fn tls_clock_trouble_at_refresh_keeps_serving_the_key() {
     h.wall += 86_400 * 2;
     assert_eq!(h.jump_to_deadline(), ["call_refresh"]);
 }
+
+#[test]
+fn status_times_read_as_utc() {
+    assert_eq!(fmt_secs(0), "1970-01-01 00:00:00 UTC");
+    assert_eq!(fmt_secs(1_772_366_400), "2026-03-01 12:00:00 UTC");
+    assert_eq!(fmt_secs(951_825_599), "2000-02-29 11:59:59 UTC");
+}
