@@ -16,7 +16,7 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        deadline.check();
+        deadline.check("");
         std::thread::sleep(INTERVAL);
     }
 }
@@ -28,12 +28,28 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    eventually_or(timeout, what, || {
+        let check = f();
+        async move { check.await.ok_or_else(String::new) }
+    })
+    .await
+}
+
+/// [`eventually`] for a check that can say why it is not done yet: `f` yields `Ok` when it
+/// is, or `Err` with what it saw (the last status, a log); past the deadline the test fails
+/// with the last such message.
+pub async fn eventually_or<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
     let deadline = Deadline::new(timeout, what);
     loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        deadline.check();
+        let last = match f().await {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        deadline.check(&last);
         tokio::time::sleep(INTERVAL).await;
     }
 }
@@ -53,10 +69,12 @@ impl<'a> Deadline<'a> {
         }
     }
 
-    fn check(&self) {
+    /// Fails the test if the deadline has passed, with `last` (what the check saw) if any.
+    fn check(&self, last: &str) {
+        let sep = if last.is_empty() { "" } else { "; last: " };
         assert!(
             Instant::now() < self.at,
-            "timed out after {:?} waiting for {}",
+            "timed out after {:?} waiting for {}{sep}{last}",
             self.timeout,
             self.what
         );
@@ -93,5 +111,14 @@ mod tests {
         })
         .await;
         assert_eq!(got, 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    #[should_panic(expected = "waiting for ready; last: state is starting")]
+    async fn the_last_detail_is_in_the_failure() {
+        eventually_or(Duration::from_millis(30), "ready", || async {
+            Err::<(), _>("state is starting".to_owned())
+        })
+        .await;
     }
 }

@@ -6,7 +6,7 @@ pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use octomil_cloud::{Builder, CloudInfo, CloudStub, Handle};
 
@@ -413,19 +413,14 @@ impl DaemonProcess {
 
     /// Polls `/v1/status` until `state` is `want` or the deadline passes; returns the status.
     pub async fn wait_state(&self, want: &str, timeout: Duration) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
+        octomil_testkit::poll::eventually_or(timeout, &format!("state {want}"), || async {
             let (_, body) = self.get("/v1/status").await;
             if body["state"] == want {
-                return body;
+                return Ok(body);
             }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not reach {want} within {timeout:?}; last status {body}\nlog:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Err(format!("status {body}\nlog:\n{}", self.log_text()))
+        })
+        .await
     }
 
     /// The key `/v1/token` serves now.
