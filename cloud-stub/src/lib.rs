@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Cloud;
 use crate::mqtt::presence::PresenceTable;
-use crate::mqtt::publisher::MqttPublisher;
+use crate::mqtt::revocation_sender::MqttPublisher;
 use crate::publisher::{NoTransport, RevocationPublisher};
 use crate::store::{Environment, Store};
 

@@ -67,10 +67,8 @@ pub enum TlsError {
     BadName { name: String },
     #[error("certificate generation failed: {0}")]
     Generate(#[source] rcgen::Error),
-    #[error("the CA PEM is invalid: {0}")]
-    CaPem(#[source] rustls_pki_types::pem::Error),
-    #[error("the CA PEM holds no certificate")]
-    NoCaCert,
+    #[error(transparent)]
+    Ca(#[from] octomil_common::tls::CaError),
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[source] rustls::Error),
 }
@@ -194,30 +192,11 @@ impl Pki {
 
 /// A client config that trusts exactly the certificates in `pem` (usually one CA).
 pub fn client_config_from_ca_pem(pem: &[u8]) -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = root_store(pem)?;
-    let config = ClientConfig::builder_with_provider(ring_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(TlsError::Rustls)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(octomil_common::tls::client_config(pem)?)
 }
 
 fn ring_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn root_store(pem: &[u8]) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem) {
-        roots
-            .add(cert.map_err(TlsError::CaPem)?)
-            .map_err(TlsError::Rustls)?;
-    }
-    if roots.is_empty() {
-        return Err(TlsError::NoCaCert);
-    }
-    Ok(roots)
 }
 
 fn exists(path: &Path) -> Result<bool, TlsError> {
@@ -687,7 +666,7 @@ mod tests {
         assert!(matches!(err, TlsError::BadName { .. }), "{err}");
         assert!(matches!(
             client_config_from_ca_pem(b"no pem here"),
-            Err(TlsError::NoCaCert)
+            Err(TlsError::Ca(octomil_common::tls::CaError::NoCert))
         ));
     }
 }

@@ -18,7 +18,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::answer;
-use crate::backoff::unit_random;
 use crate::cloud::{CloudClient, CloudError};
 pub use crate::lifecycle::Command;
 use crate::lifecycle::{Core, Count, Effect, Failure, Input, Now, Refreshed, Registration, View};
@@ -27,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::notify::{self, Heartbeat};
 use crate::state::{MqttParams, RevokedInfo, SnapshotTx, Token};
 use crate::store::{Identity, Persisted, Store};
+use octomil_common::backoff::unit_random;
 
 /// Where the bootstrap token may come from, in order.
 #[derive(Debug, Clone)]

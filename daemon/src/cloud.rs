@@ -68,15 +68,14 @@ impl CloudClient {
     pub fn new(cloud_url: &str, ca_file: &Path, timeout: Duration) -> Result<Self, CloudError> {
         let pem = std::fs::read(ca_file)
             .map_err(|e| CloudError::Setup(format!("reading {}: {e}", ca_file.display())))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            CloudError::Setup(format!("{} is not a PEM CA bundle: {e}", ca_file.display()))
-        })?;
-        if certs.is_empty() {
-            return Err(CloudError::Setup(format!(
-                "{} holds no certificate",
-                ca_file.display()
-            )));
-        }
+        let setup =
+            |e: &dyn std::fmt::Display| CloudError::Setup(format!("{}: {e}", ca_file.display()));
+        let certs = octomil_common::tls::ca_certificates(&pem)
+            .map_err(|e| setup(&e))?
+            .iter()
+            .map(|der| reqwest::Certificate::from_der(der))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| setup(&e))?;
         let http = reqwest::Client::builder()
             .tls_certs_only(certs)
             .timeout(timeout)

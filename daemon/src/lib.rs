@@ -4,7 +4,6 @@
 pub mod agent;
 pub mod answer;
 pub mod api;
-pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod cloud;

@@ -17,14 +17,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Command;
-use crate::backoff::{Backoff, unit_random};
 use crate::metrics::Metrics;
 use crate::state::{MqttParams, Phase, Snapshot, SnapshotRx, SnapshotTx};
+use octomil_common::backoff::{Backoff, Jitter, unit_random};
 
 /// Reconnects back off from 1 s up to this.
 const RECONNECT: Backoff = Backoff {
     base: Duration::from_secs(1),
     cap: Duration::from_secs(60),
+    jitter: Jitter::FULL,
 };
 /// After this many failed connects in a row, ask the refresh loop to check with the cloud (a
 /// revoked device's key no longer logs in to the broker, and the push cannot reach it)...
@@ -375,29 +376,6 @@ fn broker_down(e: &rumqttc::ConnectionError) -> bool {
         ),
         _ => false,
     }
-}
-
-/// A rustls client config trusting only the CA in `ca_pem` (the same CA as the cloud's HTTPS).
-pub fn tls_config(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        let cert = cert.map_err(|e| format!("CA file is not PEM: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("CA certificate rejected: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("CA file holds no certificate".into());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

@@ -79,7 +79,8 @@ pub async fn run(
         path: config.ca_file.clone(),
         source,
     })?;
-    let mqtt_tls = crate::mqtt::tls_config(&ca_pem).map_err(RunError::Tls)?;
+    let mqtt_tls = octomil_common::tls::client_config(&ca_pem)
+        .map_err(|e| RunError::Tls(format!("{}: {e}", config.ca_file.display())))?;
 
     // Until the refresh loop publishes, say what it is about to do (never "unregistered",
     // which means "stopped trying").

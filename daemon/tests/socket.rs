@@ -14,7 +14,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{Method, StatusCode};
-use octomil_testkit::skip;
+use octomil_testkit::{poll, skip};
 use octomild::client::{ClientError, SocketClient};
 use octomild::socket::{
     self, AccessPolicy, FastAnswer, FastPath, FastRequest, FastStatus, Peer, RequireAdmin, Routes,
@@ -44,13 +44,9 @@ fn socket_dir() -> TempDir {
     dir
 }
 
-/// Polls `cond` until it holds or `DEADLINE` passes.
+/// Polls `cond` until it holds or `DEADLINE` passes ([`poll::eventually`] on a plain condition).
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    poll::eventually(DEADLINE, what, || std::future::ready(cond().then_some(()))).await
 }
 
 /// Lets a test hold a handler mid-request: it reports entering, then waits for release.

@@ -6,7 +6,7 @@ pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use octomil_cloud::{Builder, CloudInfo, CloudStub, Handle};
 
@@ -29,20 +29,8 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// Polls `f` every 10 ms until it returns `Some` or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+/// Polls `f` until it returns `Some` or `timeout` passes (the workspace's one copy, in testkit).
+pub use octomil_testkit::poll::wait_for;
 
 /// A running `octomil-cloud serve` process. Killed on drop.
 #[derive(Debug)]
@@ -434,19 +422,14 @@ impl DaemonProcess {
 
     /// Polls `/v1/status` until `state` is `want` or the deadline passes; returns the status.
     pub async fn wait_state(&self, want: &str, timeout: Duration) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
+        octomil_testkit::poll::eventually_or(timeout, &format!("state {want}"), || async {
             let (_, body) = self.get("/v1/status").await;
             if body["state"] == want {
-                return body;
+                return Ok(body);
             }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not reach {want} within {timeout:?}; last status {body}\nlog:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Err(format!("status {body}\nlog:\n{}", self.log_text()))
+        })
+        .await
     }
 
     /// The key `/v1/token` serves now.

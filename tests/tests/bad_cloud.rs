@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use octomil_cloud::faults::DeviceCall;
 use octomil_e2e::{DaemonProcess, TestCloud};
+use octomil_testkit::poll::eventually_or;
 use serde_json::json;
 
 fn install_crypto() {
@@ -16,19 +17,15 @@ fn install_crypto() {
 }
 
 async fn wait_detail(d: &DaemonProcess, needle: &str) -> serde_json::Value {
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("status to say {needle:?}");
+    eventually_or(Duration::from_secs(20), &what, || async {
         let (_, s) = d.get("/v1/status").await;
         if s["detail"].as_str().is_some_and(|t| t.contains(needle)) {
-            return s;
+            return Ok(s);
         }
-        assert!(
-            Instant::now() < end,
-            "status never said {needle:?}: {s}\n{}",
-            d.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(format!("{s}\n{}", d.log_text()))
+    })
+    .await
 }
 
 /// Waits until the daemon has counted `n` failed registrations.

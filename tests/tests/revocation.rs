@@ -13,6 +13,7 @@ use octomil_common::{Secret, token};
 use octomil_e2e::mosquitto::{self, Mosquitto};
 use octomil_e2e::proxy::Proxy;
 use octomil_e2e::{DaemonOptions, DaemonProcess, TestCloud};
+use octomil_testkit::poll::eventually_or;
 use octomil_testkit::skip;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde_json::json;
@@ -55,19 +56,14 @@ async fn device(c: &TestCloud, id: &str) -> serde_json::Value {
 }
 
 async fn wait_mqtt(d: &DaemonProcess) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually_or(Duration::from_secs(20), "an MQTT session", || async {
         let (_, s) = d.get("/v1/status").await;
         if s["mqtt_connected"] == true {
-            return;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "no MQTT session: {s}\n{}",
-            d.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(format!("{s}\n{}", d.log_text()))
+    })
+    .await
 }
 
 /// Polls `/v1/token` until it answers 403 `device_revoked`; returns how long that took.
@@ -159,7 +155,7 @@ async fn publish_raw(c: &TestCloud, device: &str, payloads: Vec<Vec<u8>>) {
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     let mut o = MqttOptions::new("test-forger", "127.0.0.1", port);
     o.set_credentials("octomil-cloud", secret.trim());
-    let tls = octomild::mqtt::tls_config(c.handle.ca_pem.as_bytes()).unwrap();
+    let tls = octomil_common::tls::client_config(c.handle.ca_pem.as_bytes()).unwrap();
     o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     let (client, mut ev) = AsyncClient::new(o, 64);
     let n = payloads.len();
@@ -229,8 +225,7 @@ async fn forged_replayed_cross_device_and_garbage_envelopes_change_nothing() {
     ];
     publish_raw(&c, "target-1", payloads).await;
     // Every one of them is counted as rejected; none changed anything.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let metrics = loop {
+    let metrics = eventually_or(Duration::from_secs(10), "9 rejections counted", || async {
         let text = d.metrics().await;
         let total: u64 = text
             .lines()
@@ -238,14 +233,11 @@ async fn forged_replayed_cross_device_and_garbage_envelopes_change_nothing() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum();
         if total >= 9 {
-            break text;
+            return Ok(text);
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {total} rejections counted:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        Err(format!("only {total}:\n{text}"))
+    })
+    .await;
     for reason in [
         "bad_signature",
         "wrong_device",
@@ -275,18 +267,18 @@ async fn presence_shows_online_and_a_killed_daemon_offline_within_its_keepalive(
     let d = DaemonProcess::start(&tmp.path().join("d"), &opts(&c, "presence-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
     wait_mqtt(&d).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let v = eventually_or(Duration::from_secs(10), "online", || async {
         let v = device(&c, "presence-1").await;
         if v["online"] == true {
-            assert_eq!(v["reported_state"], "active");
-            assert_eq!(v["daemon_version"], env!("CARGO_PKG_VERSION"));
-            assert!(v["last_seen"].as_u64().is_some());
-            break;
+            Ok(v)
+        } else {
+            Err(v.to_string())
         }
-        assert!(Instant::now() < deadline, "never online: {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    assert_eq!(v["reported_state"], "active");
+    assert_eq!(v["daemon_version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["last_seen"].as_u64().is_some());
     // The CLI shows the same.
     let cli = std::process::Command::new(octomil_e2e::bin("octomil"))
         .env("OCTOMIL_API_URL", &c.handle.http_url)

@@ -6,14 +6,13 @@
 
 #[cfg(feature = "embedded-broker")]
 pub mod auth;
-pub mod backoff;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+mod broker_client;
 pub mod correlate;
 pub mod outbox;
 pub mod presence;
-pub mod publisher;
-mod session;
+pub mod revocation_sender;
 
 use std::net::IpAddr;
 use std::net::SocketAddr;
@@ -187,7 +186,7 @@ pub(crate) struct Started {
 /// must be serving before `cloud.json` says so, so this waits for the session to log in; an
 /// external broker may come and go (the outbox covers the gap).
 pub(crate) async fn start(
-    session: publisher::Session,
+    client: revocation_sender::BrokerClient,
     prepared: Prepared,
     cloud: &crate::AppState,
     tasks: &tokio_util::task::TaskTracker,
@@ -200,7 +199,7 @@ pub(crate) async fn start(
     };
     #[cfg(not(feature = "embedded-broker"))]
     let _ = prepared;
-    let up = session.spawn(tasks, cloud.clone(), stop.clone());
+    let up = client.spawn(tasks, cloud.clone(), stop.clone());
     #[cfg(feature = "embedded-broker")]
     if let Some(addr) = embedded.as_ref().map(|b| b.addr) {
         let mut watch = up.clone();

@@ -2,7 +2,7 @@
 //!
 //! An entry is written in the same redb commit as the revocation (or deletion) it announces,
 //! so what the HTTP caller was told is never lost: not to a broker outage, not to a cloud
-//! restart. The session task hands every PUBACK to [`write_acks`], which deletes the entry
+//! restart. The broker client (`broker_client.rs`) hands every PUBACK to [`write_acks`], which deletes the entry
 //! if it still holds exactly the acknowledged payload (a newer one stays). [`retry`] sends
 //! whatever is owed and not already on its way: at each (re)connection, then with capped
 //! backoff while anything remains.
@@ -14,14 +14,18 @@ use octomil_common::DeviceId;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
 use super::correlate::Message;
-use super::publisher::Shared;
+use super::revocation_sender::Shared;
 use crate::app::AppState;
 use crate::store::{Change, OutboxRecord, StoreError};
+use octomil_common::backoff::{Backoff, Jitter, unit_random};
 
-const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(60);
+const RETRY: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    cap: RETRY_CAP,
+    jitter: Jitter::QUARTER,
+};
 /// At most this many publishes outstanding on behalf of the retry loop at once, so a large
 /// backlog cannot fill rumqttc's queue and starve fresh revocations.
 const RETRY_WINDOW: usize = 512;
@@ -79,7 +83,7 @@ pub(super) async fn retry(
     mut up: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
+    let mut attempt: u32 = 0;
     loop {
         // Wait for a connected session.
         while !*up.borrow_and_update() {
@@ -90,12 +94,14 @@ pub(super) async fn retry(
         }
         let remaining = send_owed(&shared, &cloud);
         if remaining == 0 {
-            backoff.reset();
+            attempt = 0;
         }
         let delay = if remaining == 0 {
             RETRY_CAP
         } else {
-            backoff.next_delay()
+            let d = RETRY.delay(attempt, unit_random(), None);
+            attempt = attempt.saturating_add(1);
+            d
         };
         // Sleep, but start over at once if the session drops (and so comes back).
         tokio::select! {

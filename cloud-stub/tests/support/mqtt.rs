@@ -2,7 +2,7 @@
 //! device (or an observer), a throwaway plain broker, and polling with deadlines.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use octomil_cloud::{Builder, CloudStub};
 use octomil_common::ManualClock;
@@ -32,20 +32,14 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// Polls `f` until it returns `Some`, failing the test at the deadline.
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+/// Polls `f` until it returns `Some`, failing the test at [`DEADLINE`]
+/// ([`octomil_testkit::poll::eventually`] with this file's deadline).
+pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    octomil_testkit::poll::eventually(DEADLINE, what, f).await
 }
 
 /// An MQTT client whose event loop runs in a task; events arrive on a channel.

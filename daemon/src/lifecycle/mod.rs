@@ -19,10 +19,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::answer;
-use crate::backoff::Backoff;
 use crate::schedule;
 use crate::state::Phase;
 use crate::store::{Credentials, Persisted, Revoked};
+use octomil_common::backoff::{Backoff, Jitter};
+
+/// Retrying a cloud call (register, refresh): 1 s doubling to 5 min, full jitter, and never
+/// sooner than the cloud's `Retry-After`.
+pub const CLOUD_RETRY: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(300),
+    jitter: Jitter::FULL,
+};
 
 /// How often the wall clock is looked at again while it is not trustworthy.
 pub const CLOCK_POLL: Duration = Duration::from_secs(1);
@@ -320,6 +328,7 @@ impl Core {
         const BACKOFF: Backoff = Backoff {
             base: Duration::from_secs(1),
             cap: Duration::from_secs(60),
+            jitter: Jitter::FULL,
         };
         let retry_at = now
             .mono
@@ -364,7 +373,7 @@ impl Core {
             Failure::Budget(d) => (Some(d), "waiting for the control-plane budget".to_owned()),
             Failure::Transient(e) | Failure::CredentialsRejected(e) => (None, e),
         };
-        let delay = Backoff::CLOUD.delay(self.attempt, unit, retry_after);
+        let delay = CLOUD_RETRY.delay(self.attempt, unit, retry_after);
         self.attempt = self.attempt.saturating_add(1);
         tracing::warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "registration failed; retrying");
         self.deadline = now.mono.checked_add(delay);
@@ -442,8 +451,7 @@ impl Core {
             Failure::Transient(e) => (None, None, e),
             Failure::Permanent(e) => (None, Some(answer::slow_retry(unit)), e),
         };
-        let mut delay =
-            slow.unwrap_or_else(|| Backoff::CLOUD.delay(self.attempt, unit, retry_after));
+        let mut delay = slow.unwrap_or_else(|| CLOUD_RETRY.delay(self.attempt, unit, retry_after));
         // As expiry nears, retry more often: never wait past a third of the validity left
         // (never under a second, never under the cloud's Retry-After).
         if let Some(left) = self
@@ -601,23 +609,10 @@ impl Core {
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` for a status line (civil-from-days, no time crate needed).
+/// `YYYY-MM-DD HH:MM:SS UTC` for a status line: [`octomil_common::clock::rfc3339`] (the one
+/// civil-date formatter) with a space for the `T` and ` UTC` for the `Z`.
 pub fn fmt_secs(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let rfc = octomil_common::clock::rfc3339(secs);
+    let rfc = rfc.strip_suffix('Z').unwrap_or(&rfc);
+    format!("{} UTC", rfc.replacen('T', " ", 1))
 }

@@ -206,7 +206,7 @@ fn a_lost_register_answer_is_retried_with_backoff_and_the_same_device_key() {
         h.core.persisted().identity.as_ref().unwrap().device_id,
         "dev-1"
     );
-    assert!(h.in_().unwrap() <= Backoff::CLOUD.ceiling(0));
+    assert!(h.in_().unwrap() <= CLOUD_RETRY.ceiling(0));
     assert!(
         h.view().detail.contains("connection reset"),
         "{}",
@@ -218,7 +218,7 @@ fn a_lost_register_answer_is_retried_with_backoff_and_the_same_device_key() {
         identity: None,
         result: Err(Failure::Transient("timeout".into())),
     });
-    assert!(h.in_().unwrap() <= Backoff::CLOUD.ceiling(1));
+    assert!(h.in_().unwrap() <= CLOUD_RETRY.ceiling(1));
     assert!(h.core.persisted().identity.is_some());
 }
 
@@ -530,4 +530,11 @@ fn tls_clock_trouble_at_refresh_keeps_serving_the_key() {
     assert!(v.key.is_some());
     h.wall += 86_400 * 2;
     assert_eq!(h.jump_to_deadline(), ["call_refresh"]);
+}
+
+#[test]
+fn status_times_read_as_utc() {
+    assert_eq!(fmt_secs(0), "1970-01-01 00:00:00 UTC");
+    assert_eq!(fmt_secs(1_772_366_400), "2026-03-01 12:00:00 UTC");
+    assert_eq!(fmt_secs(951_825_599), "2000-02-29 11:59:59 UTC");
 }

@@ -93,7 +93,7 @@ pub async fn run(broker: Broker, fleet: usize, revoke_conc: usize, connect_conc:
 
     let t = Instant::now();
     let (told_tx, mut told_rx) = mpsc::unbounded_channel::<Told>();
-    let tls = octomild::mqtt::tls_config(cloud.ca_pem.as_bytes()).unwrap();
+    let tls = octomil_common::tls::client_config(cloud.ca_pem.as_bytes()).unwrap();
     let gate = Arc::new(Semaphore::new(connect_conc));
     let mut sessions = tokio::task::JoinSet::new();
     let mut readies = Vec::with_capacity(sims);

@@ -1,4 +1,4 @@
-//! The cloud's MQTT session task: drives rumqttc's event loop, matches PUBACKs to publishes, feeds presence, and reconnects with capped backoff.
+//! The cloud's own MQTT client of its broker (embedded or external), as one task: drives rumqttc's event loop, matches PUBACKs to publishes, feeds presence, and reconnects with capped backoff.
 
 use std::time::Duration;
 
@@ -7,17 +7,20 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::backoff::Backoff;
 use super::correlate::Message;
 use super::outbox;
-use super::publisher::Session;
+use super::revocation_sender::BrokerClient;
 use crate::app::AppState;
+use octomil_common::backoff::{Backoff, Jitter, unit_random};
 
-/// Reconnect delays: quick at first (a broker restart), at most this far apart.
-const RECONNECT_BASE: Duration = Duration::from_millis(50);
-const RECONNECT_CAP: Duration = Duration::from_secs(2);
+/// Reconnect delays: quick at first (a broker restart), 50 ms doubling to 2 s, ±25 %.
+const RECONNECT: Backoff = Backoff {
+    base: Duration::from_millis(50),
+    cap: Duration::from_secs(2),
+    jitter: Jitter::QUARTER,
+};
 
-impl Session {
+impl BrokerClient {
     /// Starts the session, the outbox retry loop and the acknowledgement writer on `tasks`.
     /// All of them end when `stop` is cancelled. Returns a watch of "connected".
     pub(crate) fn spawn(
@@ -41,13 +44,13 @@ impl Session {
 }
 
 async fn run(
-    mut s: Session,
+    mut s: BrokerClient,
     cloud: AppState,
     acks: mpsc::UnboundedSender<Message>,
     up: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_CAP);
+    let mut attempt: u32 = 0;
     // Log the first failure of a streak at WARN, the rest at debug.
     let mut failing = false;
     loop {
@@ -58,7 +61,7 @@ async fn run(
         match event {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 s.shared.lock().corr.on_connack();
-                backoff.reset();
+                attempt = 0;
                 failing = false;
                 up.send_replace(true);
                 tracing::info!(broker = %broker(&s), "MQTT session up");
@@ -110,9 +113,11 @@ async fn run(
                     tracing::warn!(broker = %broker(&s), error = %e, "MQTT session down; reconnecting");
                     failing = true;
                 }
+                let delay = RECONNECT.delay(attempt, unit_random(), None);
+                attempt = attempt.saturating_add(1);
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
@@ -121,7 +126,7 @@ async fn run(
 }
 
 /// Sends again what a lost connection dropped, if the outbox still owes it.
-fn resend(s: &Session, cloud: &AppState, dropped: Vec<Message>) {
+fn resend(s: &BrokerClient, cloud: &AppState, dropped: Vec<Message>) {
     if dropped.is_empty() {
         return;
     }
@@ -143,7 +148,7 @@ fn resend(s: &Session, cloud: &AppState, dropped: Vec<Message>) {
     }
 }
 
-fn broker(s: &Session) -> String {
+fn broker(s: &BrokerClient) -> String {
     let (host, port) = s.eventloop.mqtt_options.broker_address();
     format!("{host}:{port}")
 }

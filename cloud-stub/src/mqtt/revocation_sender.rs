@@ -1,4 +1,6 @@
-//! The MQTT revocation publisher: hands retained QoS 1 publishes to rumqttc and answers each caller when the broker's PUBACK for exactly that message arrives.
+//! Sending revocations over MQTT: [`MqttPublisher`] (the cloud's [`RevocationPublisher`]) hands
+//! retained QoS 1 publishes to rumqttc and answers each caller when the broker's PUBACK for
+//! exactly that message arrives. The [`BrokerClient`] it returns is driven in `broker_client.rs`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -93,20 +95,20 @@ pub struct MqttPublisher {
 }
 
 /// The half that must be driven: rumqttc's event loop plus the shared state.
-pub(crate) struct Session {
+pub(crate) struct BrokerClient {
     pub(super) shared: Arc<Shared>,
     pub(super) eventloop: EventLoop,
 }
 
-impl std::fmt::Debug for Session {
+impl std::fmt::Debug for BrokerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").finish_non_exhaustive()
+        f.debug_struct("BrokerClient").finish_non_exhaustive()
     }
 }
 
 impl MqttPublisher {
-    /// A publisher and the session that drives it (see [`Session::spawn`]).
-    pub(crate) fn new(options: MqttOptions, ack_timeout: Duration) -> (Self, Session) {
+    /// A publisher and the session that drives it (see [`BrokerClient::spawn`]).
+    pub(crate) fn new(options: MqttOptions, ack_timeout: Duration) -> (Self, BrokerClient) {
         let (client, mut eventloop) = AsyncClient::new(options, QUEUE);
         let mut net = NetworkOptions::new();
         // Revocations are single small packets: do not let Nagle hold them back.
@@ -124,7 +126,7 @@ impl MqttPublisher {
             Self {
                 shared: shared.clone(),
             },
-            Session { shared, eventloop },
+            BrokerClient { shared, eventloop },
         )
     }
 
