@@ -1,8 +1,10 @@
-//! `POST /auth/login`: dashboard sessions. MFA (TOTP) is required by the compliance preset:
+//! `POST /auth/login` and `POST /auth/logout`: dashboard sessions, each a JWT whose `jti` names
+//! a server-side session record. MFA (TOTP) is required by the compliance preset:
 //! HIPAA and PCI for everyone, GDPR and SOC 2 for Owners and Admins.
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use octomil_common::Secret;
 use octomil_common::token;
 use octomil_common::wire::codes;
@@ -11,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
+use crate::extract::{Auth, Principal};
 use crate::session::{self, Claims, SESSION_TTL_SECS};
+use crate::store::{Change, SessionRecord};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,14 +78,45 @@ pub async fn login(
         _ => {}
     }
     let expires_at = now + SESSION_TTL_SECS;
+    let jti = token::random_base62(24).expose().clone();
+    let session = SessionRecord {
+        jti: jti.clone(),
+        email: member.email.clone(),
+        created_at: now,
+        expires_at,
+        mfa: req.mfa_code.is_some(),
+    };
+    state.store.write(|m| {
+        // Sweep this member's expired sessions while we are here.
+        let mut changes: Vec<Change> = m
+            .sessions
+            .values()
+            .filter(|s| s.email == session.email && s.expires_at <= now)
+            .map(|s| Change::DeleteSession(s.jti.clone()))
+            .collect();
+        changes.push(Change::Session(session));
+        Ok::<_, ApiError>(((), changes))
+    })?;
     let token = state.sessions.issue(&Claims {
         sub: member.email.clone(),
         org,
         role: member.role,
         iat: now,
         exp: expires_at,
-        jti: token::random_base62(16).expose().clone(),
+        jti,
     });
     tracing::info!(member = %email, "session issued");
     Ok(Json(LoginResponse { token, expires_at }))
+}
+
+/// `POST /auth/logout`: ends the calling session server-side; its JWT is refused from now on.
+pub async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResult<StatusCode> {
+    let Principal::Session { jti, email, .. } = &auth.0 else {
+        return Err(ApiError::forbidden("only a dashboard session may log out"));
+    };
+    state
+        .store
+        .write(|_| Ok::<_, ApiError>(((), vec![Change::DeleteSession(jti.clone())])))?;
+    tracing::info!(member = %email, "session ended by logout");
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -1,8 +1,9 @@
-//! The control-plane HTTP API under `/api/v1`, one file per endpoint group. Each handler
-//! names its rule (scope and minimum role) at the top; `docs/control-plane-api.md` is the
-//! table of them all.
+//! The control-plane HTTP API under `/api/v1`, one file per endpoint group. Who may call
+//! what is the table in [`authz`], enforced by one layer; `docs/control-plane-api.md` holds
+//! the same table.
 
 pub(crate) mod api_keys;
+pub mod authz;
 pub(crate) mod bootstrap_tokens;
 pub(crate) mod devices;
 pub(crate) mod inference;
@@ -44,8 +45,14 @@ pub fn router(state: AppState) -> Router {
         .route("/org/billing", get(org::billing))
         .route("/org", delete(org::delete))
         .route("/auth/login", post(login::login))
+        .route("/auth/logout", post(login::logout))
         .route("/inference", post(inference::infer))
         .merge(resources::routes())
+        // After routing, before any handler: the one place where authorization happens.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authz::authorize,
+        ))
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

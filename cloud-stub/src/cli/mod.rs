@@ -21,8 +21,9 @@ pub use client::{ApiClient, ClientOptions};
 pub use error::CliError;
 pub use output::Out;
 
-/// The scopes an API key may carry (SPEC "API keys").
-pub const SCOPES: [&str; 8] = [
+/// The scopes an API key may carry (SPEC "API keys", plus `org:admin` for organisation
+/// administration).
+pub const SCOPES: [&str; 9] = [
     "models:read",
     "models:write",
     "devices:read",
@@ -31,6 +32,7 @@ pub const SCOPES: [&str; 8] = [
     "federations:admin",
     "training:write",
     "experiments:write",
+    "org:admin",
 ];
 
 #[derive(Debug, Parser)]
@@ -178,7 +180,7 @@ pub fn parse_duration(s: &str) -> Result<String, String> {
     }
 }
 
-/// One of the eight scopes of [`SCOPES`].
+/// One of the scopes of [`SCOPES`].
 pub fn parse_scope(s: &str) -> Result<String, String> {
     let s = s.trim();
     if SCOPES.contains(&s) {

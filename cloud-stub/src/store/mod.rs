@@ -2,7 +2,9 @@
 //! every change. A change is applied to memory only after its redb transaction committed, so
 //! what a caller was told always survives a restart.
 
+pub mod migrate;
 pub mod records;
+mod v1;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -12,6 +14,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use migrate::FORMAT_VERSION;
 pub use records::*;
 
 const ORG: TableDefinition<&str, &[u8]> = TableDefinition::new("org");
@@ -20,6 +23,8 @@ const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 const BOOTSTRAP: TableDefinition<&str, &[u8]> = TableDefinition::new("bootstrap_tokens");
 const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
+/// Dashboard sessions by `jti` (format version 2).
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// Retained MQTT messages not yet acknowledged by the broker, keyed by device id.
 const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("mqtt_outbox");
 const ORG_KEY: &str = "org";
@@ -30,6 +35,10 @@ pub enum StoreError {
     Db(String),
     #[error("state database record {table}/{key} is corrupt")]
     Corrupt { table: &'static str, key: String },
+    #[error(
+        "the state was written by a newer octomil-cloud (format version {0}; this build knows {FORMAT_VERSION})"
+    )]
+    TooNew(u64),
 }
 
 macro_rules! db_err {
@@ -64,6 +73,8 @@ pub enum Change {
     Resource(ResourceRecord),
     OutboxPut(OutboxRecord),
     DeleteOutbox(String),
+    Session(SessionRecord),
+    DeleteSession(String),
 }
 
 /// Everything the cloud knows, with the hash indexes that make bearer lookups O(1).
@@ -78,6 +89,8 @@ pub struct Model {
     pub resources: BTreeMap<String, ResourceRecord>,
     /// Retained messages owed to the broker, by device id (one per device: the newest wins).
     pub outbox: BTreeMap<String, OutboxRecord>,
+    /// Live dashboard sessions by `jti`.
+    pub sessions: BTreeMap<String, SessionRecord>,
     api_key_by_hash: HashMap<Hash, String>,
     device_by_key_hash: HashMap<Hash, String>,
     bootstrap_by_hash: HashMap<Hash, String>,
@@ -156,7 +169,22 @@ impl Model {
             Change::DeleteOutbox(id) => {
                 self.outbox.remove(&id);
             }
+            Change::Session(r) => {
+                self.sessions.insert(r.jti.clone(), r);
+            }
+            Change::DeleteSession(jti) => {
+                self.sessions.remove(&jti);
+            }
         }
+    }
+
+    /// Changes that end every session of `email` (logout everywhere).
+    pub fn end_sessions_of(&self, email: &str) -> Vec<Change> {
+        self.sessions
+            .values()
+            .filter(|r| r.email == email)
+            .map(|r| Change::DeleteSession(r.jti.clone()))
+            .collect()
     }
 
     fn unindex_device(&mut self, id: &str) {
@@ -176,15 +204,16 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) `path` and loads every record.
+    /// Opens (or creates) `path`, migrates it to [`FORMAT_VERSION`], and loads every record.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         restrict(path)?;
         let db = Database::create(path)?;
+        migrate::run(&db)?;
         {
             // Create the tables so read transactions on a fresh file find them.
             let tx = db.begin_write()?;
             for t in [
-                ORG, API_KEYS, DEVICES, BOOTSTRAP, MEMBERS, RESOURCES, OUTBOX,
+                ORG, API_KEYS, DEVICES, BOOTSTRAP, MEMBERS, RESOURCES, OUTBOX, SESSIONS,
             ] {
                 tx.open_table(t)?;
             }
@@ -211,6 +240,9 @@ impl Store {
         }
         for r in load(&tx, OUTBOX, "mqtt_outbox")? {
             model.apply(Change::OutboxPut(r));
+        }
+        for r in load(&tx, SESSIONS, "sessions")? {
+            model.apply(Change::Session(r));
         }
         Ok(Self {
             db,
@@ -266,6 +298,8 @@ impl Store {
                 )?,
                 Change::OutboxPut(o) => put(&tx, OUTBOX, &o.device_id, o)?,
                 Change::DeleteOutbox(id) => del(&tx, OUTBOX, id)?,
+                Change::Session(r) => put(&tx, SESSIONS, &r.jti, r)?,
+                Change::DeleteSession(jti) => del(&tx, SESSIONS, jti)?,
             }
         }
         tx.commit()?;
@@ -340,10 +374,13 @@ mod tests {
             hash: [hash; 32],
             scopes: ScopeSet::all(),
             role: Role::Owner,
+            owner_email: "owner@example.com".into(),
             environment: Environment::Live,
             created_at: 1,
             created_by: "owner".into(),
             last_used_at: None,
+            expires_at: None,
+            revoked_at: None,
         }
     }
 

@@ -104,19 +104,51 @@ pub struct OrgRecord {
     pub settings: Settings,
 }
 
+/// An API key (format version 2). Its effective rights are the smaller of `scopes` and the
+/// current role of `owner_email` (capped at `role`); it stops working when that member is
+/// removed, when it expires, or when it is revoked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
     pub id: String,
     pub name: String,
     pub hash: Hash,
     pub scopes: ScopeSet,
-    /// Role of the member who created it: a key never outranks its creator.
+    /// Role of the creator when the key was made: a key never outranks it, even if the
+    /// member is later promoted.
     pub role: Role,
+    /// The member whose current role bounds the key (the session that made it, or the
+    /// member behind the key that made it).
+    pub owner_email: String,
     pub environment: Environment,
     pub created_at: u64,
+    /// Who made it, for the record: `session:EMAIL`, `key:ID` or `provisioning`.
     pub created_by: String,
     /// Persisted at most once a minute per key.
     pub last_used_at: Option<u64>,
+    /// Unix seconds after which the key is refused; `None` never expires.
+    pub expires_at: Option<u64>,
+    /// Set by `DELETE /api-keys/{id}`; the record stays listed for [`KEY_RETENTION_SECS`].
+    pub revoked_at: Option<u64>,
+}
+
+/// Revoked and expired API keys stay listed this long, then are dropped.
+pub const KEY_RETENTION_SECS: u64 = 90 * 86_400;
+
+impl ApiKeyRecord {
+    /// Whether the key may authenticate at `now`.
+    pub fn usable(&self, now: u64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|t| now < t)
+    }
+
+    /// Whether a dead key has been listed long enough to be dropped.
+    pub fn prunable(&self, now: u64) -> bool {
+        let dead_since = match (self.revoked_at, self.expires_at) {
+            (Some(r), _) => Some(r),
+            (None, Some(e)) if e <= now => Some(e),
+            _ => None,
+        };
+        dead_since.is_some_and(|t| now >= t.saturating_add(KEY_RETENTION_SECS))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,6 +226,7 @@ pub struct BootstrapRecord {
     pub created_at: u64,
 }
 
+/// A dashboard member (format version 2).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberRecord {
     pub email: String,
@@ -204,6 +237,20 @@ pub struct MemberRecord {
     /// only in the 0600 store in the 0700 state dir.
     pub totp_secret: Vec<u8>,
     pub created_at: u64,
+    /// The newest TOTP time step accepted for this member: a code is accepted once only.
+    pub last_totp_step: Option<u64>,
+}
+
+/// A dashboard session (format version 2): the server-side half of a session JWT, keyed by
+/// its `jti`. A JWT whose session is gone is refused, so deleting these logs a member out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub jti: String,
+    pub email: String,
+    pub created_at: u64,
+    pub expires_at: u64,
+    /// Whether the login gave a TOTP code.
+    pub mfa: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

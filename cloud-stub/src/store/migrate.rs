@@ -1,0 +1,156 @@
+//! The state's format version and the migrations between versions. A database without a
+//! `meta` table but with the `org` table was written by version 1 (the release before
+//! versions); a database with neither is new and starts at [`FORMAT_VERSION`]. Each step
+//! runs in one redb transaction together with the version bump, so a crash leaves either
+//! the old state or the new one.
+
+use std::collections::BTreeMap;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+
+use super::v1::{ApiKeyRecordV1, MemberRecordV1};
+use super::{API_KEYS, ApiKeyRecord, MEMBERS, MemberRecord, ORG, StoreError};
+use crate::scope::{Role, Scope};
+
+/// The version this build reads and writes.
+pub const FORMAT_VERSION: u64 = 2;
+
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const VERSION_KEY: &str = "format_version";
+
+/// `created_by` of the key made on first start.
+pub const PROVISIONING: &str = "provisioning";
+
+/// Brings the database at `db` to [`FORMAT_VERSION`]; returns the version it found.
+pub fn run(db: &Database) -> Result<u64, StoreError> {
+    let found = version(db)?;
+    match found {
+        None => {
+            let tx = db.begin_write()?;
+            tx.open_table(META)?.insert(VERSION_KEY, FORMAT_VERSION)?;
+            tx.commit()?;
+            return Ok(FORMAT_VERSION);
+        }
+        Some(v) if v > FORMAT_VERSION => return Err(StoreError::TooNew(v)),
+        Some(_) => {}
+    }
+    let mut v = found.unwrap_or(FORMAT_VERSION);
+    let from = v;
+    while v < FORMAT_VERSION {
+        let tx = db.begin_write()?;
+        match v {
+            1 => v1_to_v2(&tx)?,
+            _ => return Err(StoreError::Db(format!("no migration from version {v}"))),
+        }
+        v += 1;
+        tx.open_table(META)?.insert(VERSION_KEY, v)?;
+        tx.commit()?;
+        tracing::info!(from = v - 1, to = v, "state migrated");
+    }
+    Ok(from)
+}
+
+/// The stored version: `None` for a new database, 1 for one written before versions.
+fn version(db: &Database) -> Result<Option<u64>, StoreError> {
+    let tx = db.begin_read()?;
+    let names: Vec<String> = tx
+        .list_tables()
+        .map_err(|e| StoreError::Db(e.to_string()))?
+        .map(|t| t.name().to_owned())
+        .collect();
+    if names.iter().any(|n| n == META.name()) {
+        let t = tx.open_table(META)?;
+        let v = t.get(VERSION_KEY)?.map(|g| g.value());
+        return Ok(Some(v.unwrap_or(1)));
+    }
+    Ok(names.iter().any(|n| n == ORG.name()).then_some(1))
+}
+
+/// Version 1 -> 2: API keys name the member whose current role bounds them and gain an
+/// expiry and a revocation time; the first-start Owner key gains `org:admin` (organisation
+/// administration became a scope); members gain the last accepted TOTP step.
+fn v1_to_v2(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let members: Vec<MemberRecordV1> = read_all(tx, MEMBERS, "members")?;
+    let keys: Vec<ApiKeyRecordV1> = read_all(tx, API_KEYS, "api_keys")?;
+    // The first Owner stands behind the provisioning key and behind keys whose chain of
+    // creators is gone (such keys keep at most the role they had).
+    let first_owner = members
+        .iter()
+        .filter(|m| m.role == Role::Owner)
+        .min_by_key(|m| m.created_at)
+        .map(|m| m.email.clone())
+        .unwrap_or_default();
+    let by_id: BTreeMap<&str, &ApiKeyRecordV1> = keys.iter().map(|k| (k.id.as_str(), k)).collect();
+    {
+        let mut t = tx.open_table(API_KEYS)?;
+        for k in &keys {
+            let mut scopes = k.scopes;
+            if k.created_by == PROVISIONING {
+                scopes = scopes.with(Scope::OrgAdmin);
+            }
+            let rec = ApiKeyRecord {
+                id: k.id.clone(),
+                name: k.name.clone(),
+                hash: k.hash,
+                scopes,
+                role: k.role,
+                owner_email: owner_of(k, &by_id).unwrap_or_else(|| first_owner.clone()),
+                environment: k.environment,
+                created_at: k.created_at,
+                created_by: k.created_by.clone(),
+                last_used_at: k.last_used_at,
+                expires_at: None,
+                revoked_at: None,
+            };
+            t.insert(k.id.as_str(), encode(&rec)?.as_slice())?;
+        }
+    }
+    let mut t = tx.open_table(MEMBERS)?;
+    for m in members {
+        let rec = MemberRecord {
+            email: m.email,
+            role: m.role,
+            password_hash: m.password_hash,
+            totp_secret: m.totp_secret,
+            created_at: m.created_at,
+            last_totp_step: None,
+        };
+        t.insert(rec.email.as_str(), encode(&rec)?.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Follows `created_by` (`session:EMAIL`, `key:ID`) to the member behind a key.
+fn owner_of(k: &ApiKeyRecordV1, by_id: &BTreeMap<&str, &ApiKeyRecordV1>) -> Option<String> {
+    let mut cur = k;
+    for _ in 0..=by_id.len() {
+        if let Some(email) = cur.created_by.strip_prefix("session:") {
+            return Some(email.to_owned());
+        }
+        cur = by_id.get(cur.created_by.strip_prefix("key:")?)?;
+    }
+    None
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(v).map_err(|e| StoreError::Db(e.to_string()))
+}
+
+fn read_all<T: serde::de::DeserializeOwned>(
+    tx: &redb::WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    name: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    let t = tx.open_table(table)?;
+    let mut out = Vec::new();
+    for entry in t.iter()? {
+        let (k, v) = entry?;
+        out.push(
+            postcard::from_bytes(v.value()).map_err(|_| StoreError::Corrupt {
+                table: name,
+                key: k.value().to_owned(),
+            })?,
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,32 @@
+//! Records as format version 1 (the release before the state carried a version) wrote them.
+//! Postcard is not self-describing, so reading an old record needs its exact old shape; these
+//! are frozen copies, used only by [`super::migrate`]. Never change them.
+
+use serde::Deserialize;
+
+use super::{Environment, Hash};
+use crate::scope::{Role, ScopeSet};
+
+/// `api_keys` values in version 1.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiKeyRecordV1 {
+    pub id: String,
+    pub name: String,
+    pub hash: Hash,
+    pub scopes: ScopeSet,
+    pub role: Role,
+    pub environment: Environment,
+    pub created_at: u64,
+    pub created_by: String,
+    pub last_used_at: Option<u64>,
+}
+
+/// `members` values in version 1.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MemberRecordV1 {
+    pub email: String,
+    pub role: Role,
+    pub password_hash: String,
+    pub totp_secret: Vec<u8>,
+    pub created_at: u64,
+}
