@@ -211,7 +211,7 @@ pub fn source_ip(req: &Request) -> Option<String> {
 
 /// Resolves a bearer to a principal. Keys and refresh tokens are unguessable, so they are
 /// verified first and nothing is charged to anyone before a credential checks out.
-pub fn authenticate(state: &AppState, bearer: &str, _ip: Option<&str>) -> ApiResult<Principal> {
+pub fn authenticate(state: &AppState, bearer: &str) -> ApiResult<Principal> {
     let now = state.clock.now_secs();
     let unknown = || ApiError::unauthenticated("unknown or revoked credentials");
     if state

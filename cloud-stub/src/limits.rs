@@ -17,6 +17,9 @@ pub enum Surface {
     ControlPlane,
     /// Per key, on `POST /inference`.
     Inference,
+    /// Per source address: failed authentications only (unknown bearer, refresh token
+    /// that does not verify).
+    AuthFailure,
 }
 
 /// Past this many tracked subjects the limiter drops the idle ones.

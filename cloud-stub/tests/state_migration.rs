@@ -43,6 +43,8 @@ fn the_store_migrates_every_record_once() {
         store.read(|m| {
             let org = m.org.as_ref().unwrap();
             assert_eq!(org.settings.device_token_expiry_secs, 48 * 3600);
+            // A limit the old release did not have takes its default.
+            assert_eq!(org.settings.rate_limits.auth_failures.limit, 60);
             assert_eq!(m.members.len(), 2);
             assert_eq!(m.api_keys.len(), 2);
             assert_eq!(m.devices.len(), 2);

@@ -412,12 +412,12 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
         return next.run(req).await;
     }
     let ip = source_ip(&req);
-    let principal = match bearer(req.headers())
-        .and_then(|b| crate::extract::authenticate(&state, b, ip.as_deref()))
-    {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+    let principal =
+        match bearer(req.headers()).and_then(|b| crate::extract::authenticate(&state, b)) {
+            Ok(p) => p,
+            // Failures are charged to the source address, never to a key or a device.
+            Err(e) => return state.charge_failure(ip.as_deref(), e).into_response(),
+        };
     let org_env = state.store.read(|m| m.environment());
     if let Err(d) = decide(principal.facts(org_env), row, org_env) {
         return ApiError::from(d).into_response();

@@ -48,6 +48,7 @@ pub struct LimitsPatch {
     pub control_plane: Option<RateLimit>,
     pub inference: Option<RateLimit>,
     pub registration: Option<RateLimit>,
+    pub auth_failures: Option<RateLimit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +116,9 @@ pub async fn update(
                 l.registration
                     .map(|x| check_limit("registration", x))
                     .transpose()?,
+                l.auth_failures
+                    .map(|x| check_limit("auth_failures", x))
+                    .transpose()?,
             ))
         })
         .transpose()?;
@@ -129,11 +133,12 @@ pub async fn update(
         if let Some(p) = patch.compliance_preset {
             o.settings.compliance_preset = p;
         }
-        if let Some((cp, inf, reg)) = limits {
+        if let Some((cp, inf, reg, fail)) = limits {
             let rl = &mut o.settings.rate_limits;
             rl.control_plane = cp.unwrap_or(rl.control_plane);
             rl.inference = inf.unwrap_or(rl.inference);
             rl.registration = reg.unwrap_or(rl.registration);
+            rl.auth_failures = fail.unwrap_or(rl.auth_failures);
         }
         Ok::<_, ApiError>((SettingsView::of(&o), vec![Change::Org(o)]))
     })?;

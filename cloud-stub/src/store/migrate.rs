@@ -8,8 +8,11 @@ use std::collections::BTreeMap;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
-use super::v1::{ApiKeyRecordV1, MemberRecordV1};
-use super::{API_KEYS, ApiKeyRecord, MEMBERS, MemberRecord, ORG, StoreError};
+use super::v1::{ApiKeyRecordV1, MemberRecordV1, OrgRecordV1};
+use super::{
+    API_KEYS, ApiKeyRecord, CloudRateLimits, MEMBERS, MemberRecord, ORG, OrgRecord, Settings,
+    StoreError,
+};
 use crate::scope::{Role, Scope};
 
 /// The version this build reads and writes.
@@ -68,8 +71,34 @@ fn version(db: &Database) -> Result<Option<u64>, StoreError> {
 
 /// Version 1 -> 2: API keys name the member whose current role bounds them and gain an
 /// expiry and a revocation time; the first-start Owner key gains `org:admin` (organisation
-/// administration became a scope); members gain the last accepted TOTP step.
+/// administration became a scope); members gain the last accepted TOTP step; the rate limits
+/// gain the per-address budget of failed authentications (its default).
 fn v1_to_v2(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let orgs: Vec<OrgRecordV1> = read_all(tx, ORG, "org")?;
+    {
+        let mut t = tx.open_table(ORG)?;
+        for o in orgs {
+            let rl = o.settings.rate_limits;
+            let rec = OrgRecord {
+                id: o.id,
+                name: o.name,
+                environment: o.environment,
+                created_at: o.created_at,
+                deleted: o.deleted,
+                settings: Settings {
+                    device_token_expiry_secs: o.settings.device_token_expiry_secs,
+                    compliance_preset: o.settings.compliance_preset,
+                    rate_limits: CloudRateLimits {
+                        control_plane: rl.control_plane,
+                        inference: rl.inference,
+                        registration: rl.registration,
+                        ..CloudRateLimits::default()
+                    },
+                },
+            };
+            t.insert(super::ORG_KEY, encode(&rec)?.as_slice())?;
+        }
+    }
     let members: Vec<MemberRecordV1> = read_all(tx, MEMBERS, "members")?;
     let keys: Vec<ApiKeyRecordV1> = read_all(tx, API_KEYS, "api_keys")?;
     // The first Owner stands behind the provisioning key and behind keys whose chain of

@@ -47,12 +47,16 @@ impl CompliancePreset {
     }
 }
 
-/// The three cloud-side limits an operator can change.
+/// The cloud-side limits an operator can change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloudRateLimits {
     pub control_plane: RateLimit,
     pub inference: RateLimit,
     pub registration: RateLimit,
+    /// Failed authentications (unknown bearer, refresh token that does not verify) per
+    /// source address (format version 2). Only failures spend it, so a valid credential is
+    /// never refused because of other clients behind the same address.
+    pub auth_failures: RateLimit,
 }
 
 impl Default for CloudRateLimits {
@@ -62,6 +66,7 @@ impl Default for CloudRateLimits {
             control_plane: device.control_plane,
             inference: device.inference,
             registration: RateLimit::per_minute(10),
+            auth_failures: RateLimit::per_minute(60),
         }
     }
 }

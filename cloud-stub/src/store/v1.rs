@@ -2,9 +2,10 @@
 //! Postcard is not self-describing, so reading an old record needs its exact old shape; these
 //! are frozen copies, used only by [`super::migrate`]. Never change them.
 
+use octomil_common::wire::RateLimit;
 use serde::Deserialize;
 
-use super::{Environment, Hash};
+use super::{CompliancePreset, Environment, Hash};
 use crate::scope::{Role, ScopeSet};
 
 /// `api_keys` values in version 1.
@@ -29,4 +30,29 @@ pub struct MemberRecordV1 {
     pub password_hash: String,
     pub totp_secret: Vec<u8>,
     pub created_at: u64,
+}
+
+/// The `org` value in version 1.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrgRecordV1 {
+    pub id: String,
+    pub name: String,
+    pub environment: Environment,
+    pub created_at: u64,
+    pub deleted: bool,
+    pub settings: SettingsV1,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SettingsV1 {
+    pub device_token_expiry_secs: u64,
+    pub compliance_preset: CompliancePreset,
+    pub rate_limits: CloudRateLimitsV1,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct CloudRateLimitsV1 {
+    pub control_plane: RateLimit,
+    pub inference: RateLimit,
+    pub registration: RateLimit,
 }

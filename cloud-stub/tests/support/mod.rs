@@ -153,7 +153,7 @@ impl Env {
             .owner(
                 Method::PATCH,
                 "/org/settings",
-                Some(json!({"rate_limits": {"registration": big, "control_plane": big}})),
+                Some(json!({"rate_limits": {"registration": big, "control_plane": big, "auth_failures": big}})),
             )
             .await;
         assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
