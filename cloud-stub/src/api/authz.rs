@@ -192,6 +192,7 @@ pub const TABLE: &[Row] = &[
     row("DELETE", "/org", bearer_rule(OrgAdmin, Owner), Env::Org, CP),
     row("POST", "/auth/login", Access::Public, Env::Org, None),
     row("POST", "/auth/logout", Access::Session, Env::Org, None),
+    row("POST", "/auth/password", Access::Session, Env::Org, None),
     row(
         "GET",
         "/models",

@@ -120,3 +120,66 @@ pub async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResult<Stat
     tracing::info!(member = %email, "session ended by logout");
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    pub current_password: Secret<String>,
+    pub new_password: Secret<String>,
+}
+
+/// Passwords shorter than this are refused.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+/// `POST /auth/password`: a member changes their own password (giving the current one); every
+/// session of the member ends, this one included.
+pub async fn change_password(
+    State(state): State<AppState>,
+    auth: Auth,
+    Body(req): Body<ChangePassword>,
+) -> ApiResult<StatusCode> {
+    let Principal::Session { email, .. } = &auth.0 else {
+        return Err(ApiError::forbidden(
+            "only a dashboard session may change a password",
+        ));
+    };
+    if req.new_password.expose().chars().count() < MIN_PASSWORD_LEN {
+        return Err(ApiError::bad_request(
+            codes::INVALID_ARGUMENT,
+            format!("the new password must have at least {MIN_PASSWORD_LEN} characters"),
+        ));
+    }
+    let phc = state
+        .store
+        .read(|m| m.members.get(email).map(|m| m.password_hash.clone()))
+        .ok_or_else(|| ApiError::unauthenticated("unknown or revoked credentials"))?;
+    let (ok, new_hash) = tokio::task::spawn_blocking(move || {
+        let ok = session::verify_password(req.current_password.expose(), &phc);
+        let new_hash = ok.then(|| session::hash_password(req.new_password.expose()));
+        (ok, new_hash)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let new_hash = match (ok, new_hash) {
+        (true, Some(h)) => h.map_err(ApiError::internal)?,
+        _ => {
+            return Err(ApiError::unauthorized(
+                codes::INVALID_CREDENTIALS,
+                "the current password is wrong",
+            ));
+        }
+    };
+    state.store.write(|m| {
+        let mut rec = m
+            .members
+            .get(email)
+            .cloned()
+            .ok_or_else(|| ApiError::unauthenticated("unknown or revoked credentials"))?;
+        rec.password_hash = new_hash;
+        let mut changes = vec![Change::Member(rec)];
+        changes.extend(m.end_sessions_of(email));
+        Ok::<_, ApiError>(((), changes))
+    })?;
+    tracing::info!(member = %email, "password changed; every session of the member ended");
+    Ok(StatusCode::NO_CONTENT)
+}

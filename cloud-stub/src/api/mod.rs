@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/org", delete(org::delete))
         .route("/auth/login", post(login::login))
         .route("/auth/logout", post(login::logout))
+        .route("/auth/password", post(login::change_password))
         .route("/inference", post(inference::infer))
         .merge(resources::routes())
         // After routing, before any handler: the one place where authorization happens.

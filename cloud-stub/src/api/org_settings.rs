@@ -130,8 +130,21 @@ pub async fn update(
         if let Some(secs) = expiry {
             o.settings.device_token_expiry_secs = secs;
         }
+        let mut ended = Vec::new();
         if let Some(p) = patch.compliance_preset {
             o.settings.compliance_preset = p;
+            // A preset that now requires MFA ends the sessions that were opened without it.
+            ended = m
+                .sessions
+                .values()
+                .filter(|s| !s.mfa)
+                .filter(|s| {
+                    m.members
+                        .get(&s.email)
+                        .is_some_and(|mem| p.requires_mfa(mem.role))
+                })
+                .map(|s| Change::DeleteSession(s.jti.clone()))
+                .collect();
         }
         if let Some((cp, inf, reg, fail)) = limits {
             let rl = &mut o.settings.rate_limits;
@@ -140,7 +153,9 @@ pub async fn update(
             rl.registration = reg.unwrap_or(rl.registration);
             rl.auth_failures = fail.unwrap_or(rl.auth_failures);
         }
-        Ok::<_, ApiError>((SettingsView::of(&o), vec![Change::Org(o)]))
+        let mut changes = vec![Change::Org(o.clone())];
+        changes.extend(ended);
+        Ok::<_, ApiError>((SettingsView::of(&o), changes))
     })?;
     tracing::info!(auth = %auth.subject(), "organization settings changed");
     Ok(Json(view))

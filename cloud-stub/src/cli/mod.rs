@@ -109,8 +109,12 @@ pub async fn run(cli: Cli, out: &mut Out<'_>) -> Result<(), CliError> {
         Command::Devices(cmd) => devices::run(&connect(g, true)?, cmd, out).await,
         Command::BootstrapTokens(cmd) => bootstrap_tokens::run(&connect(g, true)?, cmd, out).await,
         Command::Org(cmd) => org::run(&connect(g, true)?, cmd, out).await,
-        // Logging in is how one gets a credential, so it needs none.
-        Command::Auth(cmd) => auth::run(&connect(g, false)?, cmd, out).await,
+        // Logging in is how one gets a credential, so it needs none; logging out needs the
+        // session it ends.
+        Command::Auth(cmd) => {
+            let needs_key = !matches!(cmd, auth::AuthCmd::Login(_));
+            auth::run(&connect(g, needs_key)?, cmd, out).await
+        }
     }
 }
 
