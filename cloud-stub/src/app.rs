@@ -16,6 +16,10 @@ pub struct Cloud {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     pub limiter: Limiter,
+    /// Login backoff per (account, address) and ceiling per account.
+    pub login_throttle: crate::limits::LoginThrottle,
+    /// Bounds the password hashes running at once.
+    pub hash_gate: crate::limits::HashGate,
     pub sessions: SessionKeys,
     /// Signs revocation envelopes; its public half goes to devices at registration.
     pub revocation_key: SigningKey,

@@ -238,6 +238,8 @@ impl Builder {
         let cloud = Arc::new(Cloud {
             store,
             limiter: limits::Limiter::new(self.clock.clone()),
+            login_throttle: limits::LoginThrottle::new(self.clock.clone()),
+            hash_gate: limits::HashGate::per_cpu(),
             clock: self.clock,
             sessions: session::SessionKeys::new(init::session_key(&dir)?),
             revocation_key: init::revocation_key(&dir)?,

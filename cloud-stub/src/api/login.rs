@@ -2,8 +2,10 @@
 //! a server-side session record. MFA (TOTP) is required by the compliance preset:
 //! HIPAA and PCI for everyone, GDPR and SOC 2 for Owners and Admins.
 
+use std::net::SocketAddr;
+
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use octomil_common::Secret;
 use octomil_common::token;
@@ -31,8 +33,14 @@ pub struct LoginResponse {
     pub expires_at: u64,
 }
 
+/// Logs a member in. In order: throttle (429 with `Retry-After` for an (account, address)
+/// in backoff or an account past its ceiling; no hash runs), a hash slot (503 with
+/// `Retry-After` when too many hashes run and wait), the password (checked against a dummy
+/// hash for an unknown email, so the answer takes the same work), the TOTP code (each time
+/// step accepted once per member), then the session record.
 pub async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(req): Body<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
     let bad = || {
@@ -42,41 +50,65 @@ pub async fn login(
         )
     };
     let email = req.email.trim().to_ascii_lowercase();
-    let now = state.clock.now_secs();
-    let (member, org, preset) = state
-        .store
-        .read(|m| {
-            let org = m.org.as_ref().filter(|o| !o.deleted)?;
-            Some((
-                m.members.get(&email)?.clone(),
-                org.id.clone(),
-                org.settings.compliance_preset,
-            ))
-        })
-        .ok_or_else(bad)?;
-    // Argon2 is deliberately slow: keep it off the async workers.
-    let phc = member.password_hash.clone();
-    let ok =
-        tokio::task::spawn_blocking(move || session::verify_password(req.password.expose(), &phc))
-            .await
-            .map_err(ApiError::internal)?;
-    if !ok {
-        tracing::info!(member = %email, "login refused: bad password");
+    let ip = peer.ip().to_string();
+    state
+        .login_throttle
+        .begin(&email, &ip)
+        .map_err(ApiError::rate_limited)?;
+    let found = state.store.read(|m| {
+        let org = m.org.as_ref().filter(|o| !o.deleted)?;
+        Some((
+            m.members.get(&email)?.clone(),
+            org.id.clone(),
+            org.settings.compliance_preset,
+        ))
+    });
+    let mut slot = state.hash_gate.acquire().await.map_err(|secs| ApiError {
+        retry_after: Some(secs),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::UNAVAILABLE,
+            "too many logins at once; retry shortly",
+        )
+    })?;
+    // Argon2 is deliberately slow: keep it off the async workers. An unknown email is
+    // checked against a dummy hash, so it costs what a known one costs.
+    let phc = found.as_ref().map(|(m, ..)| m.password_hash.clone());
+    let password = req.password;
+    let ok = tokio::task::spawn_blocking(move || {
+        let ok = session::verify_password_in(
+            password.expose(),
+            phc.as_deref().unwrap_or_else(|| session::dummy_phc()),
+            slot.memory(),
+        );
+        drop(slot);
+        ok && phc.is_some()
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let Some((member, org, preset)) = found.filter(|_| ok) else {
+        state.login_throttle.failed(&email);
+        tracing::info!(member = %email, "login refused: bad email or password");
         return Err(bad());
-    }
-    match req.mfa_code.as_deref() {
-        Some(code) if !session::check_totp(&member.totp_secret, code, now) => {
-            tracing::info!(member = %email, "login refused: bad MFA code");
-            return Err(bad());
-        }
+    };
+    let now = state.clock.now_secs();
+    let step = match req.mfa_code.as_deref() {
+        Some(code) => match session::totp_step(&member.totp_secret, code, now) {
+            Some(step) if member.last_totp_step.is_none_or(|last| step > last) => Some(step),
+            _ => {
+                state.login_throttle.failed(&email);
+                tracing::info!(member = %email, "login refused: bad or replayed MFA code");
+                return Err(bad());
+            }
+        },
         None if preset.requires_mfa(member.role) => {
             return Err(ApiError::unauthorized(
                 codes::MFA_REQUIRED,
                 "this organization's compliance preset requires an MFA code for your role",
             ));
         }
-        _ => {}
-    }
+        None => None,
+    };
     let expires_at = now + SESSION_TTL_SECS;
     let jti = token::random_base62(24).expose().clone();
     let session = SessionRecord {
@@ -84,19 +116,31 @@ pub async fn login(
         email: member.email.clone(),
         created_at: now,
         expires_at,
-        mfa: req.mfa_code.is_some(),
+        mfa: step.is_some(),
     };
     state.store.write(|m| {
+        let mut changes = Vec::new();
+        if let Some(step) = step {
+            // Re-checked under the store's lock: two logins racing with one code get one
+            // session between them.
+            let mut rec = m.members.get(&email).cloned().ok_or_else(bad)?;
+            if rec.last_totp_step.is_some_and(|last| step <= last) {
+                return Err(bad());
+            }
+            rec.last_totp_step = Some(step);
+            changes.push(Change::Member(rec));
+        }
         // Sweep this member's expired sessions while we are here.
-        let mut changes: Vec<Change> = m
-            .sessions
-            .values()
-            .filter(|s| s.email == session.email && s.expires_at <= now)
-            .map(|s| Change::DeleteSession(s.jti.clone()))
-            .collect();
+        changes.extend(
+            m.sessions
+                .values()
+                .filter(|s| s.email == session.email && s.expires_at <= now)
+                .map(|s| Change::DeleteSession(s.jti.clone())),
+        );
         changes.push(Change::Session(session));
         Ok::<_, ApiError>(((), changes))
     })?;
+    state.login_throttle.succeeded(&email, &ip);
     let token = state.sessions.issue(&Claims {
         sub: member.email.clone(),
         org,
