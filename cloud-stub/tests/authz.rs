@@ -88,6 +88,20 @@ fn endpoints() -> Vec<Endpoint> {
         ep!(POST "create bootstrap token", "org:admin", Admin, |_e, _n| {
             fixed("/bootstrap-tokens", Some(json!({"max_uses": 5, "expires_in": "1d"})))
         }),
+        ep!(GET "list bootstrap tokens", "org:admin", Admin, |_e, _n| fixed("/bootstrap-tokens", None)),
+        ep!(PATCH "extend bootstrap token", "org:admin", Admin, |e, _n| {
+            let a = e.owner(Method::POST, "/bootstrap-tokens", None).await;
+            (format!("/bootstrap-tokens/{}", a.body["id"].as_str().unwrap()), Some(json!({"expires_in": "30d"})))
+        }),
+        ep!(DELETE "revoke bootstrap token", "org:admin", Admin, |e, _n| {
+            let a = e.owner(Method::POST, "/bootstrap-tokens", None).await;
+            (format!("/bootstrap-tokens/{}", a.body["id"].as_str().unwrap()), None)
+        }),
+        ep!(POST "bulk revoke", "devices:write", Admin, |e, n| {
+            let d = Device::new(&format!("bulk-{n}"));
+            d.register(e).await;
+            fixed("/revocations", Some(json!({"device_ids": [d.id]})))
+        }),
         ep!(POST "create api key", "org:admin", Admin, |_e, _n| {
             fixed("/api-keys", Some(json!({"name": "k", "scopes": ["org:admin"]})))
         }),

@@ -49,6 +49,14 @@ fn the_store_migrates_every_record_once() {
             assert_eq!(m.api_keys.len(), 2);
             assert_eq!(m.devices.len(), 2);
             assert_eq!(m.bootstrap.len(), 2);
+            // Every token now expires and has a use limit; the one made with limits keeps them.
+            assert!(
+                m.bootstrap
+                    .values()
+                    .all(|b| b.expires_at.is_some() && b.max_uses.is_some())
+            );
+            assert!(m.bootstrap.values().any(|b| b.max_uses == Some(5)));
+            assert!(m.devices.values().all(|d| d.bootstrap_token_id.is_none()));
             assert_eq!(m.resources.len(), 1);
             let owner_key = m
                 .api_keys

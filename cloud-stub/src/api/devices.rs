@@ -178,7 +178,7 @@ pub async fn revoke(
     Ok((status, Json(view)))
 }
 
-fn seal(key: &SigningKey, d: &DeviceRecord, now_ms: u64) -> ApiResult<Vec<u8>> {
+pub(super) fn seal(key: &SigningKey, d: &DeviceRecord, now_ms: u64) -> ApiResult<Vec<u8>> {
     let rev = Revocation {
         device_id: d.device_id.clone(),
         issued_at: now_ms,

@@ -14,6 +14,7 @@ pub(crate) mod org_settings;
 pub(crate) mod refresh_device;
 pub(crate) mod register_device;
 pub(crate) mod resources;
+pub(crate) mod revocations;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -30,7 +31,15 @@ pub fn router(state: AppState) -> Router {
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::show).delete(devices::delete))
         .route("/devices/{id}/revoke", post(devices::revoke))
-        .route("/bootstrap-tokens", post(bootstrap_tokens::create))
+        .route(
+            "/bootstrap-tokens",
+            post(bootstrap_tokens::create).get(bootstrap_tokens::list),
+        )
+        .route(
+            "/bootstrap-tokens/{id}",
+            axum::routing::patch(bootstrap_tokens::update).delete(bootstrap_tokens::revoke),
+        )
+        .route("/revocations", post(revocations::revoke))
         .route("/api-keys", post(api_keys::create).get(api_keys::list))
         .route("/api-keys/{id}", delete(api_keys::delete))
         .route(

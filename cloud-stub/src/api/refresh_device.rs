@@ -45,6 +45,9 @@ pub async fn refresh(
     // A token that does not verify is charged to the source address instead.
     let outcome = state.store.write(|m| {
         let invalid = || ApiError::unauthorized(codes::INVALID_REFRESH_TOKEN, "refresh token is not valid for this device");
+        if m.org.as_ref().is_none_or(|o| o.deleted) {
+            return Err(super::authz::org_deleted());
+        }
         let mut d = m.devices.get(req.device_id.as_str()).cloned().ok_or_else(invalid)?;
         if d.state == DeviceState::Revoked {
             return Err(ApiError::device_revoked());

@@ -65,6 +65,9 @@ pub async fn register(
                 "bootstrap token is unknown, expired or used up",
             )
         };
+        if m.org.as_ref().is_none_or(|o| o.deleted) {
+            return Err(super::authz::org_deleted());
+        }
         let mut boot = m
             .bootstrap_by_hash(&boot_hash)
             .filter(|b| token::hashes_equal(&b.hash, &boot_hash))
@@ -102,8 +105,10 @@ pub async fn register(
                 revoked_at: None,
                 revoke_reason: None,
                 revocation_seq: 0,
+                bootstrap_token_id: None,
             },
         };
+        device.bootstrap_token_id = Some(boot.id.clone());
         device.registered_at_ms = now_ms;
         if let Some(meta) = &req.metadata {
             device.metadata = meta.clone();

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
-use super::v1::{ApiKeyRecordV1, MemberRecordV1, OrgRecordV1};
+use super::v1::{ApiKeyRecordV1, BootstrapRecordV1, DeviceRecordV1, MemberRecordV1, OrgRecordV1};
 use super::{
-    API_KEYS, ApiKeyRecord, CloudRateLimits, MEMBERS, MemberRecord, ORG, OrgRecord, Settings,
-    StoreError,
+    API_KEYS, ApiKeyRecord, BOOTSTRAP, BootstrapRecord, CloudRateLimits,
+    DEFAULT_BOOTSTRAP_TTL_SECS, DEFAULT_BOOTSTRAP_USES, DEVICES, DeviceRecord, MEMBERS,
+    MemberRecord, ORG, OrgRecord, Settings, StoreError,
 };
 use crate::scope::{Role, Scope};
 
@@ -72,8 +73,54 @@ fn version(db: &Database) -> Result<Option<u64>, StoreError> {
 /// Version 1 -> 2: API keys name the member whose current role bounds them and gain an
 /// expiry and a revocation time; the first-start Owner key gains `org:admin` (organisation
 /// administration became a scope); members gain the last accepted TOTP step; the rate limits
-/// gain the per-address budget of failed authentications (its default).
+/// gain the per-address budget of failed authentications (its default); bootstrap tokens gain
+/// a revocation time, and an expiry (90 days from the migration) and a use limit (10,000 more
+/// uses) where they had none; devices gain the id of the token they registered with (unknown
+/// for devices registered before).
 fn v1_to_v2(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let tokens: Vec<BootstrapRecordV1> = read_all(tx, BOOTSTRAP, "bootstrap_tokens")?;
+    {
+        let mut t = tx.open_table(BOOTSTRAP)?;
+        for b in tokens {
+            let rec = BootstrapRecord {
+                max_uses: Some(
+                    b.max_uses
+                        .unwrap_or_else(|| b.uses.saturating_add(DEFAULT_BOOTSTRAP_USES)),
+                ),
+                expires_at: Some(b.expires_at.unwrap_or(now + DEFAULT_BOOTSTRAP_TTL_SECS)),
+                id: b.id,
+                hash: b.hash,
+                uses: b.uses,
+                created_at: b.created_at,
+                revoked_at: None,
+            };
+            t.insert(rec.id.as_str(), encode(&rec)?.as_slice())?;
+        }
+    }
+    let devices: Vec<DeviceRecordV1> = read_all(tx, DEVICES, "devices")?;
+    {
+        let mut t = tx.open_table(DEVICES)?;
+        for d in devices {
+            let rec = DeviceRecord {
+                device_id: d.device_id,
+                public_key: d.public_key,
+                state: d.state,
+                registered_at_ms: d.registered_at_ms,
+                last_refresh_at: d.last_refresh_at,
+                metadata: d.metadata,
+                keys: d.keys,
+                refresh: d.refresh,
+                revoked_at: d.revoked_at,
+                revoke_reason: d.revoke_reason,
+                revocation_seq: d.revocation_seq,
+                bootstrap_token_id: None,
+            };
+            t.insert(rec.device_id.as_str(), encode(&rec)?.as_slice())?;
+        }
+    }
     let orgs: Vec<OrgRecordV1> = read_all(tx, ORG, "org")?;
     {
         let mut t = tx.open_table(ORG)?;

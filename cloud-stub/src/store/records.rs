@@ -207,6 +207,9 @@ pub struct DeviceRecord {
     pub revoke_reason: Option<String>,
     /// Sequence of the latest revocation envelope; strictly increasing per device.
     pub revocation_seq: u64,
+    /// The bootstrap token the device last registered with (format version 2; `None` for
+    /// devices registered before), so a leaked token's devices can be revoked in one call.
+    pub bootstrap_token_id: Option<String>,
 }
 
 impl DeviceRecord {
@@ -221,6 +224,9 @@ impl DeviceRecord {
     }
 }
 
+/// A bootstrap token (format version 2). `max_uses` and `expires_at` are always set since
+/// version 2 (defaults [`DEFAULT_BOOTSTRAP_USES`], [`DEFAULT_BOOTSTRAP_TTL_SECS`]); they stay
+/// optional in the record so version-1 readers of the type need not change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BootstrapRecord {
     pub id: String,
@@ -229,7 +235,14 @@ pub struct BootstrapRecord {
     pub uses: u32,
     pub expires_at: Option<u64>,
     pub created_at: u64,
+    /// Set by `DELETE /bootstrap-tokens/{id}` (which also sets `expires_at` to that time).
+    pub revoked_at: Option<u64>,
 }
+
+/// Registrations a bootstrap token allows when none is given.
+pub const DEFAULT_BOOTSTRAP_USES: u32 = 10_000;
+/// How long a bootstrap token lives when no expiry is given: 90 days.
+pub const DEFAULT_BOOTSTRAP_TTL_SECS: u64 = 90 * 86_400;
 
 /// A dashboard member (format version 2).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,7 +5,9 @@
 use octomil_common::wire::RateLimit;
 use serde::Deserialize;
 
-use super::{CompliancePreset, Environment, Hash};
+use std::collections::BTreeMap;
+
+use super::{CompliancePreset, DeviceKey, DeviceState, Environment, Hash, RefreshState};
 use crate::scope::{Role, ScopeSet};
 
 /// `api_keys` values in version 1.
@@ -55,4 +57,32 @@ pub struct CloudRateLimitsV1 {
     pub control_plane: RateLimit,
     pub inference: RateLimit,
     pub registration: RateLimit,
+}
+
+/// `bootstrap_tokens` values in version 1.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BootstrapRecordV1 {
+    pub id: String,
+    pub hash: Hash,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub expires_at: Option<u64>,
+    pub created_at: u64,
+}
+
+/// `devices` values in version 1. The nested types (`DeviceKey`, `RefreshState`) have not
+/// changed since; copy them here before ever changing them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceRecordV1 {
+    pub device_id: String,
+    pub public_key: [u8; 32],
+    pub state: DeviceState,
+    pub registered_at_ms: u64,
+    pub last_refresh_at: Option<u64>,
+    pub metadata: BTreeMap<String, String>,
+    pub keys: Vec<DeviceKey>,
+    pub refresh: RefreshState,
+    pub revoked_at: Option<u64>,
+    pub revoke_reason: Option<String>,
+    pub revocation_seq: u64,
 }
