@@ -200,3 +200,38 @@ async fn a_deleted_org_refuses_devices_too() {
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     env.handle.shutdown().await;
 }
+
+/// The leaked-token drill from the CLI: `octomil bootstrap-tokens revoke ID --devices`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn octomil_revokes_a_token_and_its_devices() {
+    use clap::Parser;
+    let env = support::start().await;
+    env.relax_limits().await;
+    let (id, token) = new_token(&env, json!({})).await;
+    register_with(&env, "cli-1", &token).await;
+    let ca = env.dir.path().join("ca-for-cli.pem");
+    std::fs::write(&ca, env.handle.ca_pem.as_bytes()).unwrap();
+    let cli = octomil_cloud::cli::Cli::try_parse_from([
+        "octomil",
+        "--api-url",
+        &env.handle.http_url,
+        "--api-key",
+        &env.owner_key,
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "bootstrap-tokens",
+        "revoke",
+        &id,
+        "--devices",
+    ])
+    .unwrap();
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut out = octomil_cloud::cli::Out::new(&mut stdout, &mut stderr, false, 0);
+    octomil_cloud::cli::run(cli, &mut out).await.unwrap();
+    let note = String::from_utf8_lossy(&stderr).into_owned();
+    assert!(note.contains("1 devices revoked"), "{note}");
+    assert_eq!(listed(&env, &id).await["status"], "revoked");
+    let a = env.owner(Method::GET, "/devices/cli-1", None).await;
+    assert_eq!(a.body["state"], "revoked");
+    env.handle.shutdown().await;
+}
