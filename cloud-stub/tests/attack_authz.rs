@@ -213,3 +213,35 @@ async fn revoked_and_expired_keys_are_refused_and_stay_listed() {
     assert_eq!(a.body["api_keys"].as_array().unwrap().len(), 1);
     env.handle.shutdown().await;
 }
+
+/// Reproduced before: an Admin lowered the compliance preset, turning MFA off for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_cannot_lower_the_compliance_preset() {
+    let env = support::start().await;
+    let admin = env.session("admin@example.com", "admin").await;
+    let set = |token: String, p: &'static str| {
+        let env = &env;
+        async move {
+            env.call(
+                Method::PATCH,
+                "/org/settings",
+                Some(&token),
+                Some(json!({"compliance_preset": p})),
+            )
+            .await
+        }
+    };
+    // Raising is fine for an Admin.
+    assert_eq!(set(admin.clone(), "soc2").await.status, StatusCode::OK);
+    // Lowering is not; the preset stays.
+    let a = set(admin.clone(), "none").await;
+    assert_eq!((a.status, a.code()), (StatusCode::FORBIDDEN, "forbidden"));
+    let a = env.owner(Method::GET, "/org/settings", None).await;
+    assert_eq!(a.body["compliance_preset"], "soc2");
+    // An Owner may.
+    assert_eq!(
+        set(env.owner_key.clone(), "none").await.status,
+        StatusCode::OK
+    );
+    env.handle.shutdown().await;
+}

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, Body};
+use crate::scope::Role;
 use crate::store::{Change, CloudRateLimits, CompliancePreset, Environment, OrgRecord};
 
 /// Device keys may live between these bounds. The floor is low so tests and labs can watch
@@ -132,6 +133,16 @@ pub async fn update(
         }
         let mut ended = Vec::new();
         if let Some(p) = patch.compliance_preset {
+            // Only an Owner may relax MFA: an Admin cannot turn it off for anyone.
+            let cur = o.settings.compliance_preset;
+            let lowers = [Role::Member, Role::Admin, Role::Owner]
+                .into_iter()
+                .any(|r| cur.requires_mfa(r) && !p.requires_mfa(r));
+            if lowers && auth.role() < Some(Role::Owner) {
+                return Err(ApiError::forbidden(
+                    "only an owner may change to a preset that requires MFA of fewer roles",
+                ));
+            }
             o.settings.compliance_preset = p;
             // A preset that now requires MFA ends the sessions that were opened without it.
             ended = m
