@@ -5,7 +5,7 @@
 pub(crate) mod api_keys;
 pub mod authz;
 pub(crate) mod bootstrap_tokens;
-pub(crate) mod devices;
+pub mod devices;
 pub(crate) mod inference;
 pub(crate) mod login;
 pub(crate) mod members;
