@@ -141,10 +141,36 @@ impl Principal {
 }
 
 /// The caller of a bearer route, put in the request by [`crate::api::authz::authorize`]
-/// after the route's rule passed. A handler that takes it cannot run unchecked: without the
-/// middleware's stamp the extractor refuses.
+/// after the route's rule passed, with the request's context. A handler that takes it cannot
+/// run unchecked: without the middleware's stamp the extractor refuses.
 #[derive(Debug, Clone)]
-pub struct Auth(pub Principal);
+pub struct Auth(pub Principal, pub Ctx);
+
+/// Where a request came from, for the audit log: the source address and a request id (also
+/// sent back in `x-request-id`). Every `/api/v1` route has one.
+#[derive(Debug, Clone, Default)]
+pub struct Ctx {
+    pub source: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Ctx>()
+            .cloned()
+            .unwrap_or_else(|| Ctx {
+                source: parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip().to_string()),
+                request_id: None,
+            }))
+    }
+}
 
 impl Auth {
     /// The role, for calls that compare roles (a key may not create a stronger key).

@@ -102,6 +102,7 @@ fn endpoints() -> Vec<Endpoint> {
             d.register(e).await;
             fixed("/revocations", Some(json!({"device_ids": [d.id]})))
         }),
+        ep!(GET "read audit log", "org:admin", Admin, |_e, _n| fixed("/audit", None)),
         ep!(POST "create api key", "org:admin", Admin, |_e, _n| {
             fixed("/api-keys", Some(json!({"name": "k", "scopes": ["org:admin"]})))
         }),

@@ -137,9 +137,16 @@ pub async fn create(
         created_at: now,
         expires_at,
     };
-    state
-        .store
-        .write(|_| Ok::<_, ApiError>(((), vec![Change::ApiKey(rec)])))?;
+    state.store.write(|_| {
+        let audit = super::audit::change(
+            &auth,
+            state.clock.now_ms(),
+            "api_key.create",
+            rec.id.clone(),
+            Some(format!("scopes {}", rec.scopes.names().join(","))),
+        );
+        Ok::<_, ApiError>(((), vec![Change::ApiKey(rec), audit]))
+    })?;
     tracing::info!(api_key_id = %created.id, auth = %auth.subject(), "API key created");
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -239,6 +246,13 @@ pub async fn delete(
             .filter(|k| k.prunable(now))
             .map(|k| Change::DeleteApiKey(k.id.clone()))
             .collect();
+        changes.push(super::audit::change(
+            &auth,
+            now * 1000,
+            "api_key.revoke",
+            k.id.clone(),
+            None,
+        ));
         changes.push(Change::ApiKey(k));
         Ok(((), changes))
     })?;

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::extract::{Auth, Principal, bearer, source_ip};
+use crate::extract::{Auth, Ctx, Principal, bearer, source_ip};
 use crate::limits::Surface;
 use crate::scope::{Role, Scope};
 use crate::store::Environment;
@@ -105,6 +105,7 @@ pub const TABLE: &[Row] = &[
     row("PATCH", "/bootstrap-tokens/{id}", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
     row("DELETE", "/bootstrap-tokens/{id}", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
     row("POST", "/revocations", bearer_rule(DevicesWrite, Admin), Env::Org, CP),
+    row("GET", "/audit", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
     row("POST", "/api-keys", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
     row("GET", "/api-keys", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
     row("DELETE", "/api-keys/{id}", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
@@ -237,7 +238,27 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
     let Some(path) = matched else {
         return next.run(req).await;
     };
-    let Some(row) = lookup(req.method(), &path) else {
+    let request_id = octomil_common::token::random_base62(16).expose().clone();
+    let ctx = Ctx {
+        source: source_ip(&req),
+        request_id: Some(request_id.clone()),
+    };
+    req.extensions_mut().insert(ctx.clone());
+    let mut resp = decide_and_run(&state, &path, ctx, req, next).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn decide_and_run(
+    state: &AppState,
+    path: &str,
+    ctx: Ctx,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(row) = lookup(req.method(), path) else {
         if TABLE.iter().any(|r| r.path == path) {
             // Another method of a known route: let the router answer 405.
             return next.run(req).await;
@@ -248,13 +269,16 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
     if row.access == Access::Public {
         return next.run(req).await;
     }
-    let ip = source_ip(&req);
-    let principal =
-        match bearer(req.headers()).and_then(|b| crate::extract::authenticate(&state, b)) {
-            Ok(p) => p,
-            // Failures are charged to the source address, never to a key or a device.
-            Err(e) => return state.charge_failure(ip.as_deref(), e).into_response(),
-        };
+    let principal = match bearer(req.headers()).and_then(|b| crate::extract::authenticate(state, b))
+    {
+        Ok(p) => p,
+        // Failures are charged to the source address, never to a key or a device.
+        Err(e) => {
+            return state
+                .charge_failure(ctx.source.as_deref(), e)
+                .into_response();
+        }
+    };
     let org_env = state.store.read(|m| m.environment());
     if let Err(d) = decide(principal.facts(org_env), row, org_env) {
         return ApiError::from(d).into_response();
@@ -269,7 +293,7 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
     if let Err(e) = charged {
         return e.into_response();
     }
-    req.extensions_mut().insert(Auth(principal));
+    req.extensions_mut().insert(Auth(principal, ctx));
     next.run(req).await
 }
 

@@ -122,9 +122,16 @@ pub async fn create(
     };
     let (rec, secret) = new_bootstrap_token(now, body.max_uses, Some(now.saturating_add(ttl)));
     let (id, max_uses, expires_at) = (rec.id.clone(), rec.max_uses, rec.expires_at);
-    state
-        .store
-        .write(|_| Ok::<_, ApiError>(((), vec![Change::Bootstrap(rec)])))?;
+    state.store.write(|_| {
+        let audit = super::audit::change(
+            &auth,
+            state.clock.now_ms(),
+            "bootstrap_token.create",
+            rec.id.clone(),
+            None,
+        );
+        Ok::<_, ApiError>(((), vec![Change::Bootstrap(rec), audit]))
+    })?;
     tracing::info!(bootstrap_token_id = %id, auth = %auth.subject(), "bootstrap token created");
     Ok((
         StatusCode::CREATED,
@@ -193,7 +200,19 @@ pub async fn update(
         }
         Ok((
             BootstrapTokenView::of(&b, m, now),
-            vec![Change::Bootstrap(b)],
+            vec![
+                super::audit::change(
+                    &auth,
+                    now * 1000,
+                    "bootstrap_token.update",
+                    id.clone(),
+                    Some(format!(
+                        "max_uses {:?}, expires_at {:?}",
+                        b.max_uses, b.expires_at
+                    )),
+                ),
+                Change::Bootstrap(b),
+            ],
         ))
     })?;
     tracing::info!(bootstrap_token_id = %id, auth = %auth.subject(), "bootstrap token updated");
@@ -220,7 +239,14 @@ pub async fn revoke(
         b.revoked_at = Some(now);
         // Registration refuses an expired token: expiring it now is what revokes it there.
         b.expires_at = Some(now);
-        Ok::<_, ApiError>(((), vec![Change::Bootstrap(b)]))
+        let audit = super::audit::change(
+            &auth,
+            now * 1000,
+            "bootstrap_token.revoke",
+            id.clone(),
+            None,
+        );
+        Ok::<_, ApiError>(((), vec![Change::Bootstrap(b), audit]))
     })?;
     tracing::info!(bootstrap_token_id = %id, auth = %auth.subject(), "bootstrap token revoked");
     Ok(StatusCode::NO_CONTENT)

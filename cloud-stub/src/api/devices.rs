@@ -295,7 +295,16 @@ pub async fn revoke(
         d.revocation_seq += 1;
         let sealed = seal(&state.revocation_key, &d, now_ms)?;
         let view = DeviceView::with_presence(&d, state.presence.get(id.as_str()));
-        let mut changes = vec![Change::Device(d)];
+        let mut changes = vec![
+            Change::Device(d),
+            super::audit::change(
+                &auth,
+                now_ms,
+                "device.revoke",
+                id.as_str(),
+                Some(reason.clone()),
+            ),
+        ];
         if state.publisher.durable() {
             changes.push(outbox::entry(&id, sealed.clone(), now_ms));
         }
@@ -347,7 +356,10 @@ pub async fn delete(
             "only a revoked device can be deleted; revoke it first",
         )),
         Some(_) => {
-            let mut changes = vec![Change::DeleteDevice(id.as_str().to_owned())];
+            let mut changes = vec![
+                Change::DeleteDevice(id.as_str().to_owned()),
+                super::audit::change(&auth, now_ms, "device.delete", id.as_str(), None),
+            ];
             // Clear the retained revocation (replacing any undelivered one), so a
             // re-provisioned device with this id does not read its predecessor's.
             if durable {

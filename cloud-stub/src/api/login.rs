@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
-use crate::extract::{Auth, Principal};
+use crate::extract::{Auth, Ctx, Principal};
 use crate::session::{self, Claims, SESSION_TTL_SECS};
 use crate::store::{Change, SessionRecord};
 
@@ -41,6 +41,7 @@ pub struct LoginResponse {
 pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ctx: Ctx,
     Body(req): Body<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
     let bad = || {
@@ -138,6 +139,14 @@ pub async fn login(
                 .map(|s| Change::DeleteSession(s.jti.clone())),
         );
         changes.push(Change::Session(session));
+        changes.push(super::audit::from(
+            &ctx,
+            now * 1000,
+            format!("session:{email}"),
+            "api",
+            "session.login",
+            &email,
+        ));
         Ok::<_, ApiError>(((), changes))
     })?;
     state.login_throttle.succeeded(&email, &ip);
@@ -158,9 +167,16 @@ pub async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResult<Stat
     let Principal::Session { jti, email, .. } = &auth.0 else {
         return Err(ApiError::forbidden("only a dashboard session may log out"));
     };
-    state
-        .store
-        .write(|_| Ok::<_, ApiError>(((), vec![Change::DeleteSession(jti.clone())])))?;
+    state.store.write(|_| {
+        let audit = super::audit::change(
+            &auth,
+            state.clock.now_ms(),
+            "session.logout",
+            email.clone(),
+            None,
+        );
+        Ok::<_, ApiError>(((), vec![Change::DeleteSession(jti.clone()), audit]))
+    })?;
     tracing::info!(member = %email, "session ended by logout");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -222,6 +238,13 @@ pub async fn change_password(
         rec.password_hash = new_hash;
         let mut changes = vec![Change::Member(rec)];
         changes.extend(m.end_sessions_of(email));
+        changes.push(super::audit::change(
+            &auth,
+            state.clock.now_ms(),
+            "member.password",
+            email.clone(),
+            None,
+        ));
         Ok::<_, ApiError>(((), changes))
     })?;
     tracing::info!(member = %email, "password changed; every session of the member ended");

@@ -137,7 +137,14 @@ pub async fn add(
                 "a member with this email exists",
             ));
         }
-        Ok(((), vec![Change::Member(rec)]))
+        let audit = super::audit::change(
+            &auth,
+            now * 1000,
+            "member.add",
+            email.clone(),
+            Some(format!("role {}", req.role.as_str())),
+        );
+        Ok(((), vec![Change::Member(rec), audit]))
     })?;
     tracing::info!(member = %email, role = req.role.as_str(), auth = %auth.subject(), "member added");
     Ok((StatusCode::CREATED, Json(answer)))
@@ -164,7 +171,16 @@ pub async fn update(
         }
         let changed = rec.role != req.role;
         rec.role = req.role;
-        let mut changes = vec![Change::Member(rec.clone())];
+        let mut changes = vec![
+            Change::Member(rec.clone()),
+            super::audit::change(
+                &auth,
+                state.clock.now_ms(),
+                "member.role",
+                email.clone(),
+                Some(format!("role {}", req.role.as_str())),
+            ),
+        ];
         if changed {
             // A session carries the role it was opened with in its JWT: end it.
             changes.extend(m.end_sessions_of(&email));
@@ -192,7 +208,16 @@ pub async fn remove(
                 "the organization needs at least one owner",
             ));
         }
-        let mut changes = vec![Change::DeleteMember(email.clone())];
+        let mut changes = vec![
+            Change::DeleteMember(email.clone()),
+            super::audit::change(
+                &auth,
+                state.clock.now_ms(),
+                "member.remove",
+                email.clone(),
+                None,
+            ),
+        ];
         changes.extend(m.end_sessions_of(&email));
         Ok(((), changes))
     })?;

@@ -3,6 +3,7 @@
 //! the same table.
 
 pub(crate) mod api_keys;
+pub mod audit;
 pub mod authz;
 pub(crate) mod bootstrap_tokens;
 pub mod devices;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::patch(bootstrap_tokens::update).delete(bootstrap_tokens::revoke),
         )
         .route("/revocations", post(revocations::revoke))
+        .route("/audit", get(audit::list))
         .route("/api-keys", post(api_keys::create).get(api_keys::list))
         .route("/api-keys/{id}", delete(api_keys::delete))
         .route(

@@ -58,7 +58,14 @@ pub async fn delete(
             ));
         }
         o.deleted = true;
-        Ok(((), vec![Change::Org(o)]))
+        let audit = super::audit::change(
+            &auth,
+            state.clock.now_ms(),
+            "org.delete",
+            o.id.clone(),
+            None,
+        );
+        Ok(((), vec![Change::Org(o), audit]))
     })?;
     tracing::warn!(auth = %auth.subject(), "organization deleted; every credential is now refused");
     Ok(StatusCode::NO_CONTENT)

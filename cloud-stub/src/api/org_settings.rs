@@ -164,7 +164,19 @@ pub async fn update(
             rl.registration = reg.unwrap_or(rl.registration);
             rl.auth_failures = fail.unwrap_or(rl.auth_failures);
         }
-        let mut changes = vec![Change::Org(o.clone())];
+        let mut changes = vec![
+            Change::Org(o.clone()),
+            super::audit::change(
+                &auth,
+                state.clock.now_ms(),
+                "org.settings",
+                o.id.clone(),
+                Some(format!(
+                    "device_token_expiry {}s, compliance_preset {:?}",
+                    o.settings.device_token_expiry_secs, o.settings.compliance_preset
+                )),
+            ),
+        ];
         changes.extend(ended);
         Ok::<_, ApiError>((SettingsView::of(&o), changes))
     })?;

@@ -115,9 +115,21 @@ pub async fn register(
         }
         let (key, refresh, expires_at) = issue_pair(&mut device, m.environment(), now, expiry);
         boot.uses += 1;
+        let ctx = crate::extract::Ctx {
+            source: Some(peer.ip().to_string()),
+            request_id: None,
+        };
+        let audit = super::audit::from(
+            &ctx,
+            now_ms,
+            format!("device:{}", device.device_id),
+            "device",
+            "device.register",
+            &device.device_id,
+        );
         Ok((
             (key, refresh, expires_at),
-            vec![Change::Device(device), Change::Bootstrap(boot)],
+            vec![Change::Device(device), Change::Bootstrap(boot), audit],
         ))
     })?;
 

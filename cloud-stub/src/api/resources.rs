@@ -101,8 +101,8 @@ pub fn routes() -> Router<AppState> {
         r = r.route(
             k.path,
             get(move |s: State<AppState>, _: Auth| list(s, kind, None)).post(
-                move |s: State<AppState>, _: Auth, b: Body<CreateResource>| {
-                    create(s, kind, None, b)
+                move |s: State<AppState>, a: Auth, b: Body<CreateResource>| {
+                    create(s, a, kind, None, b)
                 },
             ),
         );
@@ -113,9 +113,9 @@ pub fn routes() -> Router<AppState> {
         get(move |s: State<AppState>, _: Auth, Path(id): Path<String>| list(s, kind, Some(id)))
             .post(
                 move |s: State<AppState>,
-                      _: Auth,
+                      a: Auth,
                       Path(id): Path<String>,
-                      b: Body<CreateResource>| { create(s, kind, Some(id), b) },
+                      b: Body<CreateResource>| { create(s, a, kind, Some(id), b) },
             ),
     )
 }
@@ -145,6 +145,7 @@ async fn list(
 
 async fn create(
     State(state): State<AppState>,
+    auth: Auth,
     kind: &'static str,
     parent: Option<String>,
     Body(req): Body<CreateResource>,
@@ -177,7 +178,14 @@ async fn create(
         {
             return Err(ApiError::not_found("model"));
         }
-        Ok(((), vec![Change::Resource(rec)]))
+        let audit = super::audit::change(
+            &auth,
+            state.clock.now_ms(),
+            &format!("{kind}.create"),
+            rec.id.clone(),
+            None,
+        );
+        Ok(((), vec![Change::Resource(rec), audit]))
     })?;
     Ok((StatusCode::CREATED, Json(view)))
 }

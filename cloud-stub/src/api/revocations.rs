@@ -155,6 +155,13 @@ pub async fn revoke(
             if durable {
                 changes.push(outbox::entry(&device_id, env.clone(), now_ms));
             }
+            changes.push(super::audit::change(
+                &auth,
+                now_ms,
+                "device.revoke",
+                d.device_id.clone(),
+                Some(reason.clone()),
+            ));
             answer.revoked.push(d.device_id.clone());
             changes.push(Change::Device(d));
             sealed.push((device_id, env));

@@ -2,6 +2,7 @@
 //! per command group, all driving the control-plane API through `ApiClient`.
 
 pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod bootstrap_tokens;
 pub mod client;
@@ -89,6 +90,9 @@ pub enum Command {
     /// Dashboard sessions
     #[command(subcommand)]
     Auth(auth::AuthCmd),
+    /// Read, export and verify the audit log
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
 }
 
 /// Member roles, lowest first (Member < Admin < Owner).
@@ -109,6 +113,7 @@ pub async fn run(cli: Cli, out: &mut Out<'_>) -> Result<(), CliError> {
         Command::Devices(cmd) => devices::run(&connect(g, true)?, cmd, out).await,
         Command::BootstrapTokens(cmd) => bootstrap_tokens::run(&connect(g, true)?, cmd, out).await,
         Command::Org(cmd) => org::run(&connect(g, true)?, cmd, out).await,
+        Command::Audit(cmd) => audit::run(&connect(g, true)?, cmd, out).await,
         // Logging in is how one gets a credential, so it needs none; logging out needs the
         // session it ends.
         Command::Auth(cmd) => {

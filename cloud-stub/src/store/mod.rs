@@ -2,6 +2,7 @@
 //! every change. A change is applied to memory only after its redb transaction committed, so
 //! what a caller was told always survives a restart.
 
+pub mod audit;
 pub mod migrate;
 pub mod records;
 mod v1;
@@ -14,6 +15,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use audit::{AuditRecord, Checkpoint};
 pub use migrate::FORMAT_VERSION;
 pub use records::*;
 
@@ -28,6 +30,13 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// Retained MQTT messages not yet acknowledged by the broker, keyed by device id.
 const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("mqtt_outbox");
 const ORG_KEY: &str = "org";
+/// The audit log by sequence number (format version 2).
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// The audit checkpoint left by retention pruning, under [`CHECKPOINT_KEY`].
+const AUDIT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_meta");
+const CHECKPOINT_KEY: &str = "checkpoint";
+/// Pruning runs once the oldest record is this far past the retention.
+const PRUNE_SLACK_MS: u64 = 86_400_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -75,6 +84,8 @@ pub enum Change {
     DeleteOutbox(String),
     Session(SessionRecord),
     DeleteSession(String),
+    /// Appended to the audit log; the store links it into the chain at commit.
+    Audit(AuditRecord),
 }
 
 /// Everything the cloud knows, with the hash indexes that make bearer lookups O(1).
@@ -91,6 +102,10 @@ pub struct Model {
     pub outbox: BTreeMap<String, OutboxRecord>,
     /// Live dashboard sessions by `jti`.
     pub sessions: BTreeMap<String, SessionRecord>,
+    /// The newest audit record (sequence and hash).
+    pub audit_head: Checkpoint,
+    /// Unix ms of the oldest audit record kept, if any.
+    pub audit_oldest_ms: Option<u64>,
     api_key_by_hash: HashMap<Hash, String>,
     device_by_key_hash: HashMap<Hash, String>,
     bootstrap_by_hash: HashMap<Hash, String>,
@@ -175,6 +190,13 @@ impl Model {
             Change::DeleteSession(jti) => {
                 self.sessions.remove(&jti);
             }
+            Change::Audit(r) => {
+                self.audit_head = Checkpoint {
+                    seq: r.seq,
+                    hash: r.hash,
+                };
+                self.audit_oldest_ms.get_or_insert(r.at_ms);
+            }
         }
     }
 
@@ -213,10 +235,11 @@ impl Store {
             // Create the tables so read transactions on a fresh file find them.
             let tx = db.begin_write()?;
             for t in [
-                ORG, API_KEYS, DEVICES, BOOTSTRAP, MEMBERS, RESOURCES, OUTBOX, SESSIONS,
+                ORG, API_KEYS, DEVICES, BOOTSTRAP, MEMBERS, RESOURCES, OUTBOX, SESSIONS, AUDIT_META,
             ] {
                 tx.open_table(t)?;
             }
+            tx.open_table(AUDIT)?;
             tx.commit()?;
         }
         let mut model = Model::default();
@@ -244,6 +267,25 @@ impl Store {
         for r in load(&tx, SESSIONS, "sessions")? {
             model.apply(Change::Session(r));
         }
+        {
+            let t = tx.open_table(AUDIT)?;
+            let first = t
+                .first()?
+                .map(|(_, v)| decode_audit(v.value()))
+                .transpose()?;
+            let last = t
+                .last()?
+                .map(|(_, v)| decode_audit(v.value()))
+                .transpose()?;
+            model.audit_oldest_ms = first.map(|r| r.at_ms);
+            model.audit_head = match last {
+                Some(r) => Checkpoint {
+                    seq: r.seq,
+                    hash: r.hash,
+                },
+                None => read_checkpoint(&tx)?,
+            };
+        }
         Ok(Self {
             db,
             model: Mutex::new(model),
@@ -268,14 +310,103 @@ impl Store {
         E: From<StoreError>,
     {
         let mut model = self.lock();
-        let (out, changes) = f(&model)?;
+        let (out, mut changes) = f(&model)?;
         if !changes.is_empty() {
+            // Link audit records into the chain, in order, after the current head.
+            let mut head = model.audit_head;
+            let mut audited = None;
+            for c in &mut changes {
+                if let Change::Audit(r) = c {
+                    r.seal(head);
+                    head = Checkpoint {
+                        seq: r.seq,
+                        hash: r.hash,
+                    };
+                    audited = Some(r.at_ms);
+                }
+            }
             self.commit(&changes)?;
             for c in changes {
                 model.apply(c);
             }
+            if let Some(now_ms) = audited {
+                self.prune_if_due(&mut model, now_ms)?;
+            }
         }
         Ok(out)
+    }
+
+    /// Drops audit records past the compliance preset's retention, leaving a checkpoint, once
+    /// the oldest record is a day past it (so this runs about once a day at most).
+    fn prune_if_due(&self, model: &mut Model, now_ms: u64) -> Result<(), StoreError> {
+        let preset = model
+            .org
+            .as_ref()
+            .map_or(CompliancePreset::None, |o| o.settings.compliance_preset);
+        let keep_ms = audit::retention_days(preset) * 86_400_000;
+        let cutoff = now_ms.saturating_sub(keep_ms);
+        if model
+            .audit_oldest_ms
+            .is_none_or(|oldest| oldest.saturating_add(PRUNE_SLACK_MS) > cutoff)
+        {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        let oldest = {
+            let mut t = tx.open_table(AUDIT)?;
+            let mut checkpoint = None;
+            loop {
+                let Some((_, v)) = t.first()? else { break };
+                let r = decode_audit(v.value())?;
+                if r.at_ms >= cutoff {
+                    break;
+                }
+                drop(v);
+                t.remove(r.seq)?;
+                checkpoint = Some(Checkpoint {
+                    seq: r.seq,
+                    hash: r.hash,
+                });
+            }
+            if let Some(cp) = checkpoint {
+                let bytes = postcard::to_stdvec(&cp).map_err(|e| StoreError::Db(e.to_string()))?;
+                tx.open_table(AUDIT_META)?
+                    .insert(CHECKPOINT_KEY, bytes.as_slice())?;
+            }
+            t.first()?
+                .map(|(_, v)| decode_audit(v.value()))
+                .transpose()?
+        };
+        tx.commit()?;
+        model.audit_oldest_ms = oldest.map(|r| r.at_ms);
+        Ok(())
+    }
+
+    /// Audit records after `after_seq` that `keep` accepts, at most `limit`, oldest first;
+    /// also whether more follow, and the pruning checkpoint.
+    pub fn audit_page(
+        &self,
+        after_seq: u64,
+        limit: usize,
+        keep: impl Fn(&AuditRecord) -> bool,
+    ) -> Result<(Vec<AuditRecord>, bool, Checkpoint), StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(AUDIT)?;
+        let mut out = Vec::new();
+        let mut more = false;
+        for entry in t.range(after_seq.saturating_add(1)..)? {
+            let (_, v) = entry?;
+            let r = decode_audit(v.value())?;
+            if !keep(&r) {
+                continue;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push(r);
+        }
+        Ok((out, more, read_checkpoint(&tx)?))
     }
 
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
@@ -300,6 +431,11 @@ impl Store {
                 Change::DeleteOutbox(id) => del(&tx, OUTBOX, id)?,
                 Change::Session(r) => put(&tx, SESSIONS, &r.jti, r)?,
                 Change::DeleteSession(jti) => del(&tx, SESSIONS, jti)?,
+                Change::Audit(r) => {
+                    let bytes =
+                        postcard::to_stdvec(r).map_err(|e| StoreError::Db(e.to_string()))?;
+                    tx.open_table(AUDIT)?.insert(r.seq, bytes.as_slice())?;
+                }
             }
         }
         tx.commit()?;
@@ -342,6 +478,25 @@ fn del(
 ) -> Result<(), StoreError> {
     tx.open_table(table)?.remove(key)?;
     Ok(())
+}
+
+fn decode_audit(bytes: &[u8]) -> Result<AuditRecord, StoreError> {
+    postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt {
+        table: "audit",
+        key: String::new(),
+    })
+}
+
+fn read_checkpoint(tx: &redb::ReadTransaction) -> Result<Checkpoint, StoreError> {
+    let t = tx.open_table(AUDIT_META)?;
+    let v = t.get(CHECKPOINT_KEY)?;
+    match v {
+        None => Ok(Checkpoint::default()),
+        Some(v) => postcard::from_bytes(v.value()).map_err(|_| StoreError::Corrupt {
+            table: "audit_meta",
+            key: CHECKPOINT_KEY.into(),
+        }),
+    }
 }
 
 fn load<T: DeserializeOwned>(
