@@ -20,6 +20,8 @@ pub struct Cloud {
     pub login_throttle: crate::limits::LoginThrottle,
     /// Bounds the password hashes running at once.
     pub hash_gate: crate::limits::HashGate,
+    /// Counters for `GET /metrics`.
+    pub metrics: crate::api::metrics::Metrics,
     pub sessions: SessionKeys,
     /// Signs revocation envelopes; its public half goes to devices at registration.
     pub revocation_key: SigningKey,

@@ -240,6 +240,7 @@ impl Builder {
             limiter: limits::Limiter::new(self.clock.clone()),
             login_throttle: limits::LoginThrottle::new(self.clock.clone()),
             hash_gate: limits::HashGate::per_cpu(),
+            metrics: Default::default(),
             clock: self.clock,
             sessions: session::SessionKeys::new(init::session_key(&dir)?),
             revocation_key: init::revocation_key(&dir)?,

@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 /// The eight API-key scopes of the contract, plus `org:admin` (organisation administration:
-/// members, settings, API keys, bootstrap tokens, billing, deleting the org).
+/// members, settings, API keys, bootstrap tokens, billing, deleting the org) and
+/// `metrics:read` (the Prometheus metrics, for a scraper's key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Scope {
@@ -17,10 +18,11 @@ pub enum Scope {
     TrainingWrite = 6,
     ExperimentsWrite = 7,
     OrgAdmin = 8,
+    MetricsRead = 9,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 9] = [
+    pub const ALL: [Scope; 10] = [
         Scope::ModelsRead,
         Scope::ModelsWrite,
         Scope::DevicesRead,
@@ -30,6 +32,7 @@ impl Scope {
         Scope::TrainingWrite,
         Scope::ExperimentsWrite,
         Scope::OrgAdmin,
+        Scope::MetricsRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +46,7 @@ impl Scope {
             Self::TrainingWrite => "training:write",
             Self::ExperimentsWrite => "experiments:write",
             Self::OrgAdmin => "org:admin",
+            Self::MetricsRead => "metrics:read",
         }
     }
 
@@ -57,7 +61,7 @@ pub struct ScopeSet(u16);
 
 impl ScopeSet {
     pub const fn all() -> Self {
-        Self(0x1ff)
+        Self(0x3ff)
     }
 
     pub const fn with(self, s: Scope) -> Self {

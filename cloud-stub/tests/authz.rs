@@ -103,6 +103,7 @@ fn endpoints() -> Vec<Endpoint> {
             fixed("/revocations", Some(json!({"device_ids": [d.id]})))
         }),
         ep!(GET "read audit log", "org:admin", Admin, |_e, _n| fixed("/audit", None)),
+        ep!(GET "metrics", "metrics:read", Admin, |_e, _n| fixed("/metrics", None)),
         ep!(POST "create api key", "org:admin", Admin, |_e, _n| {
             fixed("/api-keys", Some(json!({"name": "k", "scopes": ["org:admin"]})))
         }),
@@ -166,7 +167,7 @@ fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
-const ALL_SCOPES: [&str; 9] = [
+const ALL_SCOPES: [&str; 10] = [
     "models:read",
     "models:write",
     "devices:read",
@@ -176,6 +177,7 @@ const ALL_SCOPES: [&str; 9] = [
     "training:write",
     "experiments:write",
     "org:admin",
+    "metrics:read",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

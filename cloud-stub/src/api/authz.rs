@@ -106,6 +106,7 @@ pub const TABLE: &[Row] = &[
     row("DELETE", "/bootstrap-tokens/{id}", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
     row("POST", "/revocations", bearer_rule(DevicesWrite, Admin), Env::Org, CP),
     row("GET", "/audit", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
+    row("GET", "/metrics", bearer_rule(MetricsRead, Admin), Env::Org, CP),
     row("POST", "/api-keys", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
     row("GET", "/api-keys", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
     row("DELETE", "/api-keys/{id}", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
@@ -244,7 +245,9 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
         request_id: Some(request_id.clone()),
     };
     req.extensions_mut().insert(ctx.clone());
+    let route = format!("{} {path}", req.method());
     let mut resp = decide_and_run(&state, &path, ctx, req, next).await;
+    state.metrics.answered(&route, resp.status().as_u16());
     if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -274,6 +277,7 @@ async fn decide_and_run(
         Ok(p) => p,
         // Failures are charged to the source address, never to a key or a device.
         Err(e) => {
+            crate::api::metrics::Metrics::add(&state.metrics.auth_failures, 1);
             return state
                 .charge_failure(ctx.source.as_deref(), e)
                 .into_response();

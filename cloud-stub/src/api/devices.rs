@@ -310,6 +310,7 @@ pub async fn revoke(
         }
         Ok::<_, ApiError>(((view, sealed), changes))
     })?;
+    crate::api::metrics::Metrics::add(&state.metrics.revocations, 1);
     tracing::info!(device_id = %id, auth = %auth.subject(), "device revoked");
     let (status, published, ack_ms) = match state.publisher.publish(&id, sealed).await {
         Ok(took) => {

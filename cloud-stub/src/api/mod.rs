@@ -10,6 +10,7 @@ pub mod devices;
 pub(crate) mod inference;
 pub(crate) mod login;
 pub(crate) mod members;
+pub mod metrics;
 pub(crate) mod org;
 pub(crate) mod org_settings;
 pub(crate) mod refresh_device;
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/revocations", post(revocations::revoke))
         .route("/audit", get(audit::list))
+        .route("/metrics", get(metrics::show))
         .route("/api-keys", post(api_keys::create).get(api_keys::list))
         .route("/api-keys/{id}", delete(api_keys::delete))
         .route(

@@ -12,6 +12,7 @@ use octomil_common::envelope;
 use octomil_common::wire::codes;
 use serde::{Deserialize, Serialize};
 
+use crate::api::metrics::Metrics;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, Body};
@@ -168,6 +169,7 @@ pub async fn revoke(
         }
         Ok(((answer, sealed), changes))
     })?;
+    Metrics::add(&state.metrics.revocations, answer.revoked.len() as u64);
     tracing::info!(
         revoked = answer.revoked.len(),
         already_revoked = answer.already_revoked,

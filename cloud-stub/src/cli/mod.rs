@@ -24,7 +24,7 @@ pub use output::Out;
 
 /// The scopes an API key may carry (SPEC "API keys", plus `org:admin` for organisation
 /// administration).
-pub const SCOPES: [&str; 9] = [
+pub const SCOPES: [&str; 10] = [
     "models:read",
     "models:write",
     "devices:read",
@@ -34,6 +34,7 @@ pub const SCOPES: [&str; 9] = [
     "training:write",
     "experiments:write",
     "org:admin",
+    "metrics:read",
 ];
 
 #[derive(Debug, Parser)]

@@ -162,7 +162,7 @@ fn v1_to_v2(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
         for k in &keys {
             let mut scopes = k.scopes;
             if k.created_by == PROVISIONING {
-                scopes = scopes.with(Scope::OrgAdmin);
+                scopes = scopes.with(Scope::OrgAdmin).with(Scope::MetricsRead);
             }
             let rec = ApiKeyRecord {
                 id: k.id.clone(),
