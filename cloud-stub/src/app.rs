@@ -31,6 +31,7 @@ pub struct Cloud {
     /// What devices last reported on their status topics.
     pub presence: crate::mqtt::presence::PresenceTable,
     /// Failure switches for tests (all off by default).
+    #[cfg(feature = "faults")]
     pub faults: crate::faults::Faults,
 }
 

@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod error;
 pub mod extract;
+#[cfg(feature = "faults")]
 pub mod faults;
 pub mod files;
 pub mod init;
@@ -247,6 +248,7 @@ impl Builder {
             publisher,
             mqtt_url: mqtt_url.clone(),
             presence: PresenceTable::new(vouched),
+            #[cfg(feature = "faults")]
             faults: Default::default(),
         });
 

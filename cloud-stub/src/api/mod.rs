@@ -74,12 +74,14 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed",
             )
         });
-    Router::new()
+    let app = Router::new()
         .nest("/api/v1", v1)
-        .fallback(|| async { ApiError::not_found("route") })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::faults::apply,
-        ))
-        .with_state(state)
+        .fallback(|| async { ApiError::not_found("route") });
+    // Failure switches exist only in builds for tests (feature `faults`), never in a release.
+    #[cfg(feature = "faults")]
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::faults::apply,
+    ));
+    app.with_state(state)
 }
