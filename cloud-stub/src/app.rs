@@ -16,6 +16,12 @@ pub struct Cloud {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     pub limiter: Limiter,
+    /// Login backoff per (account, address) and ceiling per account.
+    pub login_throttle: crate::limits::LoginThrottle,
+    /// Bounds the password hashes running at once.
+    pub hash_gate: crate::limits::HashGate,
+    /// Counters for `GET /metrics`.
+    pub metrics: crate::api::metrics::Metrics,
     pub sessions: SessionKeys,
     /// Signs revocation envelopes; its public half goes to devices at registration.
     pub revocation_key: SigningKey,
@@ -30,6 +36,7 @@ pub struct Cloud {
     /// What devices last reported on their status topics.
     pub presence: crate::mqtt::presence::PresenceTable,
     /// Failure switches for tests (all off by default).
+    #[cfg(feature = "faults")]
     pub faults: crate::faults::Faults,
 }
 
@@ -57,15 +64,41 @@ impl Cloud {
     /// Takes one call from `subject`'s budget on `surface`, under the org's current limit;
     /// 429 with `Retry-After` when it is spent.
     pub fn take_permit(&self, surface: Surface, subject: &str) -> ApiResult<()> {
-        let limits = self
-            .store
-            .read(|m| m.org.as_ref().map(|o| o.settings.rate_limits))
-            .unwrap_or_default();
+        self.take_permit_under(surface, subject, None)
+    }
+
+    /// Records a failed authentication from `ip` and turns `failure` into 429 once the
+    /// address has failed too often. Only failures are charged: a valid credential from the
+    /// same address is never refused for them.
+    pub fn charge_failure(&self, ip: Option<&str>, failure: ApiError) -> ApiError {
+        match ip {
+            Some(ip) => match self.take_permit(Surface::AuthFailure, ip) {
+                Ok(()) => failure,
+                Err(limited) => limited,
+            },
+            None => failure,
+        }
+    }
+
+    /// [`Self::take_permit`] with the limits already read (callers that hold the store's
+    /// lock must not read it again).
+    pub fn take_permit_under(
+        &self,
+        surface: Surface,
+        subject: &str,
+        limits: Option<crate::store::CloudRateLimits>,
+    ) -> ApiResult<()> {
+        let limits = limits.unwrap_or_else(|| {
+            self.store
+                .read(|m| m.org.as_ref().map(|o| o.settings.rate_limits))
+                .unwrap_or_default()
+        });
         let limit = match surface {
             Surface::Registration => limits.registration,
             Surface::Challenge => crate::limits::challenge_limit(limits.registration),
             Surface::ControlPlane => limits.control_plane,
             Surface::Inference => limits.inference,
+            Surface::AuthFailure => limits.auth_failures,
         };
         self.limiter
             .check(surface, subject, limit)

@@ -1,18 +1,20 @@
 //! Request extractors: `Body<T>` (JSON with the error vocabulary of the contract) and `Auth`
-//! (who is calling, from the bearer token).
+//! (who is calling, as the authorization layer established), and bearer authentication.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use octomil_common::token::{self, TokenKind};
 use octomil_common::wire::{MAX_BODY_BYTES, codes};
 use serde::de::DeserializeOwned;
 
+use crate::api::authz::{Facts, Kind};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::limits::Surface;
-use crate::scope::{Role, Rule, ScopeSet};
-use crate::store::Change;
+use crate::scope::{Role, ScopeSet};
+use crate::store::{Change, Environment};
 
 /// A JSON request body of at most 64 KiB. Failures map to 400 with `body_too_large`,
 /// `malformed_json`, `invalid_device_id` or `invalid_body`.
@@ -79,58 +81,98 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     })
 }
 
-/// Who is calling.
+/// Who is calling, as authenticated by [`authenticate`].
 #[derive(Debug, Clone)]
 pub enum Principal {
     ApiKey {
         id: String,
         scopes: ScopeSet,
+        /// The smaller of the key's role cap and its creator's current role.
         role: Role,
+        environment: Environment,
+        /// The member behind the key.
+        owner_email: String,
     },
     Session {
         email: String,
         role: Role,
+        jti: String,
     },
     Device {
         device_id: String,
     },
 }
 
-/// An authenticated caller. Devices also pay one control-plane permit per call here
-/// (inference is limited per key in its handler instead).
-#[derive(Debug, Clone)]
-pub struct Auth(pub Principal);
-
-impl Auth {
-    /// Enforces an endpoint's rule: scope first (403 `insufficient_scope`), then role
-    /// (403 `forbidden`).
-    pub fn require(&self, rule: Rule) -> ApiResult<()> {
-        let (scopes, role) = match &self.0 {
-            Principal::ApiKey { scopes, role, .. } => (*scopes, Some(*role)),
-            Principal::Session { role, .. } => (ScopeSet::all(), Some(*role)),
-            Principal::Device { .. } => (ScopeSet::of([crate::scope::Scope::ModelsRead]), None),
-        };
-        if let Some(scope) = rule.scope
-            && !scopes.contains(scope)
-        {
-            return Err(ApiError::insufficient_scope(scope.as_str()));
-        }
-        // A device acts as a Member on scoped routes and has no standing on role-only ones.
-        let role = match (role, rule.scope) {
-            (Some(r), _) => r,
-            (None, Some(_)) => Role::Member,
-            (None, None) => return Err(ApiError::forbidden("device keys may not make this call")),
-        };
-        if role >= rule.min_role {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!(
-                "this call needs the {} role or higher",
-                rule.min_role.as_str()
-            )))
+impl Principal {
+    /// What an authorization decision needs (see [`crate::api::authz::decide`]).
+    pub fn facts(&self, org_env: Environment) -> Facts {
+        match self {
+            Self::ApiKey {
+                scopes,
+                role,
+                environment,
+                ..
+            } => Facts {
+                kind: Kind::Key {
+                    scopes: *scopes,
+                    role: *role,
+                },
+                environment: *environment,
+            },
+            Self::Session { role, .. } => Facts {
+                kind: Kind::Session { role: *role },
+                environment: org_env,
+            },
+            Self::Device { .. } => Facts {
+                kind: Kind::Device,
+                environment: org_env,
+            },
         }
     }
 
+    /// A stable name for log fields and per-caller limits; never a secret.
+    pub fn subject(&self) -> String {
+        match self {
+            Self::ApiKey { id, .. } => format!("key:{id}"),
+            Self::Session { email, .. } => format!("session:{email}"),
+            Self::Device { device_id } => format!("device:{device_id}"),
+        }
+    }
+}
+
+/// The caller of a bearer route, put in the request by [`crate::api::authz::authorize`]
+/// after the route's rule passed, with the request's context. A handler that takes it cannot
+/// run unchecked: without the middleware's stamp the extractor refuses.
+#[derive(Debug, Clone)]
+pub struct Auth(pub Principal, pub Ctx);
+
+/// Where a request came from, for the audit log: the source address and a request id (also
+/// sent back in `x-request-id`). Every `/api/v1` route has one.
+#[derive(Debug, Clone, Default)]
+pub struct Ctx {
+    pub source: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Ctx>()
+            .cloned()
+            .unwrap_or_else(|| Ctx {
+                source: parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip().to_string()),
+                request_id: None,
+            }))
+    }
+}
+
+impl Auth {
     /// The role, for calls that compare roles (a key may not create a stronger key).
     pub fn role(&self) -> Option<Role> {
         match &self.0 {
@@ -147,44 +189,55 @@ impl Auth {
         }
     }
 
-    /// A stable name for audit fields and per-caller limits; never a secret.
-    pub fn subject(&self) -> String {
+    /// The member acting (directly, or behind an API key).
+    pub fn member(&self) -> Option<&str> {
         match &self.0 {
-            Principal::ApiKey { id, .. } => format!("key:{id}"),
-            Principal::Session { email, .. } => format!("session:{email}"),
-            Principal::Device { device_id } => format!("device:{device_id}"),
+            Principal::ApiKey { owner_email, .. } => Some(owner_email),
+            Principal::Session { email, .. } => Some(email),
+            Principal::Device { .. } => None,
         }
+    }
+
+    pub fn subject(&self) -> String {
+        self.0.subject()
     }
 }
 
-impl FromRequestParts<AppState> for Auth {
+impl<S: Send + Sync> FromRequestParts<S> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| ApiError::unauthenticated("missing Authorization: Bearer header"))?;
-        let principal = authenticate(state, bearer)?;
-        if let Principal::Device { device_id } = &principal
-            && !parts.uri.path().ends_with("/inference")
-        {
-            state.take_permit(Surface::ControlPlane, device_id)?;
-        }
-        Ok(Auth(principal))
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Auth>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("handler reached without an authorization decision"))
     }
 }
 
-fn authenticate(state: &AppState, bearer: &str) -> ApiResult<Principal> {
+/// The bearer token of a request, or 401 `unauthenticated`.
+pub fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthenticated("missing Authorization: Bearer header"))
+}
+
+/// The TCP peer's address (the source address limits are charged to).
+pub fn source_ip(req: &Request) -> Option<String> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+}
+
+/// Resolves a bearer to a principal. Keys and refresh tokens are unguessable, so they are
+/// verified first and nothing is charged to anyone before a credential checks out.
+pub fn authenticate(state: &AppState, bearer: &str) -> ApiResult<Principal> {
     let now = state.clock.now_secs();
     let unknown = || ApiError::unauthenticated("unknown or revoked credentials");
     if state
@@ -206,6 +259,12 @@ fn authenticate(state: &AppState, bearer: &str) -> ApiResult<Principal> {
                 .api_key_by_hash(&h)
                 .filter(|k| token::hashes_equal(&k.hash, &h))
             {
+                if !k.usable(now) {
+                    return Err(unknown());
+                }
+                // A key acts with at most its creator's current role; a removed creator's
+                // keys stop working.
+                let creator = m.members.get(&k.owner_email).ok_or_else(unknown)?;
                 // Persist last use at most once a minute per key.
                 let stale = k.last_used_at.is_none_or(|t| now >= t + 60);
                 let changes = if stale {
@@ -218,7 +277,9 @@ fn authenticate(state: &AppState, bearer: &str) -> ApiResult<Principal> {
                 let p = Principal::ApiKey {
                     id: k.id.clone(),
                     scopes: k.scopes,
-                    role: k.role,
+                    role: k.role.min(creator.role),
+                    environment: k.environment,
+                    owner_email: k.owner_email.clone(),
                 };
                 return Ok((p, changes));
             }
@@ -256,18 +317,25 @@ fn authenticate(state: &AppState, bearer: &str) -> ApiResult<Principal> {
         });
     }
     let claims = state.sessions.verify(bearer, now).map_err(|_| unknown())?;
+    // The JWT alone proves nothing once its server-side session is gone (logout, removal,
+    // role or password change).
     let role = state
         .store
         .read(|m| {
             let org_ok = m.org.as_ref().is_some_and(|o| o.id == claims.org);
+            let live = m
+                .sessions
+                .get(&claims.jti)
+                .is_some_and(|s| s.email == claims.sub && s.expires_at > now);
             m.members
                 .get(&claims.sub)
-                .filter(|_| org_ok)
+                .filter(|_| org_ok && live)
                 .map(|mem| mem.role)
         })
         .ok_or_else(unknown)?;
     Ok(Principal::Session {
         email: claims.sub,
         role,
+        jti: claims.jti,
     })
 }

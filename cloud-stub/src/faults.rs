@@ -1,6 +1,7 @@
-//! Failure switches for tests and demos: make the device endpoints fail, rate-limit or stall
-//! on purpose, and record when devices called. Off unless a test flips them; every switch is
-//! a few atomics checked by one middleware.
+//! Failure switches for tests, compiled only with the `faults` feature (never in a release
+//! build): make the device endpoints fail, rate-limit or stall on purpose, and record when
+//! devices called. Off unless a test flips them; every switch is a few atomics checked by one
+//! middleware.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -70,9 +70,10 @@ pub fn provision(
         "owner",
         ScopeSet::all(),
         Role::Owner,
+        owner_email,
         environment,
         now,
-        "provisioning",
+        crate::store::migrate::PROVISIONING,
     );
     let (boot, boot_token) = new_bootstrap_token(now, None, None);
     files::write_private(&paths.owner_api_key, api_key.expose().as_bytes())?;

@@ -8,6 +8,7 @@ pub mod challenge;
 pub mod cli;
 pub mod error;
 pub mod extract;
+#[cfg(feature = "faults")]
 pub mod faults;
 pub mod files;
 pub mod init;
@@ -264,6 +265,9 @@ impl Builder {
         let cloud = Arc::new(Cloud {
             store,
             limiter: limits::Limiter::new(self.clock.clone()),
+            login_throttle: limits::LoginThrottle::new(self.clock.clone()),
+            hash_gate: limits::HashGate::per_cpu(),
+            metrics: Default::default(),
             clock: self.clock,
             sessions: session::SessionKeys::new(init::session_key(&dir)?),
             revocation_key: init::revocation_key(&dir)?,
@@ -272,6 +276,7 @@ impl Builder {
             mqtt_url: mqtt_url.clone(),
             mqtt_identity,
             presence: PresenceTable::new(vouched),
+            #[cfg(feature = "faults")]
             faults: Default::default(),
         });
 

@@ -1,9 +1,11 @@
-//! Scopes (what an API key may touch) and roles (what a member may do), and the rule each
-//! endpoint names.
+//! Scopes (what an API key may touch) and roles (what a member may do). Which route needs
+//! which is the table in [`crate::api::authz`].
 
 use serde::{Deserialize, Serialize};
 
-/// The eight API-key scopes of the contract.
+/// The eight API-key scopes of the contract, plus `org:admin` (organisation administration:
+/// members, settings, API keys, bootstrap tokens, billing, deleting the org) and
+/// `metrics:read` (the Prometheus metrics, for a scraper's key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Scope {
@@ -15,10 +17,12 @@ pub enum Scope {
     FederationsAdmin = 5,
     TrainingWrite = 6,
     ExperimentsWrite = 7,
+    OrgAdmin = 8,
+    MetricsRead = 9,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 10] = [
         Scope::ModelsRead,
         Scope::ModelsWrite,
         Scope::DevicesRead,
@@ -27,6 +31,8 @@ impl Scope {
         Scope::FederationsAdmin,
         Scope::TrainingWrite,
         Scope::ExperimentsWrite,
+        Scope::OrgAdmin,
+        Scope::MetricsRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +45,8 @@ impl Scope {
             Self::FederationsAdmin => "federations:admin",
             Self::TrainingWrite => "training:write",
             Self::ExperimentsWrite => "experiments:write",
+            Self::OrgAdmin => "org:admin",
+            Self::MetricsRead => "metrics:read",
         }
     }
 
@@ -53,7 +61,11 @@ pub struct ScopeSet(u16);
 
 impl ScopeSet {
     pub const fn all() -> Self {
-        Self(0xff)
+        Self(0x3ff)
+    }
+
+    pub const fn with(self, s: Scope) -> Self {
+        Self(self.0 | 1 << s as u8)
     }
 
     pub fn of(scopes: impl IntoIterator<Item = Scope>) -> Self {
@@ -102,30 +114,6 @@ impl Role {
             "admin" => Some(Self::Admin),
             "owner" => Some(Self::Owner),
             _ => None,
-        }
-    }
-}
-
-/// What an endpoint demands: a scope of API and device keys (none for role-only routes such
-/// as members and settings), and a minimum role of keys and sessions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rule {
-    pub scope: Option<Scope>,
-    pub min_role: Role,
-}
-
-impl Rule {
-    pub const fn scoped(scope: Scope, min_role: Role) -> Self {
-        Self {
-            scope: Some(scope),
-            min_role,
-        }
-    }
-
-    pub const fn role(min_role: Role) -> Self {
-        Self {
-            scope: None,
-            min_role,
         }
     }
 }

@@ -28,6 +28,30 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an accept error such as EMFILE, so a full fd table does not become a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// What one listener allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at once; past it a new connection is closed at once, unread.
+    pub max_connections: usize,
+    /// A connection (HTTP/1.1 keep-alive or HTTP/2) that moves no byte this long is closed.
+    pub idle_timeout: Duration,
+    /// Request head (HTTP/1.1 read buffer) and HTTP/2 header list, in bytes.
+    pub max_header_bytes: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(120),
+            max_header_bytes: 16 * 1024,
+            max_streams: 64,
+        }
+    }
+}
+
 /// Serves `router` over TLS on `listener` until `shutdown` is cancelled, then drains for at
 /// most `grace`. Handlers can extract `ConnectInfo<SocketAddr>` (the TCP peer).
 pub async fn serve_https(
@@ -43,6 +67,27 @@ pub async fn serve_https(
         router,
         shutdown,
         grace,
+        Limits::default(),
+    )
+    .await;
+}
+
+/// [`serve_https`] with explicit [`Limits`].
+pub async fn serve_https_with(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+    limits: Limits,
+) {
+    serve(
+        listener,
+        Some(TlsAcceptor::from(tls)),
+        router,
+        shutdown,
+        grace,
+        limits,
     )
     .await;
 }
@@ -54,7 +99,18 @@ pub async fn serve_http(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    serve(listener, None, router, shutdown, grace).await;
+    serve(listener, None, router, shutdown, grace, Limits::default()).await;
+}
+
+/// [`serve_http`] with explicit [`Limits`].
+pub async fn serve_http_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+    limits: Limits,
+) {
+    serve(listener, None, router, shutdown, grace, limits).await;
 }
 
 async fn serve(
@@ -63,7 +119,9 @@ async fn serve(
     router: Router,
     shutdown: CancellationToken,
     grace: Duration,
+    limits: Limits,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let tracker = TaskTracker::new();
     // Tells hyper connections to finish their current requests and close.
     let graceful = GracefulShutdown::new();
@@ -91,12 +149,19 @@ async fn serve(
                 }
             }
         };
+        // At the cap, close the newcomer at once: a flood cannot hold more than the cap of
+        // sockets, tasks and TLS buffers, and clients see a refusal they can retry.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "connection cap reached; closing a new connection");
+            drop(stream);
+            continue;
+        };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
         // Subscribed now, before shutdown can be signalled, so no connection misses it.
         let watcher = graceful.watcher();
-        tracker.spawn(connection(
+        let conn = connection(
             stream,
             peer,
             tls.clone(),
@@ -104,7 +169,12 @@ async fn serve(
             watcher,
             shutdown.clone(),
             abort.clone(),
-        ));
+            limits,
+        );
+        tracker.spawn(async move {
+            conn.await;
+            drop(slot);
+        });
     }
 
     // Closing the listener makes new connects fail fast instead of queueing in the backlog.
@@ -126,6 +196,7 @@ async fn serve(
 
 /// One accepted TCP connection: TLS handshake (if any), then HTTP/1.1 or HTTP/2 until the
 /// client closes, shutdown asks it to finish, or the grace period ends.
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -134,9 +205,21 @@ async fn connection(
     watcher: Watcher,
     shutdown: CancellationToken,
     abort: CancellationToken,
+    limits: Limits,
 ) {
+    let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stream = IdleIo::new(stream, activity.clone());
     let Some(acceptor) = tls else {
-        return http(TokioIo::new(stream), peer, router, watcher, abort).await;
+        return http(
+            TokioIo::new(stream),
+            peer,
+            router,
+            watcher,
+            abort,
+            limits,
+            activity,
+        )
+        .await;
     };
     // A half-done handshake has no request worth draining: drop it at shutdown.
     let handshake = tokio::select! {
@@ -144,7 +227,18 @@ async fn connection(
         r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => r,
     };
     match handshake {
-        Ok(Ok(tls_stream)) => http(TokioIo::new(tls_stream), peer, router, watcher, abort).await,
+        Ok(Ok(tls_stream)) => {
+            http(
+                TokioIo::new(tls_stream),
+                peer,
+                router,
+                watcher,
+                abort,
+                limits,
+                activity,
+            )
+            .await
+        }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
@@ -156,6 +250,8 @@ async fn http<I>(
     router: Router,
     watcher: Watcher,
     abort: CancellationToken,
+    limits: Limits,
+    activity: Arc<std::sync::atomic::AtomicU64>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -167,8 +263,15 @@ async fn http<I>(
     });
     let mut builder = Builder::new(TokioExecutor::new());
     // Without a timer hyper silently skips its 30 s header-read timeout (slowloris guard).
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.max_streams);
     let conn = watcher.watch(builder.serve_connection(io, svc));
     tokio::select! {
         result = conn => {
@@ -177,6 +280,81 @@ async fn http<I>(
             }
         }
         () = abort.cancelled() => tracing::debug!(%peer, "connection dropped at end of grace period"),
+        () = idle(&activity, limits.idle_timeout) => tracing::debug!(%peer, "idle connection closed"),
+    }
+}
+
+/// Returns once no byte moved on the connection for `timeout` (`activity` counts I/O).
+async fn idle(activity: &std::sync::atomic::AtomicU64, timeout: Duration) {
+    use std::sync::atomic::Ordering;
+    let mut seen = activity.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(timeout).await;
+        let now = activity.load(Ordering::Relaxed);
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
+/// A stream that counts its reads and writes, for the idle timeout.
+struct IdleIo<T> {
+    inner: T,
+    activity: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<T> IdleIo<T> {
+    fn new(inner: T, activity: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self { inner, activity }
+    }
+
+    fn touch(&self) {
+        self.activity
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleIo<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for IdleIo<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -316,6 +494,109 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(outcome.is_err(), "the stuck request was cut off");
+    }
+
+    /// Sends one keep-alive request on `s` and reads until the end of its answer's head.
+    async fn request(s: &mut TcpStream, extra_header: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        let req = format!("GET /ip HTTP/1.1\r\nhost: x\r\n{extra_header}\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// Reads until the peer closes; true if it did (EOF or reset) rather than send bytes.
+    async fn closed(s: &mut TcpStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        matches!(s.read(&mut buf).await, Ok(0) | Err(_))
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_are_closed_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let limits = Limits {
+            max_connections: 1,
+            ..Limits::default()
+        };
+        let server = tokio::spawn(serve_http_with(
+            listener,
+            echo_router(),
+            shutdown.clone(),
+            GRACE,
+            limits,
+        ));
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        assert!(request(&mut first, "").await.starts_with("HTTP/1.1 200"));
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        assert!(closed(&mut second).await, "over the cap: closed unanswered");
+        drop(first);
+        // Once the first is gone its slot frees: a new connection is served.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut next = TcpStream::connect(addr).await.unwrap();
+            if request(&mut next, "").await.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+            tokio::task::yield_now().await;
+        }
+        shutdown.cancel();
+        timeout(GRACE, server).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn oversized_headers_are_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_http(listener, echo_router(), shutdown.clone(), GRACE));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let big = format!("x-big: {}\r\n", "a".repeat(40 * 1024));
+        let answer = request(&mut s, &big).await;
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+            "{answer}"
+        );
+        shutdown.cancel();
+        timeout(GRACE, server).await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(5),
+            ..Limits::default()
+        };
+        let server = tokio::spawn(serve_http_with(
+            listener,
+            echo_router(),
+            shutdown.clone(),
+            GRACE,
+            limits,
+        ));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        assert!(request(&mut s, "").await.starts_with("HTTP/1.1 200"));
+        let quiet_since = tokio::time::Instant::now();
+        assert!(closed(&mut s).await);
+        // Closed by the idle timeout (within two periods), long before hyper's 30 s header
+        // timeout; the clock is tokio's paused one, so this is logic, not a wall-clock race.
+        assert!(quiet_since.elapsed() <= Duration::from_secs(10));
+        shutdown.cancel();
+        timeout(GRACE, server).await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -49,6 +49,50 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Verifies `password` against the PHC string `phc`, with `memory` as Argon2's working
+/// memory (grown to what the hash needs once, then reused): a login allocates nothing large,
+/// so a flood of logins cannot grow the heap one 19 MiB block at a time.
+pub fn verify_password_in(password: &str, phc: &str, memory: &mut Vec<argon2::Block>) -> bool {
+    use subtle::ConstantTimeEq;
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(&hash) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(hash.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match hash.version.map(argon2::Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let need = params.block_count();
+    if memory.len() < need {
+        memory.resize(need, argon2::Block::default());
+    }
+    let mut out = [0u8; 64];
+    let Some(out) = out.get_mut(..expected.as_bytes().len()) else {
+        return false;
+    };
+    let argon = Argon2::new(algorithm, version, params);
+    if argon
+        .hash_password_into_with_memory(
+            password.as_bytes(),
+            salt.as_ref(),
+            out,
+            &mut memory[..need],
+        )
+        .is_err()
+    {
+        return false;
+    }
+    bool::from(out.ct_eq(expected.as_bytes()))
+}
+
 fn totp(secret: &[u8]) -> Result<totp_rs::Totp, SessionError> {
     totp_rs::Builder::new()
         .with_secret(secret.to_vec())
@@ -61,6 +105,22 @@ pub fn check_totp(secret: &[u8], code: &str, now_secs: u64) -> bool {
     totp(secret)
         .map(|t| t.check(code.trim(), now_secs).is_some())
         .unwrap_or(false)
+}
+
+/// The time step (of 30 s) whose code `code` is at `now_secs`, accepting one step of skew
+/// either way; the caller accepts each step once only (RFC 6238 section 5.2).
+pub fn totp_step(secret: &[u8], code: &str, now_secs: u64) -> Option<u64> {
+    totp(secret).ok()?.check(code.trim(), now_secs)
+}
+
+/// A password hash of nothing anyone knows, made once with the same parameters as members'
+/// hashes: a login for an unknown email checks against it, so it costs the same work.
+pub fn dummy_phc() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let pw = octomil_common::token::random_base62(32);
+        hash_password(pw.expose()).unwrap_or_default()
+    })
 }
 
 /// The current code: for tests and for operators who script a login.
@@ -219,6 +279,11 @@ mod tests {
         assert!(verify_password("correct horse", &h));
         assert!(!verify_password("wrong", &h));
         assert!(!verify_password("x", "not a phc string"));
+        let mut memory = Vec::new();
+        assert!(verify_password_in("correct horse", &h, &mut memory));
+        assert!(!verify_password_in("wrong", &h, &mut memory));
+        assert!(!verify_password_in("x", "not a phc string", &mut memory));
+        assert_eq!(memory.len(), 19 * 1024);
     }
 
     #[test]
@@ -230,6 +295,9 @@ mod tests {
         assert!(check_totp(secret, "287082", 59 + 30)); // one step of skew
         assert!(!check_totp(secret, "287082", 59 + 90));
         assert!(!check_totp(secret, "abc", 59));
+        assert_eq!(totp_step(secret, "287082", 59), Some(1));
+        assert_eq!(totp_step(secret, "287082", 59 + 30), Some(1));
+        assert_eq!(totp_step(secret, "287082", 59 + 90), None);
         let b32 = totp_base32(secret);
         assert_eq!(totp_from_base32(&b32).unwrap(), secret);
     }

@@ -1,5 +1,7 @@
-//! The whole scope x endpoint matrix and role x action matrix, table-driven. The table here
-//! restates the contract (docs/control-plane-api.md) independently of the server's code.
+//! The whole scope x endpoint matrix and role x action matrix, table-driven: every route with
+//! no credential, an unknown key, a key with exactly its scope, a key with every scope but
+//! that one, a sandbox key, a device key, and each role's session. The table here restates
+//! the contract (docs/control-plane-api.md) independently of the server's code.
 
 #![allow(clippy::unwrap_used)]
 
@@ -27,7 +29,7 @@ type Setup = for<'a> fn(
 struct Endpoint {
     method: Method,
     name: &'static str,
-    scope: Option<&'static str>,
+    scope: &'static str,
     min_role: Role,
     setup: Setup,
 }
@@ -67,87 +69,105 @@ async fn model(env: &Env) -> String {
 
 fn endpoints() -> Vec<Endpoint> {
     vec![
-        ep!(GET "list devices", Some("devices:read"), Member, |_e, _n| fixed("/devices", None)),
-        ep!(GET "show device", Some("devices:read"), Member, |e, _n| {
+        ep!(GET "list devices", "devices:read", Member, |_e, _n| fixed("/devices", None)),
+        ep!(GET "show device", "devices:read", Member, |e, _n| {
             let d = Device::new("show-me");
             if e.owner(Method::GET, "/devices/show-me", None).await.status != StatusCode::OK {
                 d.register(e).await;
             }
             fixed("/devices/show-me", None)
         }),
-        ep!(POST "revoke device", Some("devices:write"), Admin, |e, n| {
+        ep!(POST "revoke device", "devices:write", Admin, |e, n| {
             let d = Device::new(&format!("rev-{n}"));
             d.register(e).await;
             (format!("/devices/{}/revoke", d.id), Some(json!({"reason": "test"})))
         }),
-        ep!(DELETE "delete device", Some("devices:write"), Admin, |e, n| {
+        ep!(DELETE "delete device", "devices:write", Admin, |e, n| {
             (format!("/devices/{}", revoked_device(e, n).await), None)
         }),
-        ep!(POST "create bootstrap token", Some("devices:write"), Admin, |_e, _n| {
+        ep!(POST "create bootstrap token", "org:admin", Admin, |_e, _n| {
             fixed("/bootstrap-tokens", Some(json!({"max_uses": 5, "expires_in": "1d"})))
         }),
-        ep!(POST "create api key", None, Admin, |_e, _n| {
-            fixed("/api-keys", Some(json!({"name": "k", "scopes": ["devices:read"]})))
+        ep!(GET "list bootstrap tokens", "org:admin", Admin, |_e, _n| fixed("/bootstrap-tokens", None)),
+        ep!(PATCH "extend bootstrap token", "org:admin", Admin, |e, _n| {
+            let a = e.owner(Method::POST, "/bootstrap-tokens", None).await;
+            (format!("/bootstrap-tokens/{}", a.body["id"].as_str().unwrap()), Some(json!({"expires_in": "30d"})))
         }),
-        ep!(GET "list api keys", None, Admin, |_e, _n| fixed("/api-keys", None)),
-        ep!(DELETE "delete api key", None, Admin, |e, _n| {
-            let a = e.owner(Method::POST, "/api-keys", Some(json!({"name": "victim", "scopes": ["models:read"]}))).await;
+        ep!(DELETE "revoke bootstrap token", "org:admin", Admin, |e, _n| {
+            let a = e.owner(Method::POST, "/bootstrap-tokens", None).await;
+            (format!("/bootstrap-tokens/{}", a.body["id"].as_str().unwrap()), None)
+        }),
+        ep!(POST "bulk revoke", "devices:write", Admin, |e, n| {
+            let d = Device::new(&format!("bulk-{n}"));
+            d.register(e).await;
+            fixed("/revocations", Some(json!({"device_ids": [d.id]})))
+        }),
+        ep!(GET "read audit log", "org:admin", Admin, |_e, _n| fixed("/audit", None)),
+        ep!(GET "metrics", "metrics:read", Admin, |_e, _n| fixed("/metrics", None)),
+        ep!(POST "create api key", "org:admin", Admin, |_e, _n| {
+            fixed("/api-keys", Some(json!({"name": "k", "scopes": ["org:admin"]})))
+        }),
+        ep!(GET "list api keys", "org:admin", Admin, |_e, _n| fixed("/api-keys", None)),
+        ep!(DELETE "delete api key", "org:admin", Admin, |e, n| {
+            // An Admin's key: an Admin may delete it (an Owner's, only an Owner).
+            let maker = e.session(&format!("keymaker{n}@example.com"), "admin").await;
+            let a = e.call(Method::POST, "/api-keys", Some(&maker), Some(json!({"name": "victim", "scopes": ["models:read"]}))).await;
             (format!("/api-keys/{}", a.body["id"].as_str().unwrap()), None)
         }),
-        ep!(GET "show settings", None, Member, |_e, _n| fixed("/org/settings", None)),
-        ep!(PATCH "change settings", None, Admin, |_e, _n| {
+        ep!(GET "show settings", "org:admin", Member, |_e, _n| fixed("/org/settings", None)),
+        ep!(PATCH "change settings", "org:admin", Admin, |_e, _n| {
             fixed("/org/settings", Some(json!({"device_token_expiry": "24h"})))
         }),
-        ep!(GET "list members", None, Admin, |_e, _n| fixed("/org/members", None)),
-        ep!(POST "add member", None, Owner, |_e, n| {
+        ep!(GET "list members", "org:admin", Admin, |_e, _n| fixed("/org/members", None)),
+        ep!(POST "add member", "org:admin", Owner, |_e, n| {
             ("/org/members".into(), Some(json!({"email": format!("new{n}@example.com"), "role": "member"})))
         }),
-        ep!(PATCH "change member role", None, Owner, |e, n| {
+        ep!(PATCH "change member role", "org:admin", Owner, |e, n| {
             let email = format!("chg{n}@example.com");
             e.add_member(&email, "member").await;
             (format!("/org/members/{email}"), Some(json!({"role": "admin"})))
         }),
-        ep!(DELETE "remove member", None, Owner, |e, n| {
+        ep!(DELETE "remove member", "org:admin", Owner, |e, n| {
             let email = format!("rm{n}@example.com");
             e.add_member(&email, "member").await;
             (format!("/org/members/{email}"), None)
         }),
-        ep!(GET "billing", None, Owner, |_e, _n| fixed("/org/billing", None)),
-        ep!(GET "list models", Some("models:read"), Member, |_e, _n| fixed("/models", None)),
-        ep!(POST "create model", Some("models:write"), Admin, |_e, _n| fixed("/models", Some(json!({"name": "resnet"})))),
-        ep!(GET "list model versions", Some("models:read"), Member, |e, _n| {
+        ep!(GET "billing", "org:admin", Owner, |_e, _n| fixed("/org/billing", None)),
+        ep!(GET "list models", "models:read", Member, |_e, _n| fixed("/models", None)),
+        ep!(POST "create model", "models:write", Admin, |_e, _n| fixed("/models", Some(json!({"name": "resnet"})))),
+        ep!(GET "list model versions", "models:read", Member, |e, _n| {
             (format!("/models/{}/versions", model(e).await), None)
         }),
-        ep!(POST "create model version", Some("models:write"), Admin, |e, _n| {
+        ep!(POST "create model version", "models:write", Admin, |e, _n| {
             (format!("/models/{}/versions", model(e).await), Some(json!({"name": "v2"})))
         }),
-        ep!(GET "list device groups", Some("devices:read"), Member, |_e, _n| fixed("/device-groups", None)),
-        ep!(POST "create device group", Some("devices:write"), Admin, |_e, _n| {
+        ep!(GET "list device groups", "devices:read", Member, |_e, _n| fixed("/device-groups", None)),
+        ep!(POST "create device group", "devices:write", Admin, |_e, _n| {
             fixed("/device-groups", Some(json!({"name": "lab"})))
         }),
-        ep!(GET "list rollouts", Some("models:read"), Member, |_e, _n| fixed("/rollouts", None)),
-        ep!(POST "create rollout", Some("rollouts:write"), Admin, |_e, _n| {
+        ep!(GET "list rollouts", "models:read", Member, |_e, _n| fixed("/rollouts", None)),
+        ep!(POST "create rollout", "rollouts:write", Admin, |_e, _n| {
             fixed("/rollouts", Some(json!({"name": "canary", "spec": {"percent": 5}})))
         }),
-        ep!(GET "list federations", Some("federations:admin"), Admin, |_e, _n| fixed("/federations", None)),
-        ep!(POST "create federation", Some("federations:admin"), Admin, |_e, _n| {
+        ep!(GET "list federations", "federations:admin", Admin, |_e, _n| fixed("/federations", None)),
+        ep!(POST "create federation", "federations:admin", Admin, |_e, _n| {
             fixed("/federations", Some(json!({"name": "fed"})))
         }),
-        ep!(GET "list training rounds", Some("training:write"), Member, |_e, _n| fixed("/training/rounds", None)),
-        ep!(POST "submit training round", Some("training:write"), Member, |_e, _n| {
+        ep!(GET "list training rounds", "training:write", Member, |_e, _n| fixed("/training/rounds", None)),
+        ep!(POST "submit training round", "training:write", Member, |_e, _n| {
             fixed("/training/rounds", Some(json!({"name": "round-1"})))
         }),
-        ep!(GET "list experiments", Some("experiments:write"), Admin, |_e, _n| fixed("/experiments", None)),
-        ep!(POST "create experiment", Some("experiments:write"), Admin, |_e, _n| {
+        ep!(GET "list experiments", "experiments:write", Admin, |_e, _n| fixed("/experiments", None)),
+        ep!(POST "create experiment", "experiments:write", Admin, |_e, _n| {
             fixed("/experiments", Some(json!({"name": "ab"})))
         }),
-        ep!(POST "inference", Some("models:read"), Member, |_e, _n| {
+        ep!(POST "inference", "models:read", Member, |_e, _n| {
             fixed("/inference", Some(json!({"input": [1, 2, 3]})))
         }),
     ]
 }
 
-const ALL_SCOPES: [&str; 8] = [
+const ALL_SCOPES: [&str; 10] = [
     "models:read",
     "models:write",
     "devices:read",
@@ -156,13 +176,23 @@ const ALL_SCOPES: [&str; 8] = [
     "federations:admin",
     "training:write",
     "experiments:write",
+    "org:admin",
+    "metrics:read",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scope_by_endpoint_matrix() {
     let env = support::start().await;
     env.relax_limits().await;
-    let full = env.create_key(&ALL_SCOPES).await;
+    let a = env
+        .owner(
+            Method::POST,
+            "/api-keys",
+            Some(json!({"name": "sandbox", "scopes": ALL_SCOPES, "environment": "test"})),
+        )
+        .await;
+    let sandbox = a.body["key"].as_str().unwrap().to_owned();
+    assert!(sandbox.starts_with("edg_test_"));
     let mut n = 0;
     for ep in endpoints() {
         // No credentials, or unknown ones: 401.
@@ -190,49 +220,48 @@ async fn scope_by_endpoint_matrix() {
             ep.name
         );
 
-        match ep.scope {
-            Some(scope) => {
-                // Exactly the scope: allowed.
-                let only = env.create_key(&[scope]).await;
-                n += 1;
-                let (path, body) = (ep.setup)(&env, n).await;
-                let a = env.call(ep.method.clone(), &path, Some(&only), body).await;
-                assert!(
-                    a.status.is_success(),
-                    "{} with only {scope}: {} {:?}",
-                    ep.name,
-                    a.status,
-                    a.body
-                );
-                // Every scope but that one: refused.
-                let others: Vec<&str> =
-                    ALL_SCOPES.iter().copied().filter(|s| *s != scope).collect();
-                let without = env.create_key(&others).await;
-                n += 1;
-                let (path, body) = (ep.setup)(&env, n).await;
-                let a = env
-                    .call(ep.method.clone(), &path, Some(&without), body)
-                    .await;
-                assert_eq!(
-                    (a.status, a.code()),
-                    (StatusCode::FORBIDDEN, "insufficient_scope"),
-                    "{} without {scope}",
-                    ep.name
-                );
-            }
-            None => {
-                // Role-only routes: an Owner's key passes whatever its scopes.
-                n += 1;
-                let (path, body) = (ep.setup)(&env, n).await;
-                let a = env.call(ep.method.clone(), &path, Some(&full), body).await;
-                assert!(
-                    a.status.is_success(),
-                    "{} with an owner key: {} {:?}",
-                    ep.name,
-                    a.status,
-                    a.body
-                );
-            }
+        let scope = ep.scope;
+        // Exactly the scope: allowed.
+        let only = env.create_key(&[scope]).await;
+        n += 1;
+        let (path, body) = (ep.setup)(&env, n).await;
+        let a = env.call(ep.method.clone(), &path, Some(&only), body).await;
+        assert!(
+            a.status.is_success(),
+            "{} with only {scope}: {} {:?}",
+            ep.name,
+            a.status,
+            a.body
+        );
+        // Every scope but that one: refused.
+        let others: Vec<&str> = ALL_SCOPES.iter().copied().filter(|s| *s != scope).collect();
+        let without = env.create_key(&others).await;
+        n += 1;
+        let (path, body) = (ep.setup)(&env, n).await;
+        let a = env
+            .call(ep.method.clone(), &path, Some(&without), body)
+            .await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::FORBIDDEN, "insufficient_scope"),
+            "{} without {scope}",
+            ep.name
+        );
+        // A sandbox key with every scope: refused on live data; inference is stateless.
+        n += 1;
+        let (path, body) = (ep.setup)(&env, n).await;
+        let a = env
+            .call(ep.method.clone(), &path, Some(&sandbox), body)
+            .await;
+        if ep.name == "inference" {
+            assert!(a.status.is_success(), "sandbox inference: {:?}", a.body);
+        } else {
+            assert_eq!(
+                (a.status, a.code()),
+                (StatusCode::FORBIDDEN, "wrong_environment"),
+                "{} with a sandbox key",
+                ep.name
+            );
         }
     }
     env.handle.shutdown().await;
@@ -296,15 +325,15 @@ async fn device_keys_reach_only_models_read() {
         let a = env
             .call(ep.method.clone(), &path, Some(dev.api_key.expose()), body)
             .await;
-        match ep.scope {
-            Some("models:read") => assert!(
+        if ep.scope == "models:read" {
+            assert!(
                 a.status.is_success(),
                 "device may {}: {:?}",
                 ep.name,
                 a.body
-            ),
-            Some(_) => assert_eq!(a.code(), "insufficient_scope", "device may not {}", ep.name),
-            None => assert_eq!(a.code(), "forbidden", "device may not {}", ep.name),
+            );
+        } else {
+            assert_eq!(a.code(), "insufficient_scope", "device may not {}", ep.name);
         }
     }
     env.handle.shutdown().await;
@@ -315,7 +344,7 @@ async fn device_keys_reach_only_models_read() {
 async fn keys_cannot_escalate() {
     let env = support::start().await;
     env.relax_limits().await;
-    let narrow = env.create_key(&["models:read"]).await;
+    let narrow = env.create_key(&["models:read", "org:admin"]).await;
     let a = env
         .call(
             Method::POST,
@@ -360,12 +389,13 @@ async fn keys_cannot_escalate() {
     env.handle.shutdown().await;
 }
 
-/// Removing a member or demoting them takes effect on their live session at once.
+/// Removing a member or demoting them ends their sessions at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_changes_apply_to_live_sessions() {
     let env = support::start().await;
     env.relax_limits().await;
-    let s = env.session("m@example.com", "admin").await;
+    let (password, totp) = env.add_member("m@example.com", "admin").await;
+    let s = env.login("m@example.com", &password, &totp).await;
     assert!(
         env.call(Method::GET, "/org/members", Some(&s), None)
             .await
@@ -378,6 +408,11 @@ async fn role_changes_apply_to_live_sessions() {
         Some(json!({"role": "member"})),
     )
     .await;
+    let a = env.call(Method::GET, "/org/members", Some(&s), None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    // A TOTP code is accepted once: log in again with the next one.
+    env.clock.advance(std::time::Duration::from_secs(30));
+    let s = env.login("m@example.com", &password, &totp).await;
     let a = env.call(Method::GET, "/org/members", Some(&s), None).await;
     assert_eq!(a.code(), "forbidden");
     env.owner(Method::DELETE, "/org/members/m@example.com", None)

@@ -1,6 +1,6 @@
 //! `POST /api-keys`, `GET /api-keys`, `DELETE /api-keys/{id}`. A key is shown once, at
-//! creation; the cloud keeps only its hash. A key never outranks its creator: it takes the
-//! creator's role and at most the creator's scopes.
+//! creation; the cloud keeps only its hash. A key never outranks its creator: it takes at
+//! most the creator's scopes, and acts with at most the creator's current role.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -13,10 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, Body};
-use crate::scope::{Role, Rule, Scope, ScopeSet};
+use crate::scope::{Role, Scope, ScopeSet};
 use crate::store::{ApiKeyRecord, Change, Environment};
 
-const RULE: Rule = Rule::role(Role::Admin);
 const MAX_NAME_LEN: usize = 128;
 
 #[derive(Debug, Deserialize)]
@@ -25,6 +24,8 @@ pub struct CreateApiKey {
     pub name: String,
     pub scopes: Vec<String>,
     pub environment: Option<Environment>,
+    /// Duration such as `90d`; the key never expires when absent.
+    pub expires_in: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -35,6 +36,7 @@ pub struct CreatedApiKey {
     pub scopes: Vec<&'static str>,
     pub environment: Environment,
     pub created_at: u64,
+    pub expires_at: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,7 +48,12 @@ pub struct ApiKeyView {
     pub environment: Environment,
     pub created_at: u64,
     pub created_by: String,
+    pub owner_email: String,
     pub last_used_at: Option<u64>,
+    pub expires_at: Option<u64>,
+    pub revoked_at: Option<u64>,
+    /// `active`, `expired` or `revoked`.
+    pub status: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,7 +85,6 @@ pub async fn create(
     auth: Auth,
     Body(req): Body<CreateApiKey>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
-    auth.require(RULE)?;
     let name = req.name.trim();
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(ApiError::bad_request(
@@ -98,14 +104,30 @@ pub async fn create(
             "every scope it grants (a key cannot create a stronger key)",
         ));
     }
-    let role = auth
-        .role()
-        .ok_or_else(|| ApiError::forbidden("device keys may not make this call"))?;
+    let (Some(role), Some(owner)) = (auth.role(), auth.member()) else {
+        return Err(ApiError::forbidden("device keys may not make this call"));
+    };
     let now = state.clock.now_secs();
+    let expires_at = match &req.expires_in {
+        None => None,
+        Some(s) => {
+            let secs = octomil_common::duration::parse_secs(s)
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        codes::INVALID_ARGUMENT,
+                        "expires_in must be a positive duration such as 90d",
+                    )
+                })?;
+            Some(now.saturating_add(secs))
+        }
+    };
     let environment = req
         .environment
         .unwrap_or_else(|| state.store.read(|m| m.environment()));
-    let (rec, key) = new_api_key(name, scopes, role, environment, now, &auth.subject());
+    let (mut rec, key) = new_api_key(name, scopes, role, owner, environment, now, &auth.subject());
+    rec.expires_at = expires_at;
     let created = CreatedApiKey {
         id: rec.id.clone(),
         name: rec.name.clone(),
@@ -113,10 +135,18 @@ pub async fn create(
         scopes: scopes.names(),
         environment,
         created_at: now,
+        expires_at,
     };
-    state
-        .store
-        .write(|_| Ok::<_, ApiError>(((), vec![Change::ApiKey(rec)])))?;
+    state.store.write(|_| {
+        let audit = super::audit::change(
+            &auth,
+            state.clock.now_ms(),
+            "api_key.create",
+            rec.id.clone(),
+            Some(format!("scopes {}", rec.scopes.names().join(","))),
+        );
+        Ok::<_, ApiError>(((), vec![Change::ApiKey(rec), audit]))
+    })?;
     tracing::info!(api_key_id = %created.id, auth = %auth.subject(), "API key created");
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -126,6 +156,7 @@ pub fn new_api_key(
     name: &str,
     scopes: ScopeSet,
     role: Role,
+    owner_email: &str,
     environment: Environment,
     now: u64,
     created_by: &str,
@@ -137,19 +168,24 @@ pub fn new_api_key(
         hash: token::hash(key.expose()),
         scopes,
         role,
+        owner_email: owner_email.to_owned(),
         environment,
         created_at: now,
         created_by: created_by.to_owned(),
         last_used_at: None,
+        expires_at: None,
+        revoked_at: None,
     };
     (rec, key)
 }
 
-pub async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<ApiKeyList>> {
-    auth.require(RULE)?;
+/// Lists live keys, and revoked or expired ones for [`crate::store::KEY_RETENTION_SECS`] after they died.
+pub async fn list(State(state): State<AppState>, _auth: Auth) -> ApiResult<Json<ApiKeyList>> {
+    let now = state.clock.now_secs();
     let api_keys = state.store.read(|m| {
         m.api_keys
             .values()
+            .filter(|k| !k.prunable(now))
             .map(|k| ApiKeyView {
                 id: k.id.clone(),
                 name: k.name.clone(),
@@ -158,7 +194,17 @@ pub async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<A
                 environment: k.environment,
                 created_at: k.created_at,
                 created_by: k.created_by.clone(),
+                owner_email: k.owner_email.clone(),
                 last_used_at: k.last_used_at,
+                expires_at: k.expires_at,
+                revoked_at: k.revoked_at,
+                status: if k.revoked_at.is_some() {
+                    "revoked"
+                } else if k.usable(now) {
+                    "active"
+                } else {
+                    "expired"
+                },
             })
             .collect()
     });
@@ -170,12 +216,45 @@ pub async fn delete(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    auth.require(RULE)?;
+    let now = state.clock.now_secs();
+    let my_role = auth.role().unwrap_or(Role::Member);
     state.store.write(|m| {
-        if !m.api_keys.contains_key(&id) {
-            return Err(ApiError::not_found("API key"));
+        let mut k = m
+            .api_keys
+            .get(&id)
+            .filter(|k| !k.prunable(now))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("API key"))?;
+        // An Admin cannot take away an Owner's keys.
+        let owner_role = m
+            .members
+            .get(&k.owner_email)
+            .map_or(Role::Member, |o| o.role);
+        if owner_role > my_role {
+            return Err(ApiError::forbidden(
+                "this key belongs to a member with a higher role",
+            ));
         }
-        Ok(((), vec![Change::DeleteApiKey(id.clone())]))
+        if k.revoked_at.is_some() {
+            return Ok(((), vec![]));
+        }
+        k.revoked_at = Some(now);
+        // Drop keys that have been listed dead long enough.
+        let mut changes: Vec<Change> = m
+            .api_keys
+            .values()
+            .filter(|k| k.prunable(now))
+            .map(|k| Change::DeleteApiKey(k.id.clone()))
+            .collect();
+        changes.push(super::audit::change(
+            &auth,
+            now * 1000,
+            "api_key.revoke",
+            k.id.clone(),
+            None,
+        ));
+        changes.push(Change::ApiKey(k));
+        Ok(((), changes))
     })?;
     tracing::info!(api_key_id = %id, auth = %auth.subject(), "API key deleted");
     Ok(StatusCode::NO_CONTENT)

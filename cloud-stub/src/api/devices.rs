@@ -1,7 +1,8 @@
 //! `GET /devices`, `GET /devices/{id}`, `POST /devices/{id}/revoke`, `DELETE /devices/{id}`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use ed25519_dalek::SigningKey;
 use octomil_common::DeviceId;
@@ -16,11 +17,7 @@ use crate::extract::{Auth, MaybeBody};
 use crate::mqtt::outbox;
 use crate::mqtt::presence::Seen;
 use crate::publisher::PublishError;
-use crate::scope::{Role, Rule, Scope};
 use crate::store::{Change, DeviceRecord, DeviceState, REVOCATION_SEQ};
-
-const READ: Rule = Rule::scoped(Scope::DevicesRead, Role::Member);
-const WRITE: Rule = Rule::scoped(Scope::DevicesWrite, Role::Admin);
 
 /// A device as operators see it. Presence fields stay `null` until a daemon reports.
 #[derive(Debug, Serialize)]
@@ -33,6 +30,8 @@ pub struct DeviceView {
     pub revoked_at: Option<u64>,
     pub revoke_reason: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// The bootstrap token of the latest registration (`null` if before format 2).
+    pub bootstrap_token_id: Option<String>,
     pub online: bool,
     pub last_seen: Option<u64>,
     pub daemon_version: Option<String>,
@@ -68,6 +67,7 @@ impl DeviceView {
             revoked_at: d.revoked_at,
             revoke_reason: d.revoke_reason.clone(),
             metadata: d.metadata.clone(),
+            bootstrap_token_id: d.bootstrap_token_id.clone(),
             online: false,
             last_seen: None,
             daemon_version: None,
@@ -81,29 +81,167 @@ impl DeviceView {
 #[derive(Debug, Serialize)]
 pub struct DeviceList {
     pub devices: Vec<DeviceView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Devices per page when `limit` is not given, and the most a page may hold.
+pub const DEFAULT_PAGE: usize = 500;
+pub const MAX_PAGE: usize = 5000;
+
+/// `GET /devices` query: a page (`limit`, `cursor`) and filters, all optional and combined.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceQuery {
+    pub limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// `active` or `revoked`.
+    pub state: Option<String>,
+    /// `true` or `false`.
+    pub online: Option<String>,
+    /// Unix seconds: devices last seen at or after / before.
+    pub last_seen_after: Option<String>,
+    pub last_seen_before: Option<String>,
+    /// The daemon version the device reported, exactly.
+    pub version: Option<String>,
+    /// The bootstrap token the device registered with.
+    pub bootstrap_token: Option<String>,
+    /// Free text: a case-insensitive substring of the device id or a metadata value.
+    pub q: Option<String>,
+}
+
+fn query_err(what: &str) -> ApiError {
+    ApiError::bad_request(codes::INVALID_ARGUMENT, format!("query parameter {what}"))
+}
+
+fn parse_q<T: std::str::FromStr>(name: &str, v: &Option<String>) -> ApiResult<Option<T>> {
+    v.as_deref()
+        .map(|s| {
+            s.parse()
+                .map_err(|_| query_err(&format!("{name} is not valid")))
+        })
+        .transpose()
+}
+
+/// A parsed [`DeviceQuery`].
+struct Filter {
+    state: Option<DeviceState>,
+    online: Option<bool>,
+    after: Option<u64>,
+    before: Option<u64>,
+    version: Option<String>,
+    bootstrap_token: Option<String>,
+    q: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, v: &DeviceView, d: &DeviceRecord) -> bool {
+        self.state.is_none_or(|s| s == v.state)
+            && self.online.is_none_or(|o| o == v.online)
+            && self
+                .after
+                .is_none_or(|t| v.last_seen.is_some_and(|s| s >= t))
+            && self
+                .before
+                .is_none_or(|t| v.last_seen.is_some_and(|s| s < t))
+            && self
+                .version
+                .as_ref()
+                .is_none_or(|x| v.daemon_version.as_ref() == Some(x))
+            && self
+                .bootstrap_token
+                .as_ref()
+                .is_none_or(|x| d.bootstrap_token_id.as_ref() == Some(x))
+            && self.q.as_ref().is_none_or(|q| {
+                d.device_id.to_ascii_lowercase().contains(q)
+                    || d.metadata
+                        .values()
+                        .any(|m| m.to_ascii_lowercase().contains(q))
+            })
+    }
 }
 
 pub(super) fn parse_id(id: &str) -> ApiResult<DeviceId> {
     DeviceId::parse(id).map_err(|e| ApiError::bad_request(codes::INVALID_DEVICE_ID, e.to_string()))
 }
 
-pub async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<DeviceList>> {
-    auth.require(READ)?;
-    let devices = state.store.read(|m| {
-        m.devices
-            .values()
-            .map(|d| DeviceView::with_presence(d, state.presence.get(&d.device_id)))
-            .collect()
+/// Devices in id order, a page at a time; the cursor is the last id of the previous page
+/// (base64url), so pages stay consistent while devices come and go.
+pub async fn list(
+    State(state): State<AppState>,
+    _auth: Auth,
+    query: Result<Query<DeviceQuery>, QueryRejection>,
+) -> ApiResult<Json<DeviceList>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let Query(q) = query.map_err(|e| query_err(&format!("is not valid: {}", e.body_text())))?;
+    let limit = parse_q::<usize>("limit", &q.limit)?.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(query_err(&format!("limit must be 1-{MAX_PAGE}")));
+    }
+    let after_id = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| query_err("cursor is not valid"))
+        })
+        .transpose()?;
+    let state_filter = match q.state.as_deref() {
+        None => None,
+        Some("active") => Some(DeviceState::Active),
+        Some("revoked") => Some(DeviceState::Revoked),
+        Some(_) => return Err(query_err("state must be active or revoked")),
+    };
+    let filter = Filter {
+        state: state_filter,
+        online: parse_q("online", &q.online)?,
+        after: parse_q("last_seen_after", &q.last_seen_after)?,
+        before: parse_q("last_seen_before", &q.last_seen_before)?,
+        version: q.version,
+        bootstrap_token: q.bootstrap_token,
+        q: q.q.map(|s| s.to_ascii_lowercase()),
+    };
+    let (devices, more) = state.store.read(|m| {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = after_id.map_or(Unbounded, Excluded);
+        let mut page = Vec::new();
+        let mut more = false;
+        for d in m
+            .devices
+            .range::<String, _>((start, Unbounded))
+            .map(|(_, d)| d)
+        {
+            let v = DeviceView::with_presence(d, state.presence.get(&d.device_id));
+            if !filter.matches(&v, d) {
+                continue;
+            }
+            if page.len() == limit {
+                more = true;
+                break;
+            }
+            page.push(v);
+        }
+        (page, more)
     });
-    Ok(Json(DeviceList { devices }))
+    let next_cursor = more
+        .then(|| devices.last().map(|d| URL_SAFE_NO_PAD.encode(&d.device_id)))
+        .flatten();
+    Ok(Json(DeviceList {
+        devices,
+        next_cursor,
+    }))
 }
 
 pub async fn show(
     State(state): State<AppState>,
-    auth: Auth,
+    _auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeviceView>> {
-    auth.require(READ)?;
     let id = parse_id(&id)?;
     state
         .store
@@ -133,7 +271,6 @@ pub async fn revoke(
     Path(id): Path<String>,
     MaybeBody(body): MaybeBody<RevokeRequest>,
 ) -> ApiResult<(StatusCode, Json<DeviceView>)> {
-    auth.require(WRITE)?;
     let id = parse_id(&id)?;
     let reason = body
         .and_then(|b| b.reason)
@@ -165,12 +302,23 @@ pub async fn revoke(
         d.revocation_seq = seq;
         let sealed = seal(&state.revocation_key, &d, m.epoch_of(id.as_str()))?;
         let view = DeviceView::with_presence(&d, state.presence.get(id.as_str()));
-        let mut changes = vec![Change::Counter(REVOCATION_SEQ, seq), Change::Device(d)];
+        let mut changes = vec![
+            Change::Counter(REVOCATION_SEQ, seq),
+            Change::Device(d),
+            super::audit::change(
+                &auth,
+                now_ms,
+                "device.revoke",
+                id.as_str(),
+                Some(reason.clone()),
+            ),
+        ];
         if state.publisher.durable() {
             changes.push(outbox::entry(&id, sealed.clone(), now_ms));
         }
         Ok::<_, ApiError>(((view, sealed), changes))
     })?;
+    crate::api::metrics::Metrics::add(&state.metrics.revocations, 1);
     tracing::info!(device_id = %id, auth = %auth.subject(), "device revoked");
     let (status, published, ack_ms) = match state.publisher.publish(&id, sealed).await {
         Ok(took) => {
@@ -193,7 +341,7 @@ pub async fn revoke(
 }
 
 /// The version-2 envelope revoking `d`'s registration number `epoch`.
-fn seal(key: &SigningKey, d: &DeviceRecord, epoch: u64) -> ApiResult<Vec<u8>> {
+pub(super) fn seal(key: &SigningKey, d: &DeviceRecord, epoch: u64) -> ApiResult<Vec<u8>> {
     let rev = Revocation {
         device_id: d.device_id.clone(),
         epoch,
@@ -208,7 +356,6 @@ pub async fn delete(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    auth.require(WRITE)?;
     let id = parse_id(&id)?;
     let now_ms = state.clock.now_ms();
     let durable = state.publisher.durable();
@@ -219,7 +366,10 @@ pub async fn delete(
             "only a revoked device can be deleted; revoke it first",
         )),
         Some(_) => {
-            let mut changes = vec![Change::DeleteDevice(id.as_str().to_owned())];
+            let mut changes = vec![
+                Change::DeleteDevice(id.as_str().to_owned()),
+                super::audit::change(&auth, now_ms, "device.delete", id.as_str(), None),
+            ];
             // Clear the retained revocation (replacing any undelivered one), so a
             // re-provisioned device with this id does not read its predecessor's.
             if durable {

@@ -1,18 +1,22 @@
-//! The control-plane HTTP API under `/api/v1`, one file per endpoint group. Each handler
-//! names its rule (scope and minimum role) at the top; `docs/control-plane-api.md` is the
-//! table of them all.
+//! The control-plane HTTP API under `/api/v1`, one file per endpoint group. Who may call
+//! what is the table in [`authz`], enforced by one layer; `docs/control-plane-api.md` holds
+//! the same table.
 
 pub(crate) mod api_keys;
+pub mod audit;
+pub mod authz;
 pub(crate) mod bootstrap_tokens;
-pub(crate) mod devices;
+pub mod devices;
 pub(crate) mod inference;
 pub(crate) mod login;
 pub(crate) mod members;
+pub mod metrics;
 pub(crate) mod org;
 pub(crate) mod org_settings;
 pub(crate) mod refresh_device;
 pub(crate) mod register_device;
 pub(crate) mod resources;
+pub(crate) mod revocations;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -33,7 +37,17 @@ pub fn router(state: AppState) -> Router {
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::show).delete(devices::delete))
         .route("/devices/{id}/revoke", post(devices::revoke))
-        .route("/bootstrap-tokens", post(bootstrap_tokens::create))
+        .route(
+            "/bootstrap-tokens",
+            post(bootstrap_tokens::create).get(bootstrap_tokens::list),
+        )
+        .route(
+            "/bootstrap-tokens/{id}",
+            axum::routing::patch(bootstrap_tokens::update).delete(bootstrap_tokens::revoke),
+        )
+        .route("/revocations", post(revocations::revoke))
+        .route("/audit", get(audit::list))
+        .route("/metrics", get(metrics::show))
         .route("/api-keys", post(api_keys::create).get(api_keys::list))
         .route("/api-keys/{id}", delete(api_keys::delete))
         .route(
@@ -48,8 +62,15 @@ pub fn router(state: AppState) -> Router {
         .route("/org/billing", get(org::billing))
         .route("/org", delete(org::delete))
         .route("/auth/login", post(login::login))
+        .route("/auth/logout", post(login::logout))
+        .route("/auth/password", post(login::change_password))
         .route("/inference", post(inference::infer))
         .merge(resources::routes())
+        // After routing, before any handler: the one place where authorization happens.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authz::authorize,
+        ))
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -57,12 +78,14 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed",
             )
         });
-    Router::new()
+    let app = Router::new()
         .nest("/api/v1", v1)
-        .fallback(|| async { ApiError::not_found("route") })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::faults::apply,
-        ))
-        .with_state(state)
+        .fallback(|| async { ApiError::not_found("route") });
+    // Failure switches exist only in builds for tests (feature `faults`), never in a release.
+    #[cfg(feature = "faults")]
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::faults::apply,
+    ));
+    app.with_state(state)
 }

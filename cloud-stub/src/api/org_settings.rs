@@ -10,11 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, Body};
-use crate::scope::{Role, Rule};
+use crate::scope::Role;
 use crate::store::{Change, CloudRateLimits, CompliancePreset, Environment, OrgRecord};
-
-const READ: Rule = Rule::role(Role::Member);
-const WRITE: Rule = Rule::role(Role::Admin);
 
 /// Device keys may live between these bounds. The floor is low so tests and labs can watch
 /// refreshes happen; fleets want hours.
@@ -52,6 +49,7 @@ pub struct LimitsPatch {
     pub control_plane: Option<RateLimit>,
     pub inference: Option<RateLimit>,
     pub registration: Option<RateLimit>,
+    pub auth_failures: Option<RateLimit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,8 +66,7 @@ fn org(state: &AppState) -> ApiResult<OrgRecord> {
         .ok_or_else(|| ApiError::not_found("organization"))
 }
 
-pub async fn show(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<SettingsView>> {
-    auth.require(READ)?;
+pub async fn show(State(state): State<AppState>, _auth: Auth) -> ApiResult<Json<SettingsView>> {
     Ok(Json(SettingsView::of(&org(&state)?)))
 }
 
@@ -91,7 +88,6 @@ pub async fn update(
     auth: Auth,
     Body(patch): Body<SettingsPatch>,
 ) -> ApiResult<Json<SettingsView>> {
-    auth.require(WRITE)?;
     // Validate everything before changing anything.
     let expiry = match &patch.device_token_expiry {
         None => None,
@@ -121,6 +117,9 @@ pub async fn update(
                 l.registration
                     .map(|x| check_limit("registration", x))
                     .transpose()?,
+                l.auth_failures
+                    .map(|x| check_limit("auth_failures", x))
+                    .transpose()?,
             ))
         })
         .transpose()?;
@@ -132,16 +131,54 @@ pub async fn update(
         if let Some(secs) = expiry {
             o.settings.device_token_expiry_secs = secs;
         }
+        let mut ended = Vec::new();
         if let Some(p) = patch.compliance_preset {
+            // Only an Owner may relax MFA: an Admin cannot turn it off for anyone.
+            let cur = o.settings.compliance_preset;
+            let lowers = [Role::Member, Role::Admin, Role::Owner]
+                .into_iter()
+                .any(|r| cur.requires_mfa(r) && !p.requires_mfa(r));
+            if lowers && auth.role() < Some(Role::Owner) {
+                return Err(ApiError::forbidden(
+                    "only an owner may change to a preset that requires MFA of fewer roles",
+                ));
+            }
             o.settings.compliance_preset = p;
+            // A preset that now requires MFA ends the sessions that were opened without it.
+            ended = m
+                .sessions
+                .values()
+                .filter(|s| !s.mfa)
+                .filter(|s| {
+                    m.members
+                        .get(&s.email)
+                        .is_some_and(|mem| p.requires_mfa(mem.role))
+                })
+                .map(|s| Change::DeleteSession(s.jti.clone()))
+                .collect();
         }
-        if let Some((cp, inf, reg)) = limits {
+        if let Some((cp, inf, reg, fail)) = limits {
             let rl = &mut o.settings.rate_limits;
             rl.control_plane = cp.unwrap_or(rl.control_plane);
             rl.inference = inf.unwrap_or(rl.inference);
             rl.registration = reg.unwrap_or(rl.registration);
+            rl.auth_failures = fail.unwrap_or(rl.auth_failures);
         }
-        Ok::<_, ApiError>((SettingsView::of(&o), vec![Change::Org(o)]))
+        let mut changes = vec![
+            Change::Org(o.clone()),
+            super::audit::change(
+                &auth,
+                state.clock.now_ms(),
+                "org.settings",
+                o.id.clone(),
+                Some(format!(
+                    "device_token_expiry {}s, compliance_preset {:?}",
+                    o.settings.device_token_expiry_secs, o.settings.compliance_preset
+                )),
+            ),
+        ];
+        changes.extend(ended);
+        Ok::<_, ApiError>((SettingsView::of(&o), changes))
     })?;
     tracing::info!(auth = %auth.subject(), "organization settings changed");
     Ok(Json(view))

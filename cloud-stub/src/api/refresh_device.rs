@@ -4,9 +4,14 @@
 //! refresh with it, or a call with the new key), so an answer lost in a crash can be fetched
 //! again. Once the successor is used, presenting an older token is reuse: every credential
 //! of the device dies and the answer is 401 `refresh_token_reused`.
+//!
+//! Budgets: the device's control-plane budget is spent only once its refresh token verified;
+//! a token that does not verify spends the source address's budget of failures instead.
+
+use std::net::SocketAddr;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use octomil_common::Secret;
 use octomil_common::token::{self, TokenKind};
 use octomil_common::wire::{RefreshRequest, RefreshResponse, codes};
@@ -21,6 +26,7 @@ use crate::store::{
 
 pub async fn refresh(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(req): Body<RefreshRequest>,
 ) -> ApiResult<Json<RefreshResponse>> {
     token::parse_as(
@@ -31,19 +37,30 @@ pub async fn refresh(
     .map_err(|e| {
         ApiError::bad_request(codes::INVALID_TOKEN_FORMAT, format!("refresh_token: {e}"))
     })?;
-    state.take_permit(Surface::ControlPlane, req.device_id.as_str())?;
     let settings = state.settings();
-
     let now = state.clock.now_secs();
     let h = token::hash(req.refresh_token.expose());
+    // The token is verified before anything is charged: a refresh token is unguessable, so
+    // checking it is cheap and safe, and only a verified call spends the device's budget.
+    // A token that does not verify is charged to the source address instead.
     let outcome = state.store.write(|m| {
         let invalid = || ApiError::unauthorized(codes::INVALID_REFRESH_TOKEN, "refresh token is not valid for this device");
+        if m.org.as_ref().is_none_or(|o| o.deleted) {
+            return Err(super::authz::org_deleted());
+        }
         let mut d = m.devices.get(req.device_id.as_str()).cloned().ok_or_else(invalid)?;
         if d.state == DeviceState::Revoked {
             return Err(ApiError::device_revoked());
         }
         let is = |x: &[u8; 32]| token::hashes_equal(x, &h);
         let current = d.refresh.current.clone();
+        let valid = match &current {
+            Some(cur) => is(&cur.refresh_hash) || (d.refresh.previous.as_ref().is_some_and(is) && !cur.confirmed),
+            None => false,
+        };
+        if valid {
+            state.take_permit_under(Surface::ControlPlane, req.device_id.as_str(), Some(settings.rate_limits))?;
+        }
         match current {
             Some(cur) if is(&cur.refresh_hash) => {
                 // Normal rotation: the current pair was used, so it becomes the previous.
@@ -68,7 +85,13 @@ pub async fn refresh(
         let env = m.environment();
         let (key, refresh, expires_at) = issue_pair(&mut d, env, now, settings.device_token_expiry_secs);
         Ok((Ok((key, refresh, expires_at)), vec![Change::Device(d)]))
-    })?;
+    });
+    let outcome = match outcome {
+        Err(e) if e.code == codes::INVALID_REFRESH_TOKEN => {
+            return Err(state.charge_failure(Some(&peer.ip().to_string()), e));
+        }
+        other => other?,
+    };
     let (api_key, refresh_token, expires_at) = outcome.map_err(|()| {
         ApiError::unauthorized(
             codes::REFRESH_TOKEN_REUSED,

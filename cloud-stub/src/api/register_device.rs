@@ -119,6 +119,9 @@ pub async fn register(
                 "bootstrap token is unknown, expired or used up",
             )
         };
+        if m.org.as_ref().is_none_or(|o| o.deleted) {
+            return Err(super::authz::org_deleted());
+        }
         let mut boot = m
             .bootstrap_by_hash(&boot_hash)
             .filter(|b| token::hashes_equal(&b.hash, &boot_hash))
@@ -156,8 +159,10 @@ pub async fn register(
                 revoked_at: None,
                 revoke_reason: None,
                 revocation_seq: 0,
+                bootstrap_token_id: None,
             },
         };
+        device.bootstrap_token_id = Some(boot.id.clone());
         device.registered_at_ms = now_ms;
         if let Some(meta) = &req.metadata {
             device.metadata = meta.clone();
@@ -168,6 +173,18 @@ pub async fn register(
             .counter(REGISTRATION_EPOCH)
             .checked_add(1)
             .ok_or_else(|| ApiError::internal("the registration epoch is exhausted"))?;
+        let ctx = crate::extract::Ctx {
+            source: Some(peer.ip().to_string()),
+            request_id: None,
+        };
+        let audit = super::audit::from(
+            &ctx,
+            now_ms,
+            format!("device:{}", device.device_id),
+            "device",
+            "device.register",
+            &device.device_id,
+        );
         Ok((
             (key, refresh, expires_at, epoch),
             vec![
@@ -175,6 +192,7 @@ pub async fn register(
                 Change::Counter(REGISTRATION_EPOCH, epoch),
                 Change::Device(device),
                 Change::Bootstrap(boot),
+                audit,
             ],
         ))
     })?;

@@ -14,63 +14,47 @@ use serde::{Deserialize, Serialize};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, Body};
-use crate::scope::{Role, Rule, Scope};
 use crate::store::{Change, Model, ResourceRecord};
 
 const MAX_NAME_LEN: usize = 200;
 
-/// A top-level kind: its path, its kind name, and who may list and create.
+/// A top-level kind: its path and its kind name. Who may list and create each is in the
+/// table of [`super::authz`].
 struct Kind {
     path: &'static str,
     kind: &'static str,
-    read: Rule,
-    write: Rule,
 }
 
 const KINDS: &[Kind] = &[
     Kind {
         path: "/models",
         kind: "model",
-        read: Rule::scoped(Scope::ModelsRead, Role::Member),
-        write: Rule::scoped(Scope::ModelsWrite, Role::Admin),
     },
     Kind {
         path: "/device-groups",
         kind: "device_group",
-        read: Rule::scoped(Scope::DevicesRead, Role::Member),
-        write: Rule::scoped(Scope::DevicesWrite, Role::Admin),
     },
     Kind {
         path: "/rollouts",
         kind: "rollout",
-        read: Rule::scoped(Scope::ModelsRead, Role::Member),
-        write: Rule::scoped(Scope::RolloutsWrite, Role::Admin),
     },
     Kind {
         path: "/federations",
         kind: "federation",
-        read: Rule::scoped(Scope::FederationsAdmin, Role::Admin),
-        write: Rule::scoped(Scope::FederationsAdmin, Role::Admin),
     },
     Kind {
         path: "/training/rounds",
         kind: "training_round",
-        read: Rule::scoped(Scope::TrainingWrite, Role::Member),
-        write: Rule::scoped(Scope::TrainingWrite, Role::Member),
     },
     Kind {
         path: "/experiments",
         kind: "experiment",
-        read: Rule::scoped(Scope::ExperimentsWrite, Role::Admin),
-        write: Rule::scoped(Scope::ExperimentsWrite, Role::Admin),
     },
 ];
 
 const VERSIONS: Kind = Kind {
     path: "/models/{id}/versions",
     kind: "model_version",
-    read: Rule::scoped(Scope::ModelsRead, Role::Member),
-    write: Rule::scoped(Scope::ModelsWrite, Role::Admin),
 };
 
 #[derive(Debug, Deserialize)]
@@ -113,38 +97,34 @@ impl ResourceView {
 pub fn routes() -> Router<AppState> {
     let mut r = Router::new();
     for k in KINDS {
-        let (kind, read, write) = (k.kind, k.read, k.write);
+        let kind = k.kind;
         r = r.route(
             k.path,
-            get(move |s: State<AppState>, a: Auth| list(s, a, kind, read, None)).post(
+            get(move |s: State<AppState>, _: Auth| list(s, kind, None)).post(
                 move |s: State<AppState>, a: Auth, b: Body<CreateResource>| {
-                    create(s, a, kind, write, None, b)
+                    create(s, a, kind, None, b)
                 },
             ),
         );
     }
-    let (kind, read, write) = (VERSIONS.kind, VERSIONS.read, VERSIONS.write);
+    let kind = VERSIONS.kind;
     r.route(
         VERSIONS.path,
-        get(move |s: State<AppState>, a: Auth, Path(id): Path<String>| {
-            list(s, a, kind, read, Some(id))
-        })
-        .post(
-            move |s: State<AppState>, a: Auth, Path(id): Path<String>, b: Body<CreateResource>| {
-                create(s, a, kind, write, Some(id), b)
-            },
-        ),
+        get(move |s: State<AppState>, _: Auth, Path(id): Path<String>| list(s, kind, Some(id)))
+            .post(
+                move |s: State<AppState>,
+                      a: Auth,
+                      Path(id): Path<String>,
+                      b: Body<CreateResource>| { create(s, a, kind, Some(id), b) },
+            ),
     )
 }
 
 async fn list(
     State(state): State<AppState>,
-    auth: Auth,
     kind: &'static str,
-    rule: Rule,
     parent: Option<String>,
 ) -> ApiResult<Json<ResourceList>> {
-    auth.require(rule)?;
     let prefix = Model::resource_key(kind, parent.as_deref(), "");
     let items = state.store.read(|m| {
         if let Some(p) = &parent
@@ -167,11 +147,9 @@ async fn create(
     State(state): State<AppState>,
     auth: Auth,
     kind: &'static str,
-    rule: Rule,
     parent: Option<String>,
     Body(req): Body<CreateResource>,
 ) -> ApiResult<(StatusCode, Json<ResourceView>)> {
-    auth.require(rule)?;
     let name = req.name.trim();
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(ApiError::bad_request(
@@ -200,7 +178,14 @@ async fn create(
         {
             return Err(ApiError::not_found("model"));
         }
-        Ok(((), vec![Change::Resource(rec)]))
+        let audit = super::audit::change(
+            &auth,
+            state.clock.now_ms(),
+            &format!("{kind}.create"),
+            rec.id.clone(),
+            None,
+        );
+        Ok(((), vec![Change::Resource(rec), audit]))
     })?;
     Ok((StatusCode::CREATED, Json(view)))
 }

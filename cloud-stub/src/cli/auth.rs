@@ -1,5 +1,6 @@
 //! `octomil auth login`: trades email, password and TOTP code for a dashboard session token.
 //! The password never comes from a flag (argv is world-readable through `ps`).
+//! `octomil auth logout` ends the session in `OCTOMIL_API_KEY` server-side.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -17,6 +18,8 @@ pub const PASSWORD_ENV: &str = "OCTOMIL_PASSWORD";
 pub enum AuthCmd {
     /// Log in; the password is read from OCTOMIL_PASSWORD or one line of stdin
     Login(LoginArgs),
+    /// End the session in OCTOMIL_API_KEY; its token is refused from then on
+    Logout,
 }
 
 #[derive(Debug, Args)]
@@ -54,7 +57,15 @@ fn parse_mfa_code(s: &str) -> Result<String, String> {
 }
 
 pub async fn run(client: &ApiClient, cmd: AuthCmd, out: &mut Out<'_>) -> Result<(), CliError> {
-    let AuthCmd::Login(args) = cmd;
+    let args = match cmd {
+        AuthCmd::Login(args) => args,
+        AuthCmd::Logout => {
+            client
+                .post(&["auth", "logout"], &serde_json::json!({}))
+                .await?;
+            return out.note("logged out: the session token is no longer accepted");
+        }
+    };
     let password = read_password()?;
     let body = LoginBody {
         email: &args.email,
@@ -135,6 +146,14 @@ mod tests {
             Command::Auth(AuthCmd::Login(a)) => a,
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn parses_logout() {
+        assert!(matches!(
+            parse(&["auth", "logout"]).unwrap().command,
+            Command::Auth(AuthCmd::Logout)
+        ));
     }
 
     #[test]

@@ -1,24 +1,68 @@
-//! `octomil bootstrap-tokens create`: the fleet-wide tokens baked into device images.
+//! `octomil bootstrap-tokens create|list|update|revoke`: the fleet-wide tokens baked into
+//! device images. `revoke --devices` is the leaked-token drill: the token and every device it
+//! enrolled, revoked in two calls.
 
 use clap::{Args, Subcommand};
 use octomil_common::Secret;
 use serde::{Deserialize, Serialize};
 
-use super::output::{Id, Out, clean, when};
+use super::output::{Id, Out, Table, clean, when};
 use super::{ApiClient, CliError, parse_duration};
 
 #[derive(Debug, Subcommand)]
 pub enum BootstrapTokensCmd {
     /// Create a token; it is printed once and cannot be shown again
     Create(CreateArgs),
+    /// List tokens with their uses, expiry, status and enrolled devices
+    List,
+    /// Extend (or shorten) a token's expiry or use limit
+    Update(UpdateArgs),
+    /// Revoke a token; with --devices also every device it enrolled
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    pub id: String,
+    /// The new use limit (at least the uses so far)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_uses: Option<u32>,
+    /// The new expiry, counted from now, e.g. 30d
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub expires_in: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    pub id: String,
+    /// Also revoke every device whose latest registration used this token
+    #[arg(long)]
+    pub devices: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Listed {
+    bootstrap_tokens: Vec<TokenRow>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenRow {
+    id: String,
+    #[serde(default)]
+    max_uses: Option<u64>,
+    uses: u64,
+    #[serde(default)]
+    expires_at: Option<u64>,
+    status: String,
+    devices: u64,
 }
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// How many registrations it allows (unlimited when omitted)
+    /// How many registrations it allows (10000 when omitted)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_uses: Option<u32>,
-    /// How long it stays valid, e.g. 24h or 7d (no expiry when omitted)
+    /// How long it stays valid, e.g. 24h or 7d (90d when omitted)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub expires_in: Option<String>,
 }
@@ -46,7 +90,49 @@ pub async fn run(
     cmd: BootstrapTokensCmd,
     out: &mut Out<'_>,
 ) -> Result<(), CliError> {
-    let BootstrapTokensCmd::Create(args) = cmd;
+    let args = match cmd {
+        BootstrapTokensCmd::Create(args) => args,
+        BootstrapTokensCmd::List => return list(client, out).await,
+        BootstrapTokensCmd::Update(a) => {
+            let body = CreateBody {
+                max_uses: a.max_uses,
+                expires_in: a.expires_in.as_deref(),
+            };
+            let answer = client.patch(&["bootstrap-tokens", &a.id], &body).await?;
+            if out.json {
+                return out.json_value(answer.body.as_ref());
+            }
+            let t: TokenRow = answer.parse()?;
+            return out.note(&format!(
+                "bootstrap token {}: {} of {} uses, expires {}",
+                clean(&t.id),
+                t.uses,
+                t.max_uses.map_or_else(|| "-".into(), |n| n.to_string()),
+                when(t.expires_at, out.now)
+            ));
+        }
+        BootstrapTokensCmd::Revoke(a) => {
+            client.delete(&["bootstrap-tokens", &a.id]).await?;
+            out.note(&format!("bootstrap token {} revoked", clean(&a.id)))?;
+            if a.devices {
+                let body = serde_json::json!({
+                    "bootstrap_token_id": a.id,
+                    "reason": "bootstrap token revoked",
+                });
+                let answer = client.post(&["revocations"], &body).await?;
+                if out.json {
+                    return out.json_value(answer.body.as_ref());
+                }
+                let b = answer.body.unwrap_or_default();
+                let n = b["revoked"].as_array().map_or(0, Vec::len);
+                return out.note(&format!(
+                    "{n} devices revoked, {} were already",
+                    b["already_revoked"].as_u64().unwrap_or(0)
+                ));
+            }
+            return Ok(());
+        }
+    };
     let body = CreateBody {
         max_uses: args.max_uses,
         expires_in: args.expires_in.as_deref(),
@@ -61,6 +147,29 @@ pub async fn run(
     }
     let note = created_note(&created, out.now);
     out.note(&note)
+}
+
+async fn list(client: &ApiClient, out: &mut Out<'_>) -> Result<(), CliError> {
+    let answer = client.get(&["bootstrap-tokens"]).await?;
+    if out.json {
+        return out.json_value(answer.body.as_ref());
+    }
+    let l: Listed = answer.parse()?;
+    let mut t = Table::new(&["ID", "STATUS", "USES", "EXPIRES", "DEVICES"]);
+    for r in &l.bootstrap_tokens {
+        t.row(vec![
+            clean(&r.id),
+            clean(&r.status),
+            format!(
+                "{}/{}",
+                r.uses,
+                r.max_uses.map_or_else(|| "-".into(), |n| n.to_string())
+            ),
+            when(r.expires_at, out.now),
+            r.devices.to_string(),
+        ]);
+    }
+    out.print(&t.render())
 }
 
 fn created_note(t: &CreatedToken, now: u64) -> String {
@@ -89,6 +198,24 @@ mod tests {
             Command::BootstrapTokens(BootstrapTokensCmd::Create(a)) => a,
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn parses_lifecycle_commands() {
+        let c = parse(&["bootstrap-tokens", "revoke", "bt_1", "--devices"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::BootstrapTokens(BootstrapTokensCmd::Revoke(RevokeArgs { devices: true, .. }))
+        ));
+        let c = parse(&["bootstrap-tokens", "update", "bt_1", "--expires-in", "30d"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::BootstrapTokens(BootstrapTokensCmd::Update(UpdateArgs {
+                max_uses: None,
+                ..
+            }))
+        ));
+        assert!(parse(&["bootstrap-tokens", "list"]).is_ok());
     }
 
     #[test]

@@ -95,6 +95,17 @@ impl ApiClient {
         self.send(Method::GET, path, None::<&()>).await
     }
 
+    /// `GET` with query parameters (each name and value percent-encoded).
+    pub async fn get_query(
+        &self,
+        path: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<Answer, CliError> {
+        let mut url = self.url(path)?;
+        url.query_pairs_mut().extend_pairs(query);
+        self.send_url(Method::GET, url, None::<&()>).await
+    }
+
     pub async fn post<B: Serialize>(&self, path: &[&str], body: &B) -> Result<Answer, CliError> {
         self.send(Method::POST, path, Some(body)).await
     }
@@ -125,6 +136,15 @@ impl ApiClient {
         body: Option<&B>,
     ) -> Result<Answer, CliError> {
         let url = self.url(path)?;
+        self.send_url(method, url, body).await
+    }
+
+    async fn send_url<B: Serialize>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+    ) -> Result<Answer, CliError> {
         let shown = url.to_string();
         let mut req = self
             .http

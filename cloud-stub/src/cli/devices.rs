@@ -68,6 +68,8 @@ struct Device {
 #[derive(Debug, Deserialize)]
 struct DeviceList {
     devices: Vec<Device>,
+    #[serde(default)]
+    next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,11 +81,33 @@ struct RevokeBody<'a> {
 pub async fn run(client: &ApiClient, cmd: DevicesCmd, out: &mut Out<'_>) -> Result<(), CliError> {
     match cmd {
         DevicesCmd::List => {
-            let answer = client.get(&["devices"]).await?;
-            if out.json {
-                return out.json_value(answer.body.as_ref());
+            // The cloud answers a page at a time: follow the cursor to the end.
+            let mut devices = Vec::new();
+            let mut raw = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let answer = match &cursor {
+                    None => client.get(&["devices"]).await?,
+                    Some(c) => client.get_query(&["devices"], &[("cursor", c)]).await?,
+                };
+                if let Some(body) = &answer.body {
+                    raw.extend(body["devices"].as_array().cloned().unwrap_or_default());
+                }
+                let page: DeviceList = answer.parse()?;
+                devices.extend(page.devices);
+                match page.next_cursor {
+                    Some(c) if cursor.as_ref() != Some(&c) => cursor = Some(c),
+                    _ => break,
+                }
             }
-            let list: DeviceList = answer.parse()?;
+            if out.json {
+                let all = serde_json::json!({ "devices": raw });
+                return out.json_value(Some(&all));
+            }
+            let list = DeviceList {
+                devices,
+                next_cursor: None,
+            };
             if list.devices.is_empty() {
                 return out.note("no devices");
             }

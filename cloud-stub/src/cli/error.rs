@@ -33,6 +33,9 @@ pub enum CliError {
     /// The server answered 2xx with a body this CLI cannot read.
     #[error("unexpected answer from {url}: {detail}")]
     Decode { url: String, detail: String },
+    /// `octomil audit verify` found a broken or altered chain.
+    #[error("audit log does not verify: {0}")]
+    AuditChain(String),
     #[error("{context}: {source}")]
     Io {
         context: &'static str,

@@ -2,6 +2,7 @@
 //! per command group, all driving the control-plane API through `ApiClient`.
 
 pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod bootstrap_tokens;
 pub mod client;
@@ -21,8 +22,9 @@ pub use client::{ApiClient, ClientOptions};
 pub use error::CliError;
 pub use output::Out;
 
-/// The scopes an API key may carry (SPEC "API keys").
-pub const SCOPES: [&str; 8] = [
+/// The scopes an API key may carry (SPEC "API keys", plus `org:admin` for organisation
+/// administration).
+pub const SCOPES: [&str; 10] = [
     "models:read",
     "models:write",
     "devices:read",
@@ -31,6 +33,8 @@ pub const SCOPES: [&str; 8] = [
     "federations:admin",
     "training:write",
     "experiments:write",
+    "org:admin",
+    "metrics:read",
 ];
 
 #[derive(Debug, Parser)]
@@ -87,6 +91,9 @@ pub enum Command {
     /// Dashboard sessions
     #[command(subcommand)]
     Auth(auth::AuthCmd),
+    /// Read, export and verify the audit log
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
 }
 
 /// Member roles, lowest first (Member < Admin < Owner).
@@ -107,8 +114,13 @@ pub async fn run(cli: Cli, out: &mut Out<'_>) -> Result<(), CliError> {
         Command::Devices(cmd) => devices::run(&connect(g, true)?, cmd, out).await,
         Command::BootstrapTokens(cmd) => bootstrap_tokens::run(&connect(g, true)?, cmd, out).await,
         Command::Org(cmd) => org::run(&connect(g, true)?, cmd, out).await,
-        // Logging in is how one gets a credential, so it needs none.
-        Command::Auth(cmd) => auth::run(&connect(g, false)?, cmd, out).await,
+        Command::Audit(cmd) => audit::run(&connect(g, true)?, cmd, out).await,
+        // Logging in is how one gets a credential, so it needs none; logging out needs the
+        // session it ends.
+        Command::Auth(cmd) => {
+            let needs_key = !matches!(cmd, auth::AuthCmd::Login(_));
+            auth::run(&connect(g, needs_key)?, cmd, out).await
+        }
     }
 }
 
@@ -178,7 +190,7 @@ pub fn parse_duration(s: &str) -> Result<String, String> {
     }
 }
 
-/// One of the eight scopes of [`SCOPES`].
+/// One of the scopes of [`SCOPES`].
 pub fn parse_scope(s: &str) -> Result<String, String> {
     let s = s.trim();
     if SCOPES.contains(&s) {

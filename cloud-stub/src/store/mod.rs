@@ -2,8 +2,11 @@
 //! every change. A change is applied to memory only after its redb transaction committed, so
 //! what a caller was told always survives a restart.
 
+pub mod audit;
 mod counters;
+pub mod migrate;
 pub mod records;
+mod v1;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -13,7 +16,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use audit::{AuditRecord, Checkpoint};
 pub use counters::{REGISTRATION_EPOCH, REVOCATION_SEQ};
+pub use migrate::FORMAT_VERSION;
 pub use records::*;
 
 const ORG: TableDefinition<&str, &[u8]> = TableDefinition::new("org");
@@ -22,9 +27,18 @@ const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 const BOOTSTRAP: TableDefinition<&str, &[u8]> = TableDefinition::new("bootstrap_tokens");
 const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
+/// Dashboard sessions by `jti` (format version 2).
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// Retained MQTT messages not yet acknowledged by the broker, keyed by device id.
 const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("mqtt_outbox");
 const ORG_KEY: &str = "org";
+/// The audit log by sequence number (format version 2).
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// The audit checkpoint left by retention pruning, under [`CHECKPOINT_KEY`].
+const AUDIT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_meta");
+const CHECKPOINT_KEY: &str = "checkpoint";
+/// Pruning runs once the oldest record is this far past the retention.
+const PRUNE_SLACK_MS: u64 = 86_400_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,6 +46,10 @@ pub enum StoreError {
     Db(String),
     #[error("state database record {table}/{key} is corrupt")]
     Corrupt { table: &'static str, key: String },
+    #[error(
+        "the state was written by a newer octomil-cloud (format version {0}; this build knows {FORMAT_VERSION})"
+    )]
+    TooNew(u64),
 }
 
 macro_rules! db_err {
@@ -70,6 +88,10 @@ pub enum Change {
     Counter(&'static str, u64),
     /// The registration epoch of a device's current registration.
     Epoch(String, u64),
+    Session(SessionRecord),
+    DeleteSession(String),
+    /// Appended to the audit log; the store links it into the chain at commit.
+    Audit(AuditRecord),
 }
 
 /// Everything the cloud knows, with the hash indexes that make bearer lookups O(1).
@@ -88,6 +110,12 @@ pub struct Model {
     pub counters: BTreeMap<String, u64>,
     /// Registration epoch by device id (absent: registered before protocol 2, epoch 0).
     pub epochs: BTreeMap<String, u64>,
+    /// Live dashboard sessions by `jti`.
+    pub sessions: BTreeMap<String, SessionRecord>,
+    /// The newest audit record (sequence and hash).
+    pub audit_head: Checkpoint,
+    /// Unix ms of the oldest audit record kept, if any.
+    pub audit_oldest_ms: Option<u64>,
     api_key_by_hash: HashMap<Hash, String>,
     device_by_key_hash: HashMap<Hash, String>,
     bootstrap_by_hash: HashMap<Hash, String>,
@@ -182,7 +210,29 @@ impl Model {
             Change::Epoch(id, v) => {
                 self.epochs.insert(id, v);
             }
+            Change::Session(r) => {
+                self.sessions.insert(r.jti.clone(), r);
+            }
+            Change::DeleteSession(jti) => {
+                self.sessions.remove(&jti);
+            }
+            Change::Audit(r) => {
+                self.audit_head = Checkpoint {
+                    seq: r.seq,
+                    hash: r.hash,
+                };
+                self.audit_oldest_ms.get_or_insert(r.at_ms);
+            }
         }
+    }
+
+    /// Changes that end every session of `email` (logout everywhere).
+    pub fn end_sessions_of(&self, email: &str) -> Vec<Change> {
+        self.sessions
+            .values()
+            .filter(|r| r.email == email)
+            .map(|r| Change::DeleteSession(r.jti.clone()))
+            .collect()
     }
 
     fn unindex_device(&mut self, id: &str) {
@@ -202,20 +252,22 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) `path` and loads every record.
+    /// Opens (or creates) `path`, migrates it to [`FORMAT_VERSION`], and loads every record.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         restrict(path)?;
         let db = Database::create(path)?;
+        migrate::run(&db)?;
         {
             // Create the tables so read transactions on a fresh file find them.
             let tx = db.begin_write()?;
             for t in [
-                ORG, API_KEYS, DEVICES, BOOTSTRAP, MEMBERS, RESOURCES, OUTBOX,
+                ORG, API_KEYS, DEVICES, BOOTSTRAP, MEMBERS, RESOURCES, OUTBOX, SESSIONS, AUDIT_META,
             ] {
                 tx.open_table(t)?;
             }
             tx.open_table(counters::COUNTERS)?;
             tx.open_table(counters::EPOCHS)?;
+            tx.open_table(AUDIT)?;
             tx.commit()?;
         }
         let mut model = Model::default();
@@ -242,6 +294,28 @@ impl Store {
         }
         model.counters = counters::load(&tx, counters::COUNTERS)?;
         model.epochs = counters::load(&tx, counters::EPOCHS)?;
+        for r in load(&tx, SESSIONS, "sessions")? {
+            model.apply(Change::Session(r));
+        }
+        {
+            let t = tx.open_table(AUDIT)?;
+            let first = t
+                .first()?
+                .map(|(_, v)| decode_audit(v.value()))
+                .transpose()?;
+            let last = t
+                .last()?
+                .map(|(_, v)| decode_audit(v.value()))
+                .transpose()?;
+            model.audit_oldest_ms = first.map(|r| r.at_ms);
+            model.audit_head = match last {
+                Some(r) => Checkpoint {
+                    seq: r.seq,
+                    hash: r.hash,
+                },
+                None => read_checkpoint(&tx)?,
+            };
+        }
         Ok(Self {
             db,
             model: Mutex::new(model),
@@ -266,14 +340,103 @@ impl Store {
         E: From<StoreError>,
     {
         let mut model = self.lock();
-        let (out, changes) = f(&model)?;
+        let (out, mut changes) = f(&model)?;
         if !changes.is_empty() {
+            // Link audit records into the chain, in order, after the current head.
+            let mut head = model.audit_head;
+            let mut audited = None;
+            for c in &mut changes {
+                if let Change::Audit(r) = c {
+                    r.seal(head);
+                    head = Checkpoint {
+                        seq: r.seq,
+                        hash: r.hash,
+                    };
+                    audited = Some(r.at_ms);
+                }
+            }
             self.commit(&changes)?;
             for c in changes {
                 model.apply(c);
             }
+            if let Some(now_ms) = audited {
+                self.prune_if_due(&mut model, now_ms)?;
+            }
         }
         Ok(out)
+    }
+
+    /// Drops audit records past the compliance preset's retention, leaving a checkpoint, once
+    /// the oldest record is a day past it (so this runs about once a day at most).
+    fn prune_if_due(&self, model: &mut Model, now_ms: u64) -> Result<(), StoreError> {
+        let preset = model
+            .org
+            .as_ref()
+            .map_or(CompliancePreset::None, |o| o.settings.compliance_preset);
+        let keep_ms = audit::retention_days(preset) * 86_400_000;
+        let cutoff = now_ms.saturating_sub(keep_ms);
+        if model
+            .audit_oldest_ms
+            .is_none_or(|oldest| oldest.saturating_add(PRUNE_SLACK_MS) > cutoff)
+        {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        let oldest = {
+            let mut t = tx.open_table(AUDIT)?;
+            let mut checkpoint = None;
+            loop {
+                let Some((_, v)) = t.first()? else { break };
+                let r = decode_audit(v.value())?;
+                if r.at_ms >= cutoff {
+                    break;
+                }
+                drop(v);
+                t.remove(r.seq)?;
+                checkpoint = Some(Checkpoint {
+                    seq: r.seq,
+                    hash: r.hash,
+                });
+            }
+            if let Some(cp) = checkpoint {
+                let bytes = postcard::to_stdvec(&cp).map_err(|e| StoreError::Db(e.to_string()))?;
+                tx.open_table(AUDIT_META)?
+                    .insert(CHECKPOINT_KEY, bytes.as_slice())?;
+            }
+            t.first()?
+                .map(|(_, v)| decode_audit(v.value()))
+                .transpose()?
+        };
+        tx.commit()?;
+        model.audit_oldest_ms = oldest.map(|r| r.at_ms);
+        Ok(())
+    }
+
+    /// Audit records after `after_seq` that `keep` accepts, at most `limit`, oldest first;
+    /// also whether more follow, and the pruning checkpoint.
+    pub fn audit_page(
+        &self,
+        after_seq: u64,
+        limit: usize,
+        keep: impl Fn(&AuditRecord) -> bool,
+    ) -> Result<(Vec<AuditRecord>, bool, Checkpoint), StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(AUDIT)?;
+        let mut out = Vec::new();
+        let mut more = false;
+        for entry in t.range(after_seq.saturating_add(1)..)? {
+            let (_, v) = entry?;
+            let r = decode_audit(v.value())?;
+            if !keep(&r) {
+                continue;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push(r);
+        }
+        Ok((out, more, read_checkpoint(&tx)?))
     }
 
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
@@ -298,6 +461,13 @@ impl Store {
                 Change::DeleteOutbox(id) => del(&tx, OUTBOX, id)?,
                 Change::Counter(name, v) => counters::put(&tx, counters::COUNTERS, name, *v)?,
                 Change::Epoch(id, v) => counters::put(&tx, counters::EPOCHS, id, *v)?,
+                Change::Session(r) => put(&tx, SESSIONS, &r.jti, r)?,
+                Change::DeleteSession(jti) => del(&tx, SESSIONS, jti)?,
+                Change::Audit(r) => {
+                    let bytes =
+                        postcard::to_stdvec(r).map_err(|e| StoreError::Db(e.to_string()))?;
+                    tx.open_table(AUDIT)?.insert(r.seq, bytes.as_slice())?;
+                }
             }
         }
         tx.commit()?;
@@ -342,6 +512,25 @@ fn del(
     Ok(())
 }
 
+fn decode_audit(bytes: &[u8]) -> Result<AuditRecord, StoreError> {
+    postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt {
+        table: "audit",
+        key: String::new(),
+    })
+}
+
+fn read_checkpoint(tx: &redb::ReadTransaction) -> Result<Checkpoint, StoreError> {
+    let t = tx.open_table(AUDIT_META)?;
+    let v = t.get(CHECKPOINT_KEY)?;
+    match v {
+        None => Ok(Checkpoint::default()),
+        Some(v) => postcard::from_bytes(v.value()).map_err(|_| StoreError::Corrupt {
+            table: "audit_meta",
+            key: CHECKPOINT_KEY.into(),
+        }),
+    }
+}
+
 fn load<T: DeserializeOwned>(
     tx: &redb::ReadTransaction,
     table: TableDefinition<&str, &[u8]>,
@@ -372,10 +561,13 @@ mod tests {
             hash: [hash; 32],
             scopes: ScopeSet::all(),
             role: Role::Owner,
+            owner_email: "owner@example.com".into(),
             environment: Environment::Live,
             created_at: 1,
             created_by: "owner".into(),
             last_used_at: None,
+            expires_at: None,
+            revoked_at: None,
         }
     }
 

@@ -47,12 +47,16 @@ impl CompliancePreset {
     }
 }
 
-/// The three cloud-side limits an operator can change.
+/// The cloud-side limits an operator can change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloudRateLimits {
     pub control_plane: RateLimit,
     pub inference: RateLimit,
     pub registration: RateLimit,
+    /// Failed authentications (unknown bearer, refresh token that does not verify) per
+    /// source address (format version 2). Only failures spend it, so a valid credential is
+    /// never refused because of other clients behind the same address.
+    pub auth_failures: RateLimit,
 }
 
 impl Default for CloudRateLimits {
@@ -62,6 +66,7 @@ impl Default for CloudRateLimits {
             control_plane: device.control_plane,
             inference: device.inference,
             registration: RateLimit::per_minute(10),
+            auth_failures: RateLimit::per_minute(60),
         }
     }
 }
@@ -104,19 +109,51 @@ pub struct OrgRecord {
     pub settings: Settings,
 }
 
+/// An API key (format version 2). Its effective rights are the smaller of `scopes` and the
+/// current role of `owner_email` (capped at `role`); it stops working when that member is
+/// removed, when it expires, or when it is revoked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
     pub id: String,
     pub name: String,
     pub hash: Hash,
     pub scopes: ScopeSet,
-    /// Role of the member who created it: a key never outranks its creator.
+    /// Role of the creator when the key was made: a key never outranks it, even if the
+    /// member is later promoted.
     pub role: Role,
+    /// The member whose current role bounds the key (the session that made it, or the
+    /// member behind the key that made it).
+    pub owner_email: String,
     pub environment: Environment,
     pub created_at: u64,
+    /// Who made it, for the record: `session:EMAIL`, `key:ID` or `provisioning`.
     pub created_by: String,
     /// Persisted at most once a minute per key.
     pub last_used_at: Option<u64>,
+    /// Unix seconds after which the key is refused; `None` never expires.
+    pub expires_at: Option<u64>,
+    /// Set by `DELETE /api-keys/{id}`; the record stays listed for [`KEY_RETENTION_SECS`].
+    pub revoked_at: Option<u64>,
+}
+
+/// Revoked and expired API keys stay listed this long, then are dropped.
+pub const KEY_RETENTION_SECS: u64 = 90 * 86_400;
+
+impl ApiKeyRecord {
+    /// Whether the key may authenticate at `now`.
+    pub fn usable(&self, now: u64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|t| now < t)
+    }
+
+    /// Whether a dead key has been listed long enough to be dropped.
+    pub fn prunable(&self, now: u64) -> bool {
+        let dead_since = match (self.revoked_at, self.expires_at) {
+            (Some(r), _) => Some(r),
+            (None, Some(e)) if e <= now => Some(e),
+            _ => None,
+        };
+        dead_since.is_some_and(|t| now >= t.saturating_add(KEY_RETENTION_SECS))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +207,9 @@ pub struct DeviceRecord {
     pub revoke_reason: Option<String>,
     /// Sequence of the latest revocation envelope; strictly increasing per device.
     pub revocation_seq: u64,
+    /// The bootstrap token the device last registered with (format version 2; `None` for
+    /// devices registered before), so a leaked token's devices can be revoked in one call.
+    pub bootstrap_token_id: Option<String>,
 }
 
 impl DeviceRecord {
@@ -184,6 +224,9 @@ impl DeviceRecord {
     }
 }
 
+/// A bootstrap token (format version 2). `max_uses` and `expires_at` are always set since
+/// version 2 (defaults [`DEFAULT_BOOTSTRAP_USES`], [`DEFAULT_BOOTSTRAP_TTL_SECS`]); they stay
+/// optional in the record so version-1 readers of the type need not change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BootstrapRecord {
     pub id: String,
@@ -192,8 +235,16 @@ pub struct BootstrapRecord {
     pub uses: u32,
     pub expires_at: Option<u64>,
     pub created_at: u64,
+    /// Set by `DELETE /bootstrap-tokens/{id}` (which also sets `expires_at` to that time).
+    pub revoked_at: Option<u64>,
 }
 
+/// Registrations a bootstrap token allows when none is given.
+pub const DEFAULT_BOOTSTRAP_USES: u32 = 10_000;
+/// How long a bootstrap token lives when no expiry is given: 90 days.
+pub const DEFAULT_BOOTSTRAP_TTL_SECS: u64 = 90 * 86_400;
+
+/// A dashboard member (format version 2).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberRecord {
     pub email: String,
@@ -204,6 +255,20 @@ pub struct MemberRecord {
     /// only in the 0600 store in the 0700 state dir.
     pub totp_secret: Vec<u8>,
     pub created_at: u64,
+    /// The newest TOTP time step accepted for this member: a code is accepted once only.
+    pub last_totp_step: Option<u64>,
+}
+
+/// A dashboard session (format version 2): the server-side half of a session JWT, keyed by
+/// its `jti`. A JWT whose session is gone is refused, so deleting these logs a member out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub jti: String,
+    pub email: String,
+    pub created_at: u64,
+    pub expires_at: u64,
+    /// Whether the login gave a TOTP code.
+    pub mfa: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -153,7 +153,7 @@ impl Env {
             .owner(
                 Method::PATCH,
                 "/org/settings",
-                Some(json!({"rate_limits": {"registration": big, "control_plane": big}})),
+                Some(json!({"rate_limits": {"registration": big, "control_plane": big, "auth_failures": big}})),
             )
             .await;
         assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
@@ -182,16 +182,24 @@ impl Env {
     /// Adds a member and logs them in; returns the session token.
     pub async fn session(&self, email: &str, role: &str) -> String {
         let (password, totp) = self.add_member(email, role).await;
-        let a = self
-            .call(
-                Method::POST,
-                "/auth/login",
-                None,
-                Some(json!({"email": email, "password": password, "mfa_code": self.totp_code(&totp)})),
-            )
-            .await;
+        self.login(email, &password, &totp).await
+    }
+
+    /// Logs a member in with a fresh TOTP code; returns the session token.
+    pub async fn login(&self, email: &str, password: &str, totp: &[u8]) -> String {
+        let a = self.try_login(email, password, totp).await;
         assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
         a.body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn try_login(&self, email: &str, password: &str, totp: &[u8]) -> Answer {
+        self.call(
+            Method::POST,
+            "/auth/login",
+            None,
+            Some(json!({"email": email, "password": password, "mfa_code": self.totp_code(totp)})),
+        )
+        .await
     }
 
     /// Adds a member; returns (password, raw TOTP secret).

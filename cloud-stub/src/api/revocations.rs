@@ -1,0 +1,207 @@
+//! `POST /revocations`: bulk revocation, what an operator does when a bootstrap token leaks.
+//! Revokes a list of device ids, every device enrolled with a bootstrap token, or (with
+//! `org:admin`, the Owner role and the organization id as confirmation) every device of the
+//! organization. All revocations and their outbox entries are one commit; the envelopes are
+//! then pushed to the broker. Re-running it is harmless: revoked devices are counted, not
+//! revoked again.
+
+use axum::Json;
+use axum::extract::State;
+use octomil_common::DeviceId;
+use octomil_common::envelope;
+use octomil_common::wire::codes;
+use serde::{Deserialize, Serialize};
+
+use crate::api::metrics::Metrics;
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Auth, Body};
+use crate::mqtt::outbox;
+use crate::scope::{Role, Scope};
+use crate::store::{Change, DeviceState, REVOCATION_SEQ};
+
+/// Most device ids one call may name.
+pub const MAX_IDS: usize = 10_000;
+/// Envelopes pushed to the broker at once.
+const PUBLISH_CONCURRENCY: usize = 32;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRevoke {
+    /// Exactly one of `device_ids`, `bootstrap_token_id`, `all`.
+    pub device_ids: Option<Vec<String>>,
+    pub bootstrap_token_id: Option<String>,
+    #[serde(default)]
+    pub all: bool,
+    /// For `all`: must repeat the organization id.
+    pub confirm: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BulkRevoked {
+    /// Devices revoked by this call.
+    pub revoked: Vec<String>,
+    /// Devices that were revoked already.
+    pub already_revoked: usize,
+    /// Ids named that the cloud does not know.
+    pub not_found: Vec<String>,
+    /// Envelopes the broker acknowledged; the rest stay in the outbox, which keeps retrying.
+    pub published: usize,
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    auth: Auth,
+    Body(req): Body<BulkRevoke>,
+) -> ApiResult<Json<BulkRevoked>> {
+    let chosen = usize::from(req.device_ids.is_some())
+        + usize::from(req.bootstrap_token_id.is_some())
+        + usize::from(req.all);
+    if chosen != 1 {
+        return Err(ApiError::bad_request(
+            codes::INVALID_ARGUMENT,
+            "give exactly one of device_ids, bootstrap_token_id or all",
+        ));
+    }
+    if req.all {
+        // The whole fleet at once is organisation administration, as deleting the org is.
+        if !auth.scopes().contains(Scope::OrgAdmin) {
+            return Err(ApiError::insufficient_scope(Scope::OrgAdmin.as_str()));
+        }
+        if auth.role() < Some(Role::Owner) {
+            return Err(ApiError::forbidden(
+                "revoking every device needs the owner role",
+            ));
+        }
+    }
+    let reason = req
+        .reason
+        .clone()
+        .unwrap_or_else(|| "revoked by operator (bulk)".into());
+    if reason.len() > envelope::MAX_REASON_LEN {
+        return Err(ApiError::bad_request(
+            codes::INVALID_ARGUMENT,
+            format!("reason is longer than {} bytes", envelope::MAX_REASON_LEN),
+        ));
+    }
+    let ids = match &req.device_ids {
+        Some(ids) if ids.len() > MAX_IDS => {
+            return Err(ApiError::bad_request(
+                codes::INVALID_ARGUMENT,
+                format!("at most {MAX_IDS} device ids per call"),
+            ));
+        }
+        Some(ids) => Some(
+            ids.iter()
+                .map(|i| super::devices::parse_id(i))
+                .collect::<ApiResult<Vec<DeviceId>>>()?,
+        ),
+        None => None,
+    };
+    let now_ms = state.clock.now_ms();
+    let durable = state.publisher.durable();
+    let (answer, sealed) = state.store.write(|m| {
+        let mut answer = BulkRevoked {
+            revoked: Vec::new(),
+            already_revoked: 0,
+            not_found: Vec::new(),
+            published: 0,
+        };
+        let targets: Vec<String> = match (&ids, &req.bootstrap_token_id) {
+            (Some(ids), _) => ids.iter().map(|i| i.as_str().to_owned()).collect(),
+            (None, Some(bt)) => {
+                if !m.bootstrap.contains_key(bt) {
+                    return Err(ApiError::not_found("bootstrap token"));
+                }
+                m.devices
+                    .values()
+                    .filter(|d| d.bootstrap_token_id.as_deref() == Some(bt.as_str()))
+                    .map(|d| d.device_id.clone())
+                    .collect()
+            }
+            (None, None) => {
+                let org = m
+                    .org
+                    .as_ref()
+                    .ok_or_else(|| ApiError::not_found("organization"))?;
+                if req.confirm.as_deref() != Some(org.id.as_str()) {
+                    return Err(ApiError::bad_request(
+                        codes::INVALID_ARGUMENT,
+                        "confirm must be the organization id",
+                    ));
+                }
+                m.devices.keys().cloned().collect()
+            }
+        };
+        let mut changes = Vec::new();
+        let mut sealed = Vec::new();
+        // One cloud-wide sequence for the whole batch (never per device: see devices::revoke).
+        let mut seq = m.counter(REVOCATION_SEQ);
+        for id in targets {
+            let Some(d) = m.devices.get(&id) else {
+                answer.not_found.push(id);
+                continue;
+            };
+            if d.state == DeviceState::Revoked {
+                answer.already_revoked += 1;
+                continue;
+            }
+            let mut d = d.clone();
+            d.kill_credentials();
+            d.state = DeviceState::Revoked;
+            d.revoked_at = Some(now_ms / 1000);
+            d.revoke_reason = Some(reason.clone());
+            seq = seq
+                .max(d.revocation_seq)
+                .checked_add(1)
+                .ok_or_else(|| ApiError::internal("the revocation sequence is exhausted"))?;
+            d.revocation_seq = seq;
+            let env = super::devices::seal(&state.revocation_key, &d, m.epoch_of(&d.device_id))?;
+            let device_id = DeviceId::parse(&d.device_id).map_err(ApiError::internal)?;
+            if durable {
+                changes.push(outbox::entry(&device_id, env.clone(), now_ms));
+            }
+            changes.push(super::audit::change(
+                &auth,
+                now_ms,
+                "device.revoke",
+                d.device_id.clone(),
+                Some(reason.clone()),
+            ));
+            answer.revoked.push(d.device_id.clone());
+            changes.push(Change::Device(d));
+            sealed.push((device_id, env));
+        }
+        if !answer.revoked.is_empty() {
+            changes.push(Change::Counter(REVOCATION_SEQ, seq));
+        }
+        Ok(((answer, sealed), changes))
+    })?;
+    Metrics::add(&state.metrics.revocations, answer.revoked.len() as u64);
+    tracing::info!(
+        revoked = answer.revoked.len(),
+        already_revoked = answer.already_revoked,
+        auth = %auth.subject(),
+        "bulk revocation"
+    );
+    let mut answer = answer;
+    // Push the envelopes, a bounded number at a time; the outbox covers any that fail.
+    let mut pending = sealed.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < PUBLISH_CONCURRENCY {
+            let Some((id, env)) = pending.next() else {
+                break;
+            };
+            let publisher = state.publisher.clone();
+            running.spawn(async move { publisher.publish(&id, env).await.is_ok() });
+        }
+        match running.join_next().await {
+            Some(Ok(true)) => answer.published += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    Ok(Json(answer))
+}

@@ -1,0 +1,181 @@
+//! State made by the previous release (format version 1, today's main before versions) opens
+//! in this one: `tests/fixtures/state-v1/` is a state directory written by `octomil-cloud` at
+//! commit 192c067 (the program that made it is `generate.rs.txt` beside it). Everything in it
+//! is found after the migration, and the first-start Owner key gained `org:admin`.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use octomil_cloud::CloudStub;
+use octomil_cloud::store::{FORMAT_VERSION, Store, StoreError};
+use octomil_common::ManualClock;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn fixture() -> (tempfile::TempDir, PathBuf, Value) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v1");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        let to = dir.join(e.file_name());
+        std::fs::copy(e.path(), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("fixture.json")).unwrap()).unwrap();
+    (tmp, dir, info)
+}
+
+#[test]
+fn the_store_migrates_every_record_once() {
+    let (_tmp, dir, _) = fixture();
+    let path = dir.join("cloud.redb");
+    for _ in 0..2 {
+        let store = Store::open(&path).unwrap();
+        store.read(|m| {
+            let org = m.org.as_ref().unwrap();
+            assert_eq!(org.settings.device_token_expiry_secs, 48 * 3600);
+            // A limit the old release did not have takes its default.
+            assert_eq!(org.settings.rate_limits.auth_failures.limit, 60);
+            assert_eq!(m.members.len(), 2);
+            assert_eq!(m.api_keys.len(), 2);
+            assert_eq!(m.devices.len(), 2);
+            assert_eq!(m.bootstrap.len(), 2);
+            // Every token now expires and has a use limit; the one made with limits keeps them.
+            assert!(
+                m.bootstrap
+                    .values()
+                    .all(|b| b.expires_at.is_some() && b.max_uses.is_some())
+            );
+            assert!(m.bootstrap.values().any(|b| b.max_uses == Some(5)));
+            assert!(m.devices.values().all(|d| d.bootstrap_token_id.is_none()));
+            assert_eq!(m.resources.len(), 1);
+            let owner_key = m
+                .api_keys
+                .values()
+                .find(|k| k.created_by == "provisioning")
+                .unwrap();
+            assert!(owner_key.scopes.names().contains(&"org:admin"));
+            assert_eq!(owner_key.owner_email, "owner@octomil.local");
+            let reader = m
+                .api_keys
+                .values()
+                .find(|k| k.created_by != "provisioning")
+                .unwrap();
+            assert_eq!(reader.scopes.names(), ["models:read"]);
+            // It was made with the owner key, so the Owner stands behind it.
+            assert_eq!(reader.owner_email, "owner@octomil.local");
+        });
+    }
+}
+
+#[test]
+fn a_state_from_a_newer_release_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cloud.redb");
+    drop(Store::open(&path).unwrap());
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+        tx.open_table(meta)
+            .unwrap()
+            .insert("format_version", FORMAT_VERSION + 1)
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    assert!(matches!(Store::open(&path), Err(StoreError::TooNew(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_started_on_old_state_serves_everything_in_it() {
+    support::install_crypto();
+    let (tmp, dir, info) = fixture();
+    let made_at = info["made_at_ms"].as_u64().unwrap();
+    let clock = ManualClock::at_ms(made_at + 3_600_000);
+    let handle = CloudStub::builder(&dir)
+        .clock(Arc::new(clock.clone()))
+        .spawn()
+        .await
+        .unwrap();
+    let env = support::env_for(handle, clock, tmp);
+
+    // The Owner key of the first start still works, and now administers the org by scope.
+    let a = env.owner(Method::GET, "/devices", None).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let ids: Vec<&str> = a.body["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["fixture-device-1", "fixture-revoked"]);
+    let a = env.owner(Method::GET, "/org/settings", None).await;
+    assert_eq!(
+        (
+            a.body["device_token_expiry"].as_str(),
+            a.body["compliance_preset"].as_str()
+        ),
+        (Some("2d"), Some("soc2"))
+    );
+    let a = env.owner(Method::GET, "/org/members", None).await;
+    assert_eq!(a.body["members"].as_array().unwrap().len(), 2);
+
+    // The models:read key made on the old release reads models and nothing else.
+    let reader = info["models_read_key"].as_str().unwrap();
+    let a = env.call(Method::GET, "/models", Some(reader), None).await;
+    assert_eq!(a.body["items"][0]["name"], "resnet");
+    let a = env
+        .call(
+            Method::POST,
+            "/org/members",
+            Some(reader),
+            Some(json!({"email": "evil@example.com", "role": "owner"})),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::FORBIDDEN, "insufficient_scope")
+    );
+
+    // The member added on the old release logs in with the password and TOTP it was given.
+    let totp =
+        octomil_cloud::session::totp_from_base32(info["admin_totp_base32"].as_str().unwrap())
+            .unwrap();
+    let a = env
+        .call(
+            Method::POST,
+            "/auth/login",
+            None,
+            Some(json!({
+                "email": info["admin_email"],
+                "password": info["admin_password"],
+                "mfa_code": env.totp_code(&totp),
+            })),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+
+    // The device refreshes with the refresh token the old release gave it.
+    let a = env
+        .call(
+            Method::POST,
+            "/devices/refresh",
+            None,
+            Some(json!({
+                "device_id": info["device_id"],
+                "refresh_token": info["device_refresh_token"],
+            })),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    env.handle.shutdown().await;
+}
