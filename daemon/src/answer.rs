@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use octomil_common::wire::{RateLimit, RateLimits, RefreshResponse, RegisterResponse};
 
-/// Key lifetimes are clamped into this range (seconds).
-pub const LIFETIME_SECS: (u64, u64) = (10, 400 * 86_400);
+/// Key lifetimes are clamped into this range (seconds). The floor is 1 s, never more: a
+/// lifetime read longer than the cloud said would have the daemon serve a key the cloud has
+/// already expired, and refresh it too late (the cloud allows keys of 5 s). Only 0 is read as
+/// 1 s, so the schedule has a unit; such a key is refreshed at once.
+pub const LIFETIME_SECS: (u64, u64) = (1, 400 * 86_400);
 /// A `Retry-After` longer than this is read as this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Rate-limit `limit` and `period_secs` are clamped into these ranges.
@@ -150,7 +153,7 @@ mod tests {
         let mut r = register();
         r.expires_in = None;
         assert_eq!(check_register(&r), Err(AnswerError::NoLifetime));
-        for (sent, kept) in [(0, 10), (1, 10), (u64::MAX, 400 * 86_400)] {
+        for (sent, kept) in [(0, 1), (1, 1), (6, 6), (u64::MAX, 400 * 86_400)] {
             r.expires_in = Some(sent);
             assert_eq!(check_register(&r).unwrap().lifetime_secs, kept);
         }
