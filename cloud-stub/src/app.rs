@@ -7,7 +7,7 @@ use octomil_common::Clock;
 
 use crate::error::{ApiError, ApiResult};
 use crate::limits::{Budget, Limiter, Surface};
-use crate::publisher::RevocationPublisher;
+use crate::revocation_push::RevocationPublisher;
 use crate::session::SessionKeys;
 use crate::store::{OrgRecord, Settings, Store};
 
