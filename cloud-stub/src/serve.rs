@@ -389,6 +389,24 @@ mod tests {
         )
     }
 
+    /// A plain-HTTP echo server on a loopback port under `limits`: its address, its shutdown
+    /// token and its task.
+    async fn start_http(
+        limits: Limits,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_http_with(
+            listener,
+            echo_router(),
+            shutdown.clone(),
+            GRACE,
+            limits,
+        ));
+        (addr, shutdown, server)
+    }
+
     fn client_for(pki: &Pki, addr: SocketAddr) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap();
         reqwest::Client::builder()
@@ -522,20 +540,11 @@ mod tests {
 
     #[tokio::test]
     async fn connections_past_the_cap_are_closed_at_once() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let limits = Limits {
+        let (addr, shutdown, server) = start_http(Limits {
             max_connections: 1,
             ..Limits::default()
-        };
-        let server = tokio::spawn(serve_http_with(
-            listener,
-            echo_router(),
-            shutdown.clone(),
-            GRACE,
-            limits,
-        ));
+        })
+        .await;
         let mut first = TcpStream::connect(addr).await.unwrap();
         assert!(request(&mut first, "").await.starts_with("HTTP/1.1 200"));
         let mut second = TcpStream::connect(addr).await.unwrap();
@@ -557,10 +566,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_headers_are_refused() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve_http(listener, echo_router(), shutdown.clone(), GRACE));
+        let (addr, shutdown, server) = start_http(Limits::default()).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         let big = format!("x-big: {}\r\n", "a".repeat(40 * 1024));
         let answer = request(&mut s, &big).await;
@@ -574,20 +580,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_connections_are_closed() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let limits = Limits {
+        let (addr, shutdown, server) = start_http(Limits {
             idle_timeout: Duration::from_secs(5),
             ..Limits::default()
-        };
-        let server = tokio::spawn(serve_http_with(
-            listener,
-            echo_router(),
-            shutdown.clone(),
-            GRACE,
-            limits,
-        ));
+        })
+        .await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         assert!(request(&mut s, "").await.starts_with("HTTP/1.1 200"));
         let quiet_since = tokio::time::Instant::now();
