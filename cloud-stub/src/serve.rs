@@ -407,6 +407,34 @@ mod tests {
         (addr, shutdown, server)
     }
 
+    /// An HTTPS server on a loopback port with a fresh PKI in `dir`: the PKI (for the
+    /// client), its address, its shutdown token and its task.
+    async fn start_https(
+        dir: &std::path::Path,
+        alpn: &[&[u8]],
+        router: Router,
+        grace: Duration,
+    ) -> (
+        Pki,
+        SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let pki = Pki::load_or_create(dir, &[]).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_https(
+            listener,
+            pki.server_config(alpn),
+            router,
+            shutdown.clone(),
+            grace,
+        ));
+        (pki, addr, shutdown, server)
+    }
+
     fn client_for(pki: &Pki, addr: SocketAddr) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap();
         reqwest::Client::builder()
@@ -418,19 +446,9 @@ mod tests {
 
     #[tokio::test]
     async fn https_echoes_peer_and_drains_on_shutdown() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve_https(
-            listener,
-            pki.server_config(&[b"h2", b"http/1.1"]),
-            echo_router(),
-            shutdown.clone(),
-            GRACE,
-        ));
+        let (pki, addr, shutdown, server) =
+            start_https(dir.path(), &[b"h2", b"http/1.1"], echo_router(), GRACE).await;
 
         // A client that speaks no TLS must not disturb the loop.
         let mut junk = TcpStream::connect(addr).await.unwrap();
@@ -470,11 +488,7 @@ mod tests {
 
     #[tokio::test]
     async fn stuck_request_is_dropped_after_grace() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (entered_tx, mut entered_rx) = mpsc::channel::<()>(1);
         let router = Router::new().route(
             "/hang",
@@ -483,15 +497,9 @@ mod tests {
                 std::future::pending::<&'static str>().await
             }),
         );
-        let shutdown = CancellationToken::new();
         let grace = Duration::from_millis(200);
-        let server = tokio::spawn(serve_https(
-            listener,
-            pki.server_config(&[b"http/1.1"]),
-            router,
-            shutdown.clone(),
-            grace,
-        ));
+        let (pki, addr, shutdown, server) =
+            start_https(dir.path(), &[b"http/1.1"], router, grace).await;
 
         let client = client_for(&pki, addr);
         let request = tokio::spawn(async move {
