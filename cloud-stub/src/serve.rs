@@ -61,15 +61,7 @@ pub async fn serve_https(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    serve(
-        listener,
-        Some(TlsAcceptor::from(tls)),
-        router,
-        shutdown,
-        grace,
-        Limits::default(),
-    )
-    .await;
+    serve_https_with(listener, tls, router, shutdown, grace, Limits::default()).await;
 }
 
 /// [`serve_https`] with explicit [`Limits`].
@@ -99,7 +91,7 @@ pub async fn serve_http(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    serve(listener, None, router, shutdown, grace, Limits::default()).await;
+    serve_http_with(listener, router, shutdown, grace, Limits::default()).await;
 }
 
 /// [`serve_http`] with explicit [`Limits`].
