@@ -11,22 +11,13 @@ use std::time::{Duration, Instant};
 use octomil_cloud::CloudStub;
 use octomil_common::proof;
 use octomil_common::wire::{RefreshResponse, RegisterResponse};
+use octomil_testkit::bench::env_or;
 use serde_json::json;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn main() {
+#[tokio::main]
+async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    run().await;
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -34,8 +25,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn run() {
-    let n = env_or("BENCH_N", 2000);
-    let conc = env_or("BENCH_CONCURRENCY", 8);
+    let n = env_or::<usize>("BENCH_N", 2000);
+    let conc = env_or::<usize>("BENCH_CONCURRENCY", 8);
     let dir = tempfile::tempdir().unwrap();
     let cloud = CloudStub::builder(dir.path().join("state"))
         .spawn()

@@ -15,22 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use octomil_testkit::bench::env_or;
 use serde_json::{Value, json};
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn main() {
+#[tokio::main]
+async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    run().await;
 }
 
 /// Kills the cloud when the bench ends, however it ends.
@@ -85,8 +76,8 @@ async fn login(
 }
 
 async fn run() {
-    let conns = env_or("BENCH_CONNECTIONS", 500);
-    let secs = env_or("BENCH_SECS", 10);
+    let conns = env_or::<u64>("BENCH_CONNECTIONS", 500);
+    let secs = env_or::<u64>("BENCH_SECS", 10);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let child = Command::new(env!("CARGO_BIN_EXE_octomil-cloud"))

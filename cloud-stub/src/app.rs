@@ -6,8 +6,8 @@ use ed25519_dalek::SigningKey;
 use octomil_common::Clock;
 
 use crate::error::{ApiError, ApiResult};
-use crate::limits::{Limiter, Surface};
-use crate::publisher::RevocationPublisher;
+use crate::limits::{Budget, Limiter, Surface};
+use crate::revocation_push::RevocationPublisher;
 use crate::session::SessionKeys;
 use crate::store::{OrgRecord, Settings, Store};
 
@@ -61,10 +61,10 @@ impl Cloud {
             .unwrap_or_default()
     }
 
-    /// Takes one call from `subject`'s budget on `surface`, under the org's current limit;
-    /// 429 with `Retry-After` when it is spent.
-    pub fn take_permit(&self, surface: Surface, subject: &str) -> ApiResult<()> {
-        self.take_permit_under(surface, subject, None)
+    /// Takes one call from `subject`'s `budget` (a device-facing [`Surface`] or one of the
+    /// cloud's own), under the org's current limit; 429 with `Retry-After` when it is spent.
+    pub fn take_permit(&self, budget: impl Into<Budget>, subject: &str) -> ApiResult<()> {
+        self.take_permit_under(budget, subject, None)
     }
 
     /// Records a failed authentication from `ip` and turns `failure` into 429 once the
@@ -72,7 +72,7 @@ impl Cloud {
     /// same address is never refused for them.
     pub fn charge_failure(&self, ip: Option<&str>, failure: ApiError) -> ApiError {
         match ip {
-            Some(ip) => match self.take_permit(Surface::AuthFailure, ip) {
+            Some(ip) => match self.take_permit(Budget::AuthFailure, ip) {
                 Ok(()) => failure,
                 Err(limited) => limited,
             },
@@ -84,24 +84,25 @@ impl Cloud {
     /// lock must not read it again).
     pub fn take_permit_under(
         &self,
-        surface: Surface,
+        budget: impl Into<Budget>,
         subject: &str,
         limits: Option<crate::store::CloudRateLimits>,
     ) -> ApiResult<()> {
+        let budget = budget.into();
         let limits = limits.unwrap_or_else(|| {
             self.store
                 .read(|m| m.org.as_ref().map(|o| o.settings.rate_limits))
                 .unwrap_or_default()
         });
-        let limit = match surface {
-            Surface::Registration => limits.registration,
-            Surface::Challenge => crate::limits::challenge_limit(limits.registration),
-            Surface::ControlPlane => limits.control_plane,
-            Surface::Inference => limits.inference,
-            Surface::AuthFailure => limits.auth_failures,
+        let limit = match budget {
+            Budget::Registration => limits.registration,
+            Budget::Challenge => crate::limits::challenge_limit(limits.registration),
+            Budget::Device(Surface::ControlPlane) => limits.control_plane,
+            Budget::Device(Surface::Inference) => limits.inference,
+            Budget::AuthFailure => limits.auth_failures,
         };
         self.limiter
-            .check(surface, subject, limit)
+            .check(budget, subject, limit)
             .map_err(ApiError::rate_limited)
     }
 }

@@ -14,7 +14,7 @@ pub mod files;
 pub mod init;
 pub mod limits;
 pub mod mqtt;
-pub mod publisher;
+pub mod revocation_push;
 pub mod scope;
 pub mod serve;
 pub mod session;
@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Cloud;
 use crate::mqtt::presence::PresenceTable;
 use crate::mqtt::revocation_sender::MqttPublisher;
-use crate::publisher::{NoTransport, RevocationPublisher};
+use crate::revocation_push::{NoTransport, RevocationPublisher};
 use crate::store::{Environment, Store};
 
 pub use crate::app::AppState;

@@ -9,21 +9,31 @@ use octomil_common::Clock;
 use octomil_common::gcra::Refusal;
 use octomil_common::wire::RateLimit;
 
-/// The surfaces the cloud limits.
+/// The device-facing surfaces: the ones the daemon mirrors, named on the wire in every
+/// register and refresh answer. One definition, in `octomil_common`.
+pub use octomil_common::wire::Surface;
+
+/// What the cloud budgets: the device-facing [`Surface`]s, and the cloud's own per-address
+/// budgets that no device is told about (so they stay off the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Surface {
+pub enum Budget {
+    /// Per device (control plane: register, refresh and device-key calls other than
+    /// inference) or per key (`POST /inference`).
+    Device(Surface),
     /// Per source IP, on `POST /devices/register`.
     Registration,
     /// Per source IP, on `POST /devices/register/challenge`: a budget of its own, so only
     /// register calls count toward the registration limit.
     Challenge,
-    /// Per device: register, refresh and device-key calls other than inference.
-    ControlPlane,
-    /// Per key, on `POST /inference`.
-    Inference,
     /// Per source address: failed authentications only (unknown bearer, refresh token
     /// that does not verify).
     AuthFailure,
+}
+
+impl From<Surface> for Budget {
+    fn from(surface: Surface) -> Self {
+        Self::Device(surface)
+    }
 }
 
 /// The challenge endpoint's generous per-address floor (60/min, burst 60).
@@ -49,7 +59,7 @@ const PRUNE_AT: usize = 100_000;
 #[derive(Debug)]
 pub struct Limiter {
     clock: Arc<dyn Clock>,
-    tats: Mutex<HashMap<(Surface, String), u64>>,
+    tats: Mutex<HashMap<(Budget, String), u64>>,
 }
 
 impl Limiter {
@@ -60,15 +70,21 @@ impl Limiter {
         }
     }
 
-    /// Takes one permit for `subject` on `surface`; on refusal, the whole seconds to wait.
-    pub fn check(&self, surface: Surface, subject: &str, limit: RateLimit) -> Result<(), u64> {
+    /// Takes one permit for `subject` from `budget`; on refusal, the whole seconds to wait.
+    pub fn check(
+        &self,
+        budget: impl Into<Budget>,
+        subject: &str,
+        limit: RateLimit,
+    ) -> Result<(), u64> {
+        let budget = budget.into();
         let gcra = limit.gcra();
         let now = self.clock.now_ms();
         let mut tats = self.tats.lock().unwrap_or_else(|p| p.into_inner());
         if tats.len() >= PRUNE_AT {
             tats.retain(|_, tat| !gcra.is_idle(*tat, now));
         }
-        let tat = tats.entry((surface, subject.to_owned())).or_insert(0);
+        let tat = tats.entry((budget, subject.to_owned())).or_insert(0);
         match gcra.acquire(tat, now, 1) {
             Ok(_) => Ok(()),
             Err(r @ Refusal::Wait { .. }) => Err(r.retry_after_secs()),
@@ -336,12 +352,12 @@ mod tests {
         let clock = ManualClock::new();
         let l = Limiter::new(Arc::new(clock.clone()));
         let lim = RateLimit::per_minute(2);
-        assert!(l.check(Surface::Registration, "1.2.3.4", lim).is_ok());
-        assert!(l.check(Surface::Registration, "1.2.3.4", lim).is_ok());
-        assert_eq!(l.check(Surface::Registration, "1.2.3.4", lim), Err(30));
-        assert!(l.check(Surface::Registration, "5.6.7.8", lim).is_ok());
+        assert!(l.check(Budget::Registration, "1.2.3.4", lim).is_ok());
+        assert!(l.check(Budget::Registration, "1.2.3.4", lim).is_ok());
+        assert_eq!(l.check(Budget::Registration, "1.2.3.4", lim), Err(30));
+        assert!(l.check(Budget::Registration, "5.6.7.8", lim).is_ok());
         assert!(l.check(Surface::ControlPlane, "1.2.3.4", lim).is_ok());
         clock.advance(Duration::from_secs(30));
-        assert!(l.check(Surface::Registration, "1.2.3.4", lim).is_ok());
+        assert!(l.check(Budget::Registration, "1.2.3.4", lim).is_ok());
     }
 }

@@ -35,7 +35,7 @@ impl Scope {
         Scope::MetricsRead,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::ModelsRead => "models:read",
             Self::ModelsWrite => "models:write",

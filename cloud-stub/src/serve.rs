@@ -61,15 +61,7 @@ pub async fn serve_https(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    serve(
-        listener,
-        Some(TlsAcceptor::from(tls)),
-        router,
-        shutdown,
-        grace,
-        Limits::default(),
-    )
-    .await;
+    serve_https_with(listener, tls, router, shutdown, grace, Limits::default()).await;
 }
 
 /// [`serve_https`] with explicit [`Limits`].
@@ -99,7 +91,7 @@ pub async fn serve_http(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    serve(listener, None, router, shutdown, grace, Limits::default()).await;
+    serve_http_with(listener, router, shutdown, grace, Limits::default()).await;
 }
 
 /// [`serve_http`] with explicit [`Limits`].
@@ -389,6 +381,52 @@ mod tests {
         )
     }
 
+    /// A plain-HTTP echo server on a loopback port under `limits`: its address, its shutdown
+    /// token and its task.
+    async fn start_http(
+        limits: Limits,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_http_with(
+            listener,
+            echo_router(),
+            shutdown.clone(),
+            GRACE,
+            limits,
+        ));
+        (addr, shutdown, server)
+    }
+
+    /// An HTTPS server on a loopback port with a fresh PKI in `dir`: the PKI (for the
+    /// client), its address, its shutdown token and its task.
+    async fn start_https(
+        dir: &std::path::Path,
+        alpn: &[&[u8]],
+        router: Router,
+        grace: Duration,
+    ) -> (
+        Pki,
+        SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let pki = Pki::load_or_create(dir, &[]).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_https(
+            listener,
+            pki.server_config(alpn),
+            router,
+            shutdown.clone(),
+            grace,
+        ));
+        (pki, addr, shutdown, server)
+    }
+
     fn client_for(pki: &Pki, addr: SocketAddr) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap();
         reqwest::Client::builder()
@@ -400,19 +438,9 @@ mod tests {
 
     #[tokio::test]
     async fn https_echoes_peer_and_drains_on_shutdown() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve_https(
-            listener,
-            pki.server_config(&[b"h2", b"http/1.1"]),
-            echo_router(),
-            shutdown.clone(),
-            GRACE,
-        ));
+        let (pki, addr, shutdown, server) =
+            start_https(dir.path(), &[b"h2", b"http/1.1"], echo_router(), GRACE).await;
 
         // A client that speaks no TLS must not disturb the loop.
         let mut junk = TcpStream::connect(addr).await.unwrap();
@@ -452,11 +480,7 @@ mod tests {
 
     #[tokio::test]
     async fn stuck_request_is_dropped_after_grace() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (entered_tx, mut entered_rx) = mpsc::channel::<()>(1);
         let router = Router::new().route(
             "/hang",
@@ -465,15 +489,9 @@ mod tests {
                 std::future::pending::<&'static str>().await
             }),
         );
-        let shutdown = CancellationToken::new();
         let grace = Duration::from_millis(200);
-        let server = tokio::spawn(serve_https(
-            listener,
-            pki.server_config(&[b"http/1.1"]),
-            router,
-            shutdown.clone(),
-            grace,
-        ));
+        let (pki, addr, shutdown, server) =
+            start_https(dir.path(), &[b"http/1.1"], router, grace).await;
 
         let client = client_for(&pki, addr);
         let request = tokio::spawn(async move {
@@ -522,20 +540,11 @@ mod tests {
 
     #[tokio::test]
     async fn connections_past_the_cap_are_closed_at_once() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let limits = Limits {
+        let (addr, shutdown, server) = start_http(Limits {
             max_connections: 1,
             ..Limits::default()
-        };
-        let server = tokio::spawn(serve_http_with(
-            listener,
-            echo_router(),
-            shutdown.clone(),
-            GRACE,
-            limits,
-        ));
+        })
+        .await;
         let mut first = TcpStream::connect(addr).await.unwrap();
         assert!(request(&mut first, "").await.starts_with("HTTP/1.1 200"));
         let mut second = TcpStream::connect(addr).await.unwrap();
@@ -557,10 +566,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_headers_are_refused() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve_http(listener, echo_router(), shutdown.clone(), GRACE));
+        let (addr, shutdown, server) = start_http(Limits::default()).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         let big = format!("x-big: {}\r\n", "a".repeat(40 * 1024));
         let answer = request(&mut s, &big).await;
@@ -574,20 +580,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_connections_are_closed() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let limits = Limits {
+        let (addr, shutdown, server) = start_http(Limits {
             idle_timeout: Duration::from_secs(5),
             ..Limits::default()
-        };
-        let server = tokio::spawn(serve_http_with(
-            listener,
-            echo_router(),
-            shutdown.clone(),
-            GRACE,
-            limits,
-        ));
+        })
+        .await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         assert!(request(&mut s, "").await.starts_with("HTTP/1.1 200"));
         let quiet_since = tokio::time::Instant::now();

@@ -9,7 +9,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use octomil_cloud::publisher::{BoxFuture, PublishError, RevocationPublisher};
+use octomil_cloud::revocation_push::{BoxFuture, PublishError, RevocationPublisher};
 use octomil_common::envelope::{self, Revocation};
 use octomil_common::wire::codes;
 use octomil_common::{DeviceId, proof};

@@ -91,6 +91,8 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(951_868_799), "2000-02-29T23:59:59Z");
         assert_eq!(rfc3339(1_795_935_654), "2026-11-29T07:00:54Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
         assert_eq!(rfc3339(4_107_542_400), "2100-03-01T00:00:00Z");
         // Far future: a well-formed string, no overflow panic.
         assert!(rfc3339(u64::MAX).ends_with('Z'));

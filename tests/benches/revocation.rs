@@ -29,15 +29,9 @@ use std::time::{Duration, Instant};
 
 use octomil_e2e::mosquitto;
 use octomil_e2e::{DaemonOptions, DaemonProcess};
+use octomil_testkit::bench::env_or;
 
 use crate::cloud::{Broker, Cloud};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn skipped(phase: &str) -> bool {
     std::env::var("BENCH_SKIP")
@@ -74,13 +68,13 @@ fn main() {
 }
 
 async fn run() {
-    let rounds = env_or("BENCH_ROUNDS", 200);
-    let batch = env_or("BENCH_BATCH", 10).max(1);
-    let fleet = env_or("BENCH_FLEET", 1000).max(2);
-    let revoke_conc = env_or("BENCH_REVOKE_CONCURRENCY", 32).max(1);
-    let connect_conc = env_or("BENCH_CONNECT_CONCURRENCY", 32).max(1);
-    let poll = Duration::from_micros(env_or("BENCH_POLL_US", 0) as u64);
-    let settle = Duration::from_millis(env_or("BENCH_SETTLE_MS", 250) as u64);
+    let rounds = env_or::<usize>("BENCH_ROUNDS", 200);
+    let batch = env_or::<usize>("BENCH_BATCH", 10).max(1);
+    let fleet = env_or::<usize>("BENCH_FLEET", 1000).max(2);
+    let revoke_conc = env_or::<usize>("BENCH_REVOKE_CONCURRENCY", 32).max(1);
+    let connect_conc = env_or::<usize>("BENCH_CONNECT_CONCURRENCY", 32).max(1);
+    let poll = Duration::from_micros(env_or::<usize>("BENCH_POLL_US", 0) as u64);
+    let settle = Duration::from_millis(env_or::<usize>("BENCH_SETTLE_MS", 250) as u64);
     let have_mosquitto = mosquitto::available();
     if !have_mosquitto {
         octomil_testkit::skip::missing_dependency(

@@ -28,18 +28,12 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use octomil_cloud::CloudStub;
 use octomil_e2e::{DaemonOptions, DaemonProcess};
+use octomil_testkit::bench::env_or;
 use octomild::client::{Connection, SocketClient};
 use servers::{HyperRef, Nginx, nginx_binary};
 
 const PATH: &str = "/v1/token";
 const ACQUIRE: &str = "/v1/limits/inference/acquire";
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     if servers::run_hyper_ref_if_child() {
@@ -103,9 +97,9 @@ fn mib(kib: u64) -> String {
 }
 
 async fn run() {
-    let n = env_or("BENCH_N", 20_000);
-    let warmup = env_or("BENCH_WARMUP", 2_000);
-    let many = env_or("BENCH_CLIENTS", 8).max(1);
+    let n = env_or::<usize>("BENCH_N", 20_000);
+    let warmup = env_or::<usize>("BENCH_WARMUP", 2_000);
+    let many = env_or::<usize>("BENCH_CLIENTS", 8).max(1);
     let octomild = release_octomild();
 
     let tmp = tempfile::tempdir().unwrap();
@@ -165,7 +159,7 @@ async fn run() {
             None
         }
     };
-    let hyper_workers = env_or("BENCH_HYPER_WORKERS", 0);
+    let hyper_workers = env_or::<usize>("BENCH_HYPER_WORKERS", 0);
     let hyper = HyperRef::start(&tmp.path().join("hyper.sock"), &body, hyper_workers);
     println!(
         "bare hyper: {}",

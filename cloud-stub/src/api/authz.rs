@@ -326,7 +326,6 @@ pub fn markdown_table() -> String {
             None => "-",
             Some(Surface::ControlPlane) => "device control plane",
             Some(Surface::Inference) => "inference, per caller",
-            Some(_) => "-",
         };
         out.push_str(&format!(
             "| {} {} | {scope} | {role} | {env} | {budget} |\n",

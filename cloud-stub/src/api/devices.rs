@@ -16,7 +16,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, MaybeBody};
 use crate::mqtt::outbox;
 use crate::mqtt::presence::Seen;
-use crate::publisher::PublishError;
+use crate::revocation_push::PublishError;
 use crate::store::{Change, DeviceRecord, DeviceState, REVOCATION_SEQ};
 
 /// A device as operators see it. Presence fields stay `null` until a daemon reports.

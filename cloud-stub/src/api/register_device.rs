@@ -19,7 +19,7 @@ use crate::app::AppState;
 use crate::challenge::{self, ChallengeError};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
-use crate::limits::Surface;
+use crate::limits::{Budget, Surface};
 use crate::store::{Change, DeviceRecord, DeviceState, REGISTRATION_EPOCH, RefreshState};
 
 use super::refresh_device::issue_pair;
@@ -31,7 +31,7 @@ pub async fn challenge(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(req): Body<ChallengeRequest>,
 ) -> ApiResult<Json<ChallengeResponse>> {
-    state.take_permit(Surface::Challenge, &peer.ip().to_string())?;
+    state.take_permit(Budget::Challenge, &peer.ip().to_string())?;
     let now = state.clock.now_ms() / 1000;
     Ok(Json(ChallengeResponse {
         challenge: state.challenges.mint(req.device_id.as_str(), now),
@@ -54,7 +54,7 @@ pub async fn register(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(req): Body<RegisterRequest>,
 ) -> ApiResult<Json<RegisterResponse>> {
-    state.take_permit(Surface::Registration, &peer.ip().to_string())?;
+    state.take_permit(Budget::Registration, &peer.ip().to_string())?;
 
     token::parse_as(
         req.bootstrap_token.expose(),

@@ -48,16 +48,12 @@ struct CreateBody<'a> {
     environment: Option<Environment>,
 }
 
+/// The create answer: the listed fields plus the key itself, shown this once.
 #[derive(Debug, Deserialize)]
 struct CreatedKey {
-    id: Id,
     key: Secret<String>,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    scopes: Vec<String>,
-    #[serde(default)]
-    environment: Option<String>,
+    #[serde(flatten)]
+    info: KeyInfo,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,7 +130,8 @@ fn dedup(scopes: &[String]) -> Vec<&str> {
     seen
 }
 
-fn created_note(k: &CreatedKey) -> String {
+fn created_note(created: &CreatedKey) -> String {
+    let k = &created.info;
     format!(
         "created API key {} ({}, {}, scopes {}); store it now: it will not be shown again",
         clean(&k.id.0),

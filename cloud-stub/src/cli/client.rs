@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use octomil_common::Secret;
+use octomil_common::tls::CaError;
 use reqwest::{Certificate, Method, Url, header, redirect};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -68,11 +69,19 @@ impl ApiClient {
             .redirect(redirect::Policy::none())
             .user_agent(concat!("octomil/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &opts.ca_pem {
-            let certs = Certificate::from_pem_bundle(pem)
-                .map_err(|e| CliError::Ca(format!("not a PEM certificate bundle: {e}")))?;
-            if certs.is_empty() {
-                return Err(CliError::Ca("no certificate found in the PEM".to_owned()));
-            }
+            // The one CA-PEM parser the daemon and the cloud share; reqwest gets the DER.
+            let certs = octomil_common::tls::ca_certificates(pem)
+                .map_err(|e| {
+                    CliError::Ca(match e {
+                        CaError::NoCert => "no certificate found in the PEM".to_owned(),
+                        CaError::Pem(e) => format!("not a PEM certificate bundle: {e}"),
+                        e => e.to_string(),
+                    })
+                })?
+                .iter()
+                .map(|der| Certificate::from_der(der))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| CliError::Ca(format!("not a DER certificate: {}", chain(&e))))?;
             builder = builder.tls_certs_only(certs);
         }
         let http = builder

@@ -18,24 +18,24 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use octomil_common::{DeviceId, Secret, duration};
 use serde::Serialize;
 
+use crate::scope::Scope;
+
 pub use client::{ApiClient, ClientOptions};
 pub use error::CliError;
 pub use output::Out;
 
 /// The scopes an API key may carry (SPEC "API keys", plus `org:admin` for organisation
-/// administration).
-pub const SCOPES: [&str; 10] = [
-    "models:read",
-    "models:write",
-    "devices:read",
-    "devices:write",
-    "rollouts:write",
-    "federations:admin",
-    "training:write",
-    "experiments:write",
-    "org:admin",
-    "metrics:read",
-];
+/// administration): the control plane's own [`Scope::ALL`], by name, so the CLI's check and
+/// the server's cannot drift apart.
+pub const SCOPES: [&str; Scope::ALL.len()] = {
+    let mut names = [""; Scope::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Scope::ALL[i].as_str();
+        i += 1;
+    }
+    names
+};
 
 #[derive(Debug, Parser)]
 #[command(

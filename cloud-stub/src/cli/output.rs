@@ -135,24 +135,8 @@ pub fn key_values(pairs: &[(&str, String)]) -> String {
     out
 }
 
-/// Unix seconds as UTC RFC 3339 (`2026-03-01T12:00:00Z`), by the civil-from-days
-/// algorithm (H. Hinnant), valid for every `u64` second count up to year 584 billion.
-pub fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (hh, mm, ss) = (rem / 3_600, rem % 3_600 / 60, rem % 60);
-    // Shift the epoch to 0000-03-01 so leap days fall at the end of each 400-year era.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{hh:02}:{mm:02}:{ss:02}Z")
-}
+/// Unix seconds as UTC RFC 3339: the one formatter the daemon and the cloud share.
+pub use octomil_common::clock::rfc3339;
 
 /// A span in at most two units: `45s`, `5m 3s`, `23h 59m`, `3d 4h`.
 fn span(secs: u64) -> String {
@@ -248,14 +232,6 @@ mod tests {
     fn key_values_align() {
         let text = key_values(&[("id", "k1".into()), ("environment", "live".into())]);
         assert_eq!(text, "id:          k1\nenvironment: live\n");
-    }
-
-    #[test]
-    fn rfc3339_known_points() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
     }
 
     #[test]

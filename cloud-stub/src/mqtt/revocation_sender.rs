@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::STATUS_FILTER;
 use super::correlate::{Correlator, Message};
-use crate::publisher::{BoxFuture, PublishError, RevocationPublisher};
+use crate::revocation_push::{BoxFuture, PublishError, RevocationPublisher};
 
 /// Capacity of rumqttc's request queue. Requests wait there while the broker is away; when
 /// it is full, publishing fails fast and the outbox retries later.

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, ReadableDatabase, TableDefinition, TableHandle};
 
 use super::v1::{ApiKeyRecordV1, BootstrapRecordV1, DeviceRecordV1, MemberRecordV1, OrgRecordV1};
 use super::{
@@ -217,16 +217,5 @@ fn read_all<T: serde::de::DeserializeOwned>(
     table: TableDefinition<&str, &[u8]>,
     name: &'static str,
 ) -> Result<Vec<T>, StoreError> {
-    let t = tx.open_table(table)?;
-    let mut out = Vec::new();
-    for entry in t.iter()? {
-        let (k, v) = entry?;
-        out.push(
-            postcard::from_bytes(v.value()).map_err(|_| StoreError::Corrupt {
-                table: name,
-                key: k.value().to_owned(),
-            })?,
-        );
-    }
-    Ok(out)
+    super::decode_all(&tx.open_table(table)?, name)
 }

@@ -536,9 +536,18 @@ fn load<T: DeserializeOwned>(
     table: TableDefinition<&str, &[u8]>,
     name: &'static str,
 ) -> Result<Vec<T>, StoreError> {
-    let t = tx.open_table(table)?;
+    decode_all(&tx.open_table(table)?, name)
+}
+
+/// Every row of `table` (called `name` in errors) decoded from postcard, in key order; a row
+/// that does not decode is [`StoreError::Corrupt`]. Read and write transactions (the
+/// migrations) both go through here.
+fn decode_all<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &'static str,
+) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
-    for entry in t.iter()? {
+    for entry in table.iter()? {
         let (k, v) = entry?;
         let rec = postcard::from_bytes(v.value()).map_err(|_| StoreError::Corrupt {
             table: name,
