@@ -200,9 +200,11 @@ impl SnapshotTx {
         self.tx.send_modify(|cur| {
             let mut next = (**cur).clone();
             f(&mut next);
-            // Checked under the channel's lock: ordered with revoke_now's own update.
+            // Checked under the channel's lock: ordered with revoke_now's own update. The key
+            // is withheld at once; the phase says `revoked` only once the lifecycle core
+            // publishes it, after the revocation is saved, so a status of `revoked` always
+            // survives a kill -9 (get_token refuses on `revoked` info alone meanwhile).
             if self.revoked.load(std::sync::atomic::Ordering::SeqCst) {
-                next.phase = Phase::Revoked;
                 next.token = None;
                 next.next_refresh = None;
             }
@@ -211,7 +213,7 @@ impl SnapshotTx {
     }
 
     /// Withholds the key at once (a verified revocation arrived); persisting it is the
-    /// refresh loop's job.
+    /// lifecycle's job, and only then does the phase become [`Phase::Revoked`].
     pub fn revoke_now(&self, reason: &str, at: u64) {
         self.revoked
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -244,7 +246,8 @@ mod tests {
             )));
         });
         let s = rx.borrow().clone();
-        assert_eq!(s.phase, Phase::Revoked);
+        // Withheld at once, but not reported `revoked` before the revocation is saved.
+        assert_eq!(s.phase, Phase::Active);
         assert!(s.token.is_none());
         assert_eq!(
             s.revoked.as_ref().map(|r| r.reason.as_str()),

@@ -35,7 +35,9 @@ pub async fn token(State(state): State<ApiState>) -> Result<Response, ApiError> 
 
 /// The pre-encoded `{"token", "expires_at"}` body, or why there is none.
 fn answer(snap: &Snapshot, now: Instant) -> Result<Bytes, ApiError> {
-    if snap.phase == Phase::Revoked {
+    // `revoked` info appears the instant a revocation is verified; the phase follows once
+    // it is saved.
+    if snap.phase == Phase::Revoked || snap.revoked.is_some() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             codes::DEVICE_REVOKED,
