@@ -129,7 +129,6 @@ async fn fifty_connects_reset_before_the_connack_leave_the_cloud_serving() {
     let bootstrap = std::fs::read_to_string(&info.bootstrap_token_file).unwrap();
     let owner_key = std::fs::read_to_string(&info.owner_api_key_file).unwrap();
     let id = "edge-reset-1";
-    let key = octomil_common::proof::generate_signing_key();
     let challenge: serde_json::Value = http
         .post(format!(
             "{}/api/v1/devices/register/challenge",
@@ -144,27 +143,11 @@ async fn fifty_connects_reset_before_the_connack_leave_the_cloud_serving() {
         .json()
         .await
         .unwrap();
-    let challenge = challenge["challenge"].as_str().unwrap();
-    let pk = octomil_common::proof::encode_public_key(&key.verifying_key());
-    let boot = octomil_common::proof::bootstrap_hash(bootstrap.trim());
-    let proof = octomil_common::proof::sign(
-        &key,
-        &octomil_common::proof::Statement {
-            challenge,
-            device_id: id,
-            device_public_key: &pk,
-            bootstrap_hash: &boot,
-        },
-    );
+    let body = Device::new(id)
+        .register_body_with(bootstrap.trim(), challenge["challenge"].as_str().unwrap());
     let reg: serde_json::Value = http
         .post(format!("{}/api/v1/devices/register", info.http_url))
-        .json(&serde_json::json!({
-            "bootstrap_token": bootstrap.trim(),
-            "device_id": id,
-            "device_public_key": pk,
-            "challenge": challenge,
-            "proof": proof,
-        }))
+        .json(&body)
         .send()
         .await
         .unwrap()
