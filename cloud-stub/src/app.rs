@@ -35,6 +35,8 @@ pub struct Cloud {
     pub mqtt_identity: Option<String>,
     /// What devices last reported on their status topics.
     pub presence: crate::mqtt::presence::PresenceTable,
+    /// Peers whose `X-Forwarded-For` names the source address (none by default).
+    pub trusted_proxies: crate::proxy::TrustedProxies,
     /// Failure switches for tests (all off by default).
     #[cfg(feature = "faults")]
     pub faults: crate::faults::Faults,

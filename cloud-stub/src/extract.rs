@@ -97,6 +97,8 @@ pub enum Principal {
         email: String,
         role: Role,
         jti: String,
+        /// The session may only enrol TOTP (see [`crate::store::SessionRecord`]).
+        enrolment_only: bool,
     },
     Device {
         device_id: String,
@@ -319,23 +321,24 @@ pub fn authenticate(state: &AppState, bearer: &str) -> ApiResult<Principal> {
     let claims = state.sessions.verify(bearer, now).map_err(|_| unknown())?;
     // The JWT alone proves nothing once its server-side session is gone (logout, removal,
     // role or password change).
-    let role = state
+    let (role, enrolment_only) = state
         .store
         .read(|m| {
             let org_ok = m.org.as_ref().is_some_and(|o| o.id == claims.org);
-            let live = m
+            let session = m
                 .sessions
                 .get(&claims.jti)
-                .is_some_and(|s| s.email == claims.sub && s.expires_at > now);
+                .filter(|s| s.email == claims.sub && s.expires_at > now)?;
             m.members
                 .get(&claims.sub)
-                .filter(|_| org_ok && live)
-                .map(|mem| mem.role)
+                .filter(|_| org_ok)
+                .map(|mem| (mem.role, session.enrolment_only))
         })
         .ok_or_else(unknown)?;
     Ok(Principal::Session {
         email: claims.sub,
         role,
         jti: claims.jti,
+        enrolment_only,
     })
 }

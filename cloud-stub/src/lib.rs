@@ -14,6 +14,7 @@ pub mod files;
 pub mod init;
 pub mod limits;
 pub mod mqtt;
+pub mod proxy;
 pub mod revocation_push;
 pub mod scope;
 pub mod serve;
@@ -104,6 +105,7 @@ impl CloudStub {
             #[cfg(feature = "embedded-broker")]
             broker_limits: mqtt::broker::Limits::default(),
             grace: Duration::from_secs(10),
+            trusted_proxies: proxy::TrustedProxies::default(),
         }
     }
 }
@@ -125,6 +127,7 @@ pub struct Builder {
     #[cfg(feature = "embedded-broker")]
     broker_limits: mqtt::broker::Limits,
     grace: Duration,
+    trusted_proxies: proxy::TrustedProxies,
 }
 
 impl Builder {
@@ -188,6 +191,13 @@ impl Builder {
     #[cfg(feature = "embedded-broker")]
     pub fn mqtt_broker_limits(mut self, limits: mqtt::broker::Limits) -> Self {
         self.broker_limits = limits;
+        self
+    }
+
+    /// Proxies whose `X-Forwarded-For` names the source address (default: none; the TCP
+    /// peer is the source address). See [`proxy`].
+    pub fn trusted_proxies(mut self, trusted: proxy::TrustedProxies) -> Self {
+        self.trusted_proxies = trusted;
         self
     }
 
@@ -276,6 +286,7 @@ impl Builder {
             mqtt_url: mqtt_url.clone(),
             mqtt_identity,
             presence: PresenceTable::new(vouched),
+            trusted_proxies: self.trusted_proxies,
             #[cfg(feature = "faults")]
             faults: Default::default(),
         });

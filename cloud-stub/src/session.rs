@@ -18,6 +18,23 @@ use crate::scope::Role;
 /// Sessions last this long.
 pub const SESSION_TTL_SECS: u64 = 12 * 3600;
 
+/// A session limited to TOTP enrolment lasts this long.
+pub const ENROLMENT_TTL_SECS: u64 = 15 * 60;
+
+/// A second factor counts as fresh for destructive calls this long (a TOTP login, an
+/// enrolment or `POST /auth/step-up`).
+pub const STEP_UP_WINDOW_SECS: u64 = 10 * 60;
+
+/// Recovery codes handed out at enrolment.
+pub const RECOVERY_CODES: usize = 10;
+
+/// 403 for a destructive call made with a session whose second factor is older than
+/// [`STEP_UP_WINDOW_SECS`]: give a TOTP code to `POST /auth/step-up`, then retry.
+pub const STEP_UP_REQUIRED: &str = "step_up_required";
+
+/// 403 for a call made with a session limited to TOTP enrolment.
+pub const MFA_ENROLMENT_REQUIRED: &str = "mfa_enrolment_required";
+
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("password hashing failed")]
@@ -143,6 +160,75 @@ pub fn otpauth_uri(issuer: &str, email: &str, secret: &[u8]) -> String {
         "otpauth://totp/{issuer}:{email}?secret={}&issuer={issuer}&algorithm=SHA1&digits=6&period=30",
         totp_base32(secret)
     )
+}
+
+/// A new random TOTP secret (160 bits, as RFC 4226 recommends).
+pub fn new_totp_secret() -> Result<Vec<u8>, SessionError> {
+    let mut secret = vec![0u8; 20];
+    getrandom::fill(&mut secret).map_err(|_| SessionError::Totp)?;
+    Ok(secret)
+}
+
+/// [`RECOVERY_CODES`] new recovery codes (`xxxxx-xxxxx-xxxxx`, about 89 bits each) and
+/// their hashes, which are all the store keeps.
+pub fn new_recovery_codes() -> (Vec<Secret<String>>, Vec<[u8; 32]>) {
+    let codes: Vec<Secret<String>> = (0..RECOVERY_CODES)
+        .map(|_| {
+            let raw = octomil_common::token::random_base62(15);
+            let r = raw.expose();
+            Secret::new(format!("{}-{}-{}", &r[..5], &r[5..10], &r[10..]))
+        })
+        .collect();
+    let hashes = codes.iter().map(|c| recovery_hash(c.expose())).collect();
+    (codes, hashes)
+}
+
+/// The stored form of a recovery code (blanks and dashes ignored, as people type them).
+pub fn recovery_hash(code: &str) -> [u8; 32] {
+    let norm: String = code
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .collect();
+    octomil_common::token::hash(&format!("recovery:{norm}"))
+}
+
+/// Whether `code` has the shape of a recovery code rather than a TOTP code.
+pub fn looks_like_recovery_code(code: &str) -> bool {
+    code.chars()
+        .any(|c| !c.is_ascii_digit() && !c.is_whitespace())
+}
+
+/// The one check every destructive call made with a dashboard session goes through (revoke,
+/// bulk revoke, delete org, role change, member removal, preset change, MFA reset): the
+/// session's latest second factor must be at most [`STEP_UP_WINDOW_SECS`] old, else 403
+/// [`STEP_UP_REQUIRED`]. API keys pass (their scopes bound them), as do members the preset
+/// lets go without a second factor and who have none (there is nothing to step up with).
+pub fn require_recent_second_factor(
+    state: &crate::app::Cloud,
+    auth: &crate::extract::Auth,
+) -> crate::error::ApiResult<()> {
+    let crate::extract::Principal::Session { jti, email, .. } = &auth.0 else {
+        return Ok(());
+    };
+    let now = state.clock.now_secs();
+    let fresh = state.store.read(|m| {
+        let has_mfa = m.members.get(email).is_some_and(|r| r.has_mfa());
+        let recent = m.sessions.get(jti).is_some_and(|s| {
+            s.second_factor_at
+                .is_some_and(|t| now < t.saturating_add(STEP_UP_WINDOW_SECS))
+        });
+        recent || !has_mfa
+    });
+    if fresh {
+        Ok(())
+    } else {
+        Err(crate::error::ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            STEP_UP_REQUIRED,
+            "this call needs a second factor given in the last 10 minutes: \
+             POST /api/v1/auth/step-up with a TOTP code, then retry",
+        ))
+    }
 }
 
 /// What a session token asserts. The role is re-read from the member record on every

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::extract::{Auth, Ctx, Principal, bearer, source_ip};
+use crate::extract::{Auth, Ctx, Principal, bearer};
 use crate::limits::Surface;
 use crate::scope::{Role, Scope};
 use crate::store::Environment;
@@ -38,6 +38,9 @@ pub enum Access {
     Public,
     /// A dashboard session of any role (API and device keys are refused).
     Session,
+    /// A dashboard session, including one limited to TOTP enrolment (which every other
+    /// route refuses with 403 `mfa_enrolment_required`).
+    Enrolment,
     /// An API key with `scope` whose effective role reaches `min_role`, a session of at
     /// least `min_role`, or a device key on a `models:read` route.
     Bearer { scope: Scope, min_role: Role },
@@ -117,11 +120,17 @@ pub const TABLE: &[Row] = &[
     row("POST", "/org/members", bearer_rule(OrgAdmin, Owner), Env::Org, CP),
     row("PATCH", "/org/members/{email}", bearer_rule(OrgAdmin, Owner), Env::Org, CP),
     row("DELETE", "/org/members/{email}", bearer_rule(OrgAdmin, Owner), Env::Org, CP),
+    row("POST", "/org/members/{email}/mfa-reset", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
     row("GET", "/org/billing", bearer_rule(OrgAdmin, Owner), Env::Org, CP),
     row("DELETE", "/org", bearer_rule(OrgAdmin, Owner), Env::Org, CP),
     row("POST", "/auth/login", Access::Public, Env::Org, None),
     row("POST", "/auth/logout", Access::Session, Env::Org, None),
     row("POST", "/auth/password", Access::Session, Env::Org, None),
+    row("POST", "/auth/step-up", Access::Session, Env::Org, None),
+    row("POST", "/auth/mfa/totp", Access::Enrolment, Env::Org, None),
+    row("POST", "/auth/mfa/confirm", Access::Enrolment, Env::Org, None),
+    row("POST", "/auth/invitations/totp", Access::Public, Env::Org, None),
+    row("POST", "/auth/invitations/accept", Access::Public, Env::Org, None),
     row("GET", "/models", bearer_rule(ModelsRead, Member), Env::Org, CP),
     row("POST", "/models", bearer_rule(ModelsWrite, Admin), Env::Org, CP),
     row("GET", "/models/{id}/versions", bearer_rule(ModelsRead, Member), Env::Org, CP),
@@ -200,7 +209,7 @@ impl From<Denial> for ApiError {
 pub fn decide(facts: Facts, row: &Row, org_env: Environment) -> Result<(), Denial> {
     let (scope, min_role) = match row.access {
         Access::Public => return Ok(()),
-        Access::Session => {
+        Access::Session | Access::Enrolment => {
             return match facts.kind {
                 Kind::Session { .. } => Ok(()),
                 _ => Err(Denial::SessionOnly),
@@ -242,7 +251,7 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
     };
     let request_id = octomil_common::token::random_base62(16).expose().clone();
     let ctx = Ctx {
-        source: source_ip(&req),
+        source: crate::proxy::source(&state.trusted_proxies, &req),
         request_id: Some(request_id.clone()),
     };
     req.extensions_mut().insert(ctx.clone());
@@ -284,6 +293,21 @@ async fn decide_and_run(
                 .into_response();
         }
     };
+    if matches!(
+        principal,
+        Principal::Session {
+            enrolment_only: true,
+            ..
+        }
+    ) && row.access != Access::Enrolment
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            crate::session::MFA_ENROLMENT_REQUIRED,
+            "this session may only enrol TOTP: POST /api/v1/auth/mfa/totp, then /auth/mfa/confirm",
+        )
+        .into_response();
+    }
     let org_env = state.store.read(|m| m.environment());
     if let Err(d) = decide(principal.facts(org_env), row, org_env) {
         return ApiError::from(d).into_response();
@@ -306,6 +330,7 @@ fn access_cells(a: Access) -> (String, &'static str) {
     match a {
         Access::Public => ("- (no bearer)".into(), "-"),
         Access::Session => ("- (session only)".into(), "any"),
+        Access::Enrolment => ("- (session, enrolment too)".into(), "any"),
         Access::Bearer { scope, min_role } => (scope.as_str().into(), min_role.as_str()),
     }
 }
@@ -318,7 +343,7 @@ pub fn markdown_table() -> String {
     for r in TABLE {
         let (scope, role) = access_cells(r.access);
         let env = match (r.access, r.env) {
-            (Access::Public | Access::Session, _) => "-",
+            (Access::Public | Access::Session | Access::Enrolment, _) => "-",
             (_, Env::Org) => "org's",
             (_, Env::Any) => "any",
         };

@@ -271,6 +271,8 @@ pub async fn revoke(
     Path(id): Path<String>,
     MaybeBody(body): MaybeBody<RevokeRequest>,
 ) -> ApiResult<(StatusCode, Json<DeviceView>)> {
+    // A destructive call: a session needs a second factor from the last 10 minutes.
+    crate::session::require_recent_second_factor(&state, &auth)?;
     let id = parse_id(&id)?;
     let reason = body
         .and_then(|b| b.reason)
@@ -356,6 +358,8 @@ pub async fn delete(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    // A destructive call: a session needs a second factor from the last 10 minutes.
+    crate::session::require_recent_second_factor(&state, &auth)?;
     let id = parse_id(&id)?;
     let now_ms = state.clock.now_ms();
     let durable = state.publisher.durable();

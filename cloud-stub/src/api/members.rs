@@ -1,20 +1,23 @@
-//! `/org/members`: who may log in to the dashboard, and with which role. A new member gets a
-//! generated password and TOTP secret, shown once.
+//! `/org/members`: who may log in to the dashboard, and with which role. Adding a member
+//! answers a one-time invitation (see [`super::invitations`]): the member sets their own
+//! password and TOTP, which nobody else ever sees.
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use octomil_common::Secret;
+use octomil_common::duration;
 use octomil_common::token;
 use octomil_common::wire::codes;
 use serde::{Deserialize, Serialize};
 
+use super::invitations;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, Body};
 use crate::scope::Role;
 use crate::session;
-use crate::store::{Change, MemberRecord};
+use crate::store::{Change, DEFAULT_INVITATION_TTL_SECS, InvitationRecord, MemberRecord};
 
 const MAX_EMAIL_LEN: usize = 254;
 
@@ -38,6 +41,29 @@ impl MemberView {
 #[derive(Debug, Serialize)]
 pub struct MemberList {
     pub members: Vec<MemberView>,
+    /// Invitations not yet accepted (and not expired).
+    pub invitations: Vec<InvitationView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InvitationView {
+    pub id: String,
+    pub email: String,
+    pub role: Role,
+    pub created_at: u64,
+    pub expires_at: u64,
+}
+
+impl InvitationView {
+    fn of(i: &InvitationRecord) -> Self {
+        Self {
+            id: i.id.clone(),
+            email: i.email.clone(),
+            role: i.role,
+            created_at: i.created_at,
+            expires_at: i.expires_at,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,16 +71,22 @@ pub struct MemberList {
 pub struct AddMember {
     pub email: String,
     pub role: Role,
+    /// How long the invitation lives (`72h` when absent; at most `30d`).
+    pub expires_in: Option<String>,
 }
 
+/// `POST /org/members` answer: an invitation, never the member's password or TOTP secret.
 #[derive(Debug, Serialize)]
 pub struct AddedMember {
     pub email: String,
     pub role: Role,
+    pub invitation_id: String,
+    /// Shown once; hand it to the invitee (`octomil auth accept-invite`).
+    pub invitation_token: Secret<String>,
+    /// The same token as a dashboard link (`https://HOST/invite#TOKEN`).
+    pub invitation_link: Secret<String>,
     pub created_at: u64,
-    pub initial_password: Secret<String>,
-    pub totp_secret: Secret<String>,
-    pub otpauth_uri: Secret<String>,
+    pub expires_at: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,51 +116,81 @@ pub fn normalize_email(s: &str) -> ApiResult<String> {
 }
 
 pub async fn list(State(state): State<AppState>, _auth: Auth) -> ApiResult<Json<MemberList>> {
-    let members = state
-        .store
-        .read(|m| m.members.values().map(MemberView::of).collect());
-    Ok(Json(MemberList { members }))
+    let now = state.clock.now_secs();
+    let (members, invitations) = state.store.read(|m| {
+        (
+            m.members.values().map(MemberView::of).collect(),
+            m.invitations
+                .values()
+                .filter(|i| now < i.expires_at)
+                .map(InvitationView::of)
+                .collect(),
+        )
+    });
+    Ok(Json(MemberList {
+        members,
+        invitations,
+    }))
 }
 
-/// A new member record with a generated password and TOTP secret.
+/// A new member record with a generated password and TOTP secret: only for the first
+/// Owner, made at first start (its secrets go to 0600 files of the state dir).
 pub fn new_member(
     email: String,
     role: Role,
     now: u64,
 ) -> Result<(MemberRecord, Secret<String>, Vec<u8>), session::SessionError> {
     let password = token::random_base62(24);
-    let mut totp_secret = vec![0u8; 20];
-    getrandom::fill(&mut totp_secret).map_err(|_| session::SessionError::Totp)?;
+    let totp_secret = session::new_totp_secret()?;
     let rec = MemberRecord {
         email,
         role,
         password_hash: session::hash_password(password.expose())?,
-        totp_secret: totp_secret.clone(),
+        totp_secret: Some(totp_secret.clone()),
         created_at: now,
         last_totp_step: None,
+        pending_totp: None,
+        recovery_codes: Vec::new(),
     };
     Ok((rec, password, totp_secret))
 }
 
+/// `POST /org/members`: invites `email` with `role`. A new invitation for the same email
+/// replaces the previous one (whose token stops working).
 pub async fn add(
     State(state): State<AppState>,
     auth: Auth,
+    headers: HeaderMap,
     Body(req): Body<AddMember>,
 ) -> ApiResult<(StatusCode, Json<AddedMember>)> {
     let email = normalize_email(&req.email)?;
+    let ttl = match req.expires_in.as_deref() {
+        None => DEFAULT_INVITATION_TTL_SECS,
+        Some(s) => duration::parse_secs(s)
+            .ok()
+            .filter(|s| (1..=invitations::MAX_TTL_SECS).contains(s))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    codes::INVALID_ARGUMENT,
+                    "expires_in must be a duration between 1s and 30d, such as 72h",
+                )
+            })?,
+    };
     let now = state.clock.now_secs();
-    let e = email.clone();
-    let (rec, password, totp) = tokio::task::spawn_blocking(move || new_member(e, req.role, now))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let (inv, token) =
+        invitations::new_invitation(email.clone(), req.role, auth.subject(), now, ttl);
     let answer = AddedMember {
-        email: rec.email.clone(),
-        role: rec.role,
+        email: email.clone(),
+        role: req.role,
+        invitation_id: inv.id.clone(),
+        invitation_link: Secret::new(format!(
+            "https://{}/invite#{}",
+            host_of(&headers).unwrap_or("localhost"),
+            token.expose()
+        )),
+        invitation_token: token,
         created_at: now,
-        initial_password: password,
-        totp_secret: Secret::new(session::totp_base32(&totp)),
-        otpauth_uri: Secret::new(session::otpauth_uri("Octomil", &rec.email, &totp)),
+        expires_at: inv.expires_at,
     };
     state.store.write(|m| {
         if m.members.contains_key(&email) {
@@ -137,17 +199,83 @@ pub async fn add(
                 "a member with this email exists",
             ));
         }
-        let audit = super::audit::change(
+        let mut changes = invitations::sweep(m, now);
+        changes.extend(
+            m.invitations
+                .values()
+                .filter(|i| i.email == email && now < i.expires_at)
+                .map(|i| Change::DeleteInvitation(i.id.clone())),
+        );
+        changes.push(super::audit::change(
             &auth,
             now * 1000,
-            "member.add",
+            "member.invite",
             email.clone(),
-            Some(format!("role {}", req.role.as_str())),
-        );
-        Ok(((), vec![Change::Member(rec), audit]))
+            Some(format!(
+                "role {}, invitation {}, expires in {}",
+                req.role.as_str(),
+                inv.id,
+                duration::format_secs(ttl)
+            )),
+        ));
+        changes.push(Change::Invitation(inv));
+        Ok(((), changes))
     })?;
-    tracing::info!(member = %email, role = req.role.as_str(), auth = %auth.subject(), "member added");
+    tracing::info!(member = %email, role = req.role.as_str(), auth = %auth.subject(), "member invited");
     Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// The host the caller used (HTTP/1.1 `Host`, or the HTTP/2 `:authority`), for the link.
+fn host_of(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+}
+
+/// `POST /org/members/{email}/mfa-reset`: forgets a member's TOTP secret and recovery codes
+/// and ends their sessions; they enrol again at their next login (or when they choose, if
+/// the preset does not require it). An Admin may not reset an Owner.
+pub async fn mfa_reset(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(email): Path<String>,
+) -> ApiResult<StatusCode> {
+    let email = normalize_email(&email)?;
+    session::require_recent_second_factor(&state, &auth)?;
+    state.store.write(|m| {
+        let mut rec = m
+            .members
+            .get(&email)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("member"))?;
+        if rec.role == Role::Owner && auth.role() < Some(Role::Owner) {
+            return Err(ApiError::forbidden(
+                "only an owner may reset an owner's MFA",
+            ));
+        }
+        rec.totp_secret = None;
+        rec.pending_totp = None;
+        rec.recovery_codes.clear();
+        let mut changes = vec![
+            Change::Member(rec),
+            super::audit::change(
+                &auth,
+                state.clock.now_ms(),
+                "member.mfa_reset",
+                email.clone(),
+                None,
+            ),
+        ];
+        changes.extend(m.end_sessions_of(&email));
+        Ok(((), changes))
+    })?;
+    tracing::info!(member = %email, auth = %auth.subject(), "member MFA reset; sessions ended");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn update(
@@ -157,6 +285,7 @@ pub async fn update(
     Body(req): Body<UpdateMember>,
 ) -> ApiResult<Json<MemberView>> {
     let email = normalize_email(&email)?;
+    session::require_recent_second_factor(&state, &auth)?;
     let view = state.store.write(|m| {
         let mut rec = m
             .members
@@ -197,11 +326,29 @@ pub async fn remove(
     Path(email): Path<String>,
 ) -> ApiResult<StatusCode> {
     let email = normalize_email(&email)?;
+    session::require_recent_second_factor(&state, &auth)?;
     state.store.write(|m| {
-        let rec = m
-            .members
-            .get(&email)
-            .ok_or_else(|| ApiError::not_found("member"))?;
+        // A pending invitation is withdrawn the same way.
+        let pending: Vec<Change> = m
+            .invitations
+            .values()
+            .filter(|i| i.email == email)
+            .map(|i| Change::DeleteInvitation(i.id.clone()))
+            .collect();
+        let Some(rec) = m.members.get(&email) else {
+            if pending.is_empty() {
+                return Err(ApiError::not_found("member"));
+            }
+            let mut changes = pending;
+            changes.push(super::audit::change(
+                &auth,
+                state.clock.now_ms(),
+                "member.invite_withdraw",
+                email.clone(),
+                None,
+            ));
+            return Ok(((), changes));
+        };
         if rec.role == Role::Owner && owners(m) == 1 {
             return Err(ApiError::conflict(
                 codes::LAST_OWNER,
@@ -219,6 +366,7 @@ pub async fn remove(
             ),
         ];
         changes.extend(m.end_sessions_of(&email));
+        changes.extend(pending);
         Ok(((), changes))
     })?;
     tracing::info!(member = %email, auth = %auth.subject(), "member removed");

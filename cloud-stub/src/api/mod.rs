@@ -8,6 +8,7 @@ pub mod authz;
 pub(crate) mod bootstrap_tokens;
 pub mod devices;
 pub(crate) mod inference;
+pub(crate) mod invitations;
 pub(crate) mod login;
 pub(crate) mod members;
 pub mod metrics;
@@ -64,6 +65,12 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", post(login::login))
         .route("/auth/logout", post(login::logout))
         .route("/auth/password", post(login::change_password))
+        .route("/auth/step-up", post(login::step_up))
+        .route("/auth/mfa/totp", post(login::mfa_totp))
+        .route("/auth/mfa/confirm", post(login::mfa_confirm))
+        .route("/auth/invitations/totp", post(invitations::totp))
+        .route("/auth/invitations/accept", post(invitations::accept))
+        .route("/org/members/{email}/mfa-reset", post(members::mfa_reset))
         .route("/inference", post(inference::infer))
         .merge(resources::routes())
         // After routing, before any handler: the one place where authorization happens.

@@ -46,6 +46,8 @@ pub async fn delete(
     auth: Auth,
     Body(req): Body<DeleteOrg>,
 ) -> ApiResult<StatusCode> {
+    // A destructive call: a session needs a second factor from the last 10 minutes.
+    crate::session::require_recent_second_factor(&state, &auth)?;
     state.store.write(|m| {
         let mut o = m
             .org

@@ -88,6 +88,10 @@ pub async fn update(
     auth: Auth,
     Body(patch): Body<SettingsPatch>,
 ) -> ApiResult<Json<SettingsView>> {
+    if patch.compliance_preset.is_some() {
+        // A preset change is destructive: a session needs a fresh second factor.
+        crate::session::require_recent_second_factor(&state, &auth)?;
+    }
     // Validate everything before changing anything.
     let expiry = match &patch.device_token_expiry {
         None => None,

@@ -8,10 +8,8 @@
 //! Budgets: the device's control-plane budget is spent only once its refresh token verified;
 //! a token that does not verify spends the source address's budget of failures instead.
 
-use std::net::SocketAddr;
-
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use octomil_common::Secret;
 use octomil_common::token::{self, TokenKind};
 use octomil_common::wire::{RefreshRequest, RefreshResponse, codes};
@@ -26,7 +24,7 @@ use crate::store::{
 
 pub async fn refresh(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ctx: crate::extract::Ctx,
     Body(req): Body<RefreshRequest>,
 ) -> ApiResult<Json<RefreshResponse>> {
     token::parse_as(
@@ -88,7 +86,7 @@ pub async fn refresh(
     });
     let outcome = match outcome {
         Err(e) if e.code == codes::INVALID_REFRESH_TOKEN => {
-            return Err(state.charge_failure(Some(&peer.ip().to_string()), e));
+            return Err(state.charge_failure(ctx.source.as_deref(), e));
         }
         other => other?,
     };

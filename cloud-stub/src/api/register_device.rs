@@ -5,10 +5,8 @@
 //! same key rotates its credentials (a device that crashed before saving the answer can try
 //! again) and gives it a new registration epoch.
 
-use std::net::SocketAddr;
-
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use octomil_common::token::{self, TokenKind};
 use octomil_common::wire::{
     ChallengeRequest, ChallengeResponse, MqttInfo, Proof, RegisterRequest, RegisterResponse, codes,
@@ -28,10 +26,10 @@ use super::refresh_device::issue_pair;
 /// per-address budget of its own.
 pub async fn challenge(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ctx: crate::extract::Ctx,
     Body(req): Body<ChallengeRequest>,
 ) -> ApiResult<Json<ChallengeResponse>> {
-    state.take_permit(Budget::Challenge, &peer.ip().to_string())?;
+    state.take_permit(Budget::Challenge, ctx.source.as_deref().unwrap_or_default())?;
     let now = state.clock.now_ms() / 1000;
     Ok(Json(ChallengeResponse {
         challenge: state.challenges.mint(req.device_id.as_str(), now),
@@ -51,10 +49,13 @@ fn challenge_error(e: ChallengeError) -> ApiError {
 
 pub async fn register(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ctx: crate::extract::Ctx,
     Body(req): Body<RegisterRequest>,
 ) -> ApiResult<Json<RegisterResponse>> {
-    state.take_permit(Budget::Registration, &peer.ip().to_string())?;
+    state.take_permit(
+        Budget::Registration,
+        ctx.source.as_deref().unwrap_or_default(),
+    )?;
 
     token::parse_as(
         req.bootstrap_token.expose(),
@@ -173,10 +174,6 @@ pub async fn register(
             .counter(REGISTRATION_EPOCH)
             .checked_add(1)
             .ok_or_else(|| ApiError::internal("the registration epoch is exhausted"))?;
-        let ctx = crate::extract::Ctx {
-            source: Some(peer.ip().to_string()),
-            request_id: None,
-        };
         let audit = super::audit::from(
             &ctx,
             now_ms,

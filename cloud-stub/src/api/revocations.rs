@@ -55,6 +55,8 @@ pub async fn revoke(
     auth: Auth,
     Body(req): Body<BulkRevoke>,
 ) -> ApiResult<Json<BulkRevoked>> {
+    // A destructive call: a session needs a second factor from the last 10 minutes.
+    crate::session::require_recent_second_factor(&state, &auth)?;
     let chosen = usize::from(req.device_ids.is_some())
         + usize::from(req.bootstrap_token_id.is_some())
         + usize::from(req.all);

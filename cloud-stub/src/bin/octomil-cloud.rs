@@ -52,6 +52,11 @@ struct ServeArgs {
     sandbox: bool,
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// A proxy (IP or CIDR, repeatable) whose X-Forwarded-For is believed: requests from it
+    /// take the right-most hop that is not a trusted proxy as their source address. None by
+    /// default: the source address is always the TCP peer.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse_cidr)]
+    trusted_proxies: Vec<octomil_cloud::proxy::Cidr>,
     #[command(flatten)]
     mqtt: MqttArgs,
 }
@@ -158,6 +163,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .extra_names(args.tls_names)
         .owner_email(args.owner_email)
         .environment(env)
+        .trusted_proxies(octomil_cloud::proxy::TrustedProxies::new(
+            args.trusted_proxies,
+        ))
         .spawn()
         .await
         .with_context(|| format!("starting octomil-cloud in {}", args.state_dir.display()))?;
@@ -205,4 +213,9 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+fn parse_cidr(s: &str) -> Result<octomil_cloud::proxy::Cidr, String> {
+    s.parse()
+        .map_err(|e: octomil_cloud::proxy::ProxyError| e.to_string())
 }

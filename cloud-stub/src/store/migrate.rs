@@ -11,13 +11,13 @@ use redb::{Database, ReadableDatabase, TableDefinition, TableHandle};
 use super::v1::{ApiKeyRecordV1, BootstrapRecordV1, DeviceRecordV1, MemberRecordV1, OrgRecordV1};
 use super::{
     API_KEYS, ApiKeyRecord, BOOTSTRAP, BootstrapRecord, CloudRateLimits,
-    DEFAULT_BOOTSTRAP_TTL_SECS, DEFAULT_BOOTSTRAP_USES, DEVICES, DeviceRecord, MEMBERS,
-    MemberRecord, ORG, OrgRecord, Settings, StoreError,
+    DEFAULT_BOOTSTRAP_TTL_SECS, DEFAULT_BOOTSTRAP_USES, DEVICES, DeviceRecord, MEMBERS, ORG,
+    OrgRecord, Settings, StoreError,
 };
 use crate::scope::{Role, Scope};
 
 /// The version this build reads and writes.
-pub const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_VERSION: u64 = 3;
 
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const VERSION_KEY: &str = "format_version";
@@ -44,6 +44,7 @@ pub fn run(db: &Database) -> Result<u64, StoreError> {
         let tx = db.begin_write()?;
         match v {
             1 => v1_to_v2(&tx)?,
+            2 => super::v2_to_v3::migrate(&tx)?,
             _ => return Err(StoreError::Db(format!("no migration from version {v}"))),
         }
         v += 1;
@@ -183,7 +184,7 @@ fn v1_to_v2(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     }
     let mut t = tx.open_table(MEMBERS)?;
     for m in members {
-        let rec = MemberRecord {
+        let rec = super::v2_to_v3::MemberRecordV2 {
             email: m.email,
             role: m.role,
             password_hash: m.password_hash,

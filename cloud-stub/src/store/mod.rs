@@ -7,6 +7,7 @@ mod counters;
 pub mod migrate;
 pub mod records;
 mod v1;
+mod v2_to_v3;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -29,6 +30,8 @@ const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
 /// Dashboard sessions by `jti` (format version 2).
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// Pending invitations by id (format version 3).
+const INVITATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invitations");
 /// Retained MQTT messages not yet acknowledged by the broker, keyed by device id.
 const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("mqtt_outbox");
 const ORG_KEY: &str = "org";
@@ -90,6 +93,8 @@ pub enum Change {
     Epoch(String, u64),
     Session(SessionRecord),
     DeleteSession(String),
+    Invitation(InvitationRecord),
+    DeleteInvitation(String),
     /// Appended to the audit log; the store links it into the chain at commit.
     Audit(AuditRecord),
 }
@@ -112,6 +117,8 @@ pub struct Model {
     pub epochs: BTreeMap<String, u64>,
     /// Live dashboard sessions by `jti`.
     pub sessions: BTreeMap<String, SessionRecord>,
+    /// Pending invitations by id.
+    pub invitations: BTreeMap<String, InvitationRecord>,
     /// The newest audit record (sequence and hash).
     pub audit_head: Checkpoint,
     /// Unix ms of the oldest audit record kept, if any.
@@ -216,6 +223,12 @@ impl Model {
             Change::DeleteSession(jti) => {
                 self.sessions.remove(&jti);
             }
+            Change::Invitation(r) => {
+                self.invitations.insert(r.id.clone(), r);
+            }
+            Change::DeleteInvitation(id) => {
+                self.invitations.remove(&id);
+            }
             Change::Audit(r) => {
                 self.audit_head = Checkpoint {
                     seq: r.seq,
@@ -261,7 +274,16 @@ impl Store {
             // Create the tables so read transactions on a fresh file find them.
             let tx = db.begin_write()?;
             for t in [
-                ORG, API_KEYS, DEVICES, BOOTSTRAP, MEMBERS, RESOURCES, OUTBOX, SESSIONS, AUDIT_META,
+                ORG,
+                API_KEYS,
+                DEVICES,
+                BOOTSTRAP,
+                MEMBERS,
+                RESOURCES,
+                OUTBOX,
+                SESSIONS,
+                AUDIT_META,
+                INVITATIONS,
             ] {
                 tx.open_table(t)?;
             }
@@ -296,6 +318,9 @@ impl Store {
         model.epochs = counters::load(&tx, counters::EPOCHS)?;
         for r in load(&tx, SESSIONS, "sessions")? {
             model.apply(Change::Session(r));
+        }
+        for r in load(&tx, INVITATIONS, "invitations")? {
+            model.apply(Change::Invitation(r));
         }
         {
             let t = tx.open_table(AUDIT)?;
@@ -463,6 +488,8 @@ impl Store {
                 Change::Epoch(id, v) => counters::put(&tx, counters::EPOCHS, id, *v)?,
                 Change::Session(r) => put(&tx, SESSIONS, &r.jti, r)?,
                 Change::DeleteSession(jti) => del(&tx, SESSIONS, jti)?,
+                Change::Invitation(r) => put(&tx, INVITATIONS, &r.id, r)?,
+                Change::DeleteInvitation(id) => del(&tx, INVITATIONS, id)?,
                 Change::Audit(r) => {
                     let bytes =
                         postcard::to_stdvec(r).map_err(|e| StoreError::Db(e.to_string()))?;

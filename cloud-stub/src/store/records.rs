@@ -244,22 +244,37 @@ pub const DEFAULT_BOOTSTRAP_USES: u32 = 10_000;
 /// How long a bootstrap token lives when no expiry is given: 90 days.
 pub const DEFAULT_BOOTSTRAP_TTL_SECS: u64 = 90 * 86_400;
 
-/// A dashboard member (format version 2).
+/// A dashboard member (format version 3). A member enrols their own password and TOTP
+/// through an invitation ([`InvitationRecord`]); nobody else ever sees them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberRecord {
     pub email: String,
     pub role: Role,
     /// Argon2id PHC string.
     pub password_hash: String,
-    /// Raw TOTP secret. It must be readable to check codes, so it cannot be hashed; it lives
-    /// only in the 0600 store in the 0700 state dir.
-    pub totp_secret: Vec<u8>,
+    /// Raw TOTP secret once enrolled; `None` before enrolment and after an MFA reset. It must
+    /// be readable to check codes, so it cannot be hashed; it lives only in the 0600 store in
+    /// the 0700 state dir.
+    pub totp_secret: Option<Vec<u8>>,
     pub created_at: u64,
     /// The newest TOTP time step accepted for this member: a code is accepted once only.
     pub last_totp_step: Option<u64>,
+    /// A secret handed out by the first step of enrolment, waiting for a code that proves
+    /// the authenticator holds it (format version 3).
+    pub pending_totp: Option<Vec<u8>>,
+    /// SHA-256 of each unused recovery code (format version 3). Codes are random and long,
+    /// so a fast hash suffices, as for API keys; each one is removed when used.
+    pub recovery_codes: Vec<Hash>,
 }
 
-/// A dashboard session (format version 2): the server-side half of a session JWT, keyed by
+impl MemberRecord {
+    /// Whether the member has a second factor enrolled.
+    pub fn has_mfa(&self) -> bool {
+        self.totp_secret.is_some()
+    }
+}
+
+/// A dashboard session (format version 3): the server-side half of a session JWT, keyed by
 /// its `jti`. A JWT whose session is gone is refused, so deleting these logs a member out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -267,9 +282,35 @@ pub struct SessionRecord {
     pub email: String,
     pub created_at: u64,
     pub expires_at: u64,
-    /// Whether the login gave a TOTP code.
+    /// Whether the session was opened (or completed) with a second factor.
     pub mfa: bool,
+    /// Unix seconds of the latest second factor given in this session (a TOTP login or
+    /// recovery code, an enrolment, a step-up); destructive calls need it recent
+    /// (format version 3).
+    pub second_factor_at: Option<u64>,
+    /// The session may only enrol TOTP: the preset requires MFA of a member who has none
+    /// (format version 3).
+    pub enrolment_only: bool,
 }
+
+/// An invitation to join the organization (format version 3), keyed by `id`. Only the
+/// SHA-256 of its token is kept; accepting deletes it, so it works once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvitationRecord {
+    pub id: String,
+    pub hash: Hash,
+    pub email: String,
+    pub role: Role,
+    pub created_at: u64,
+    pub expires_at: u64,
+    /// Who invited: `session:EMAIL` or `key:ID`.
+    pub created_by: String,
+    /// The TOTP secret the invitee's authenticator was given, until they confirm it.
+    pub pending_totp: Option<Vec<u8>>,
+}
+
+/// How long an invitation lives when no expiry is given: 72 hours.
+pub const DEFAULT_INVITATION_TTL_SECS: u64 = 72 * 3600;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResourceRecord {

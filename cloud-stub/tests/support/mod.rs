@@ -202,8 +202,17 @@ impl Env {
         .await
     }
 
-    /// Adds a member; returns (password, raw TOTP secret).
+    /// Adds a member the way members join: the owner key invites, the invitee takes a TOTP
+    /// secret and accepts with their own password. Returns (password, raw TOTP secret).
     pub async fn add_member(&self, email: &str, role: &str) -> (String, Vec<u8>) {
+        let token = self.invite(email, role).await;
+        let password = format!("pw-of-{email}-0123456789");
+        let totp = self.accept_invitation(&token, &password).await;
+        (password, totp)
+    }
+
+    /// `POST /org/members` with the owner key; returns the invitation token.
+    pub async fn invite(&self, email: &str, role: &str) -> String {
         let a = self
             .owner(
                 Method::POST,
@@ -212,13 +221,36 @@ impl Env {
             )
             .await;
         assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        a.body["invitation_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Takes a TOTP secret for `token` and accepts it with `password`, enrolling TOTP with
+    /// the code of the previous time step (so a login at the current step is not a replay).
+    /// Returns the raw TOTP secret.
+    pub async fn accept_invitation(&self, token: &str, password: &str) -> Vec<u8> {
+        let a = self
+            .call(
+                Method::POST,
+                "/auth/invitations/totp",
+                None,
+                Some(json!({"token": token})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
         let totp =
             octomil_cloud::session::totp_from_base32(a.body["totp_secret"].as_str().unwrap())
                 .unwrap();
-        (
-            a.body["initial_password"].as_str().unwrap().to_owned(),
-            totp,
-        )
+        let code = octomil_cloud::session::totp_code(&totp, self.clock_secs() - 30).unwrap();
+        let a = self
+            .call(
+                Method::POST,
+                "/auth/invitations/accept",
+                None,
+                Some(json!({"token": token, "password": password, "mfa_code": code})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        totp
     }
 
     pub fn totp_code(&self, secret: &[u8]) -> String {
