@@ -18,7 +18,13 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 fn fixture() -> (tempfile::TempDir, PathBuf, Value) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v1");
+    fixture_of("state-v1")
+}
+
+fn fixture_of(name: &str) -> (tempfile::TempDir, PathBuf, Value) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state");
     std::fs::create_dir(&dir).unwrap();
@@ -177,5 +183,94 @@ async fn a_cloud_started_on_old_state_serves_everything_in_it() {
         )
         .await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    env.handle.shutdown().await;
+}
+
+/// `tests/fixtures/state-v2/` is a state directory written by `octomil-cloud` at commit
+/// 11ee2c3 (format version 2; the program that made it is `generate.rs.txt` beside it):
+/// an Owner and an Admin, each with a live session, under the GDPR preset. After the
+/// migration to version 3 (members and sessions only) both members and both sessions are
+/// there, the sessions still work, and the Admin logs in with the TOTP secret of version 2.
+#[test]
+fn format_2_members_and_sessions_survive_the_migration() {
+    let (_tmp, dir, _) = fixture_of("state-v2");
+    let path = dir.join("cloud.redb");
+    for _ in 0..2 {
+        let store = Store::open(&path).unwrap();
+        store.read(|m| {
+            assert_eq!(m.members.len(), 2);
+            assert!(
+                m.members
+                    .values()
+                    .all(|r| r.has_mfa() && r.recovery_codes.is_empty())
+            );
+            let admin = &m.members["admin@example.com"];
+            assert_eq!(admin.role, octomil_cloud::scope::Role::Admin);
+            assert!(admin.last_totp_step.is_some());
+            assert_eq!(m.sessions.len(), 2);
+            assert!(
+                m.sessions.values().all(|s| s.mfa
+                    && !s.enrolment_only
+                    && s.second_factor_at == Some(s.created_at))
+            );
+            assert!(m.invitations.is_empty());
+            // Tables this step does not own are as version 2 left them.
+            assert_eq!(m.api_keys.len(), 1);
+            assert_eq!(
+                m.org.as_ref().unwrap().settings.compliance_preset,
+                octomil_cloud::store::CompliancePreset::Gdpr
+            );
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_started_on_format_2_state_keeps_its_sessions() {
+    support::install_crypto();
+    let (tmp, dir, info) = fixture_of("state-v2");
+    let made_at = info["made_at_ms"].as_u64().unwrap();
+    let clock = ManualClock::at_ms(made_at + 3_600_000);
+    let handle = CloudStub::builder(&dir)
+        .clock(Arc::new(clock.clone()))
+        .spawn()
+        .await
+        .unwrap();
+    let env = support::env_for(handle, clock, tmp);
+    for s in ["owner_session", "admin_session"] {
+        let token = info[s].as_str().unwrap();
+        let a = env
+            .call(Method::GET, "/org/members", Some(token), None)
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{s}: {:?}", a.body);
+        assert_eq!(a.body["members"].as_array().unwrap().len(), 2);
+    }
+    // The login was an hour ago: a destructive call asks for a step-up first.
+    let admin = info["admin_session"].as_str().unwrap();
+    let a = env
+        .call(
+            Method::PATCH,
+            "/org/settings",
+            Some(admin),
+            Some(json!({"compliance_preset": "hipaa"})),
+        )
+        .await;
+    assert_eq!(a.code(), "step_up_required", "{:?}", a.body);
+    let totp =
+        octomil_cloud::session::totp_from_base32(info["admin_totp_base32"].as_str().unwrap())
+            .unwrap();
+    let a = env
+        .call(
+            Method::POST,
+            "/auth/login",
+            None,
+            Some(json!({
+                "email": info["admin_email"],
+                "password": info["admin_password"],
+                "mfa_code": env.totp_code(&totp),
+            })),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.body["enrolment_required"], false);
     env.handle.shutdown().await;
 }
