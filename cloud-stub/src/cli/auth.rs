@@ -1,6 +1,9 @@
 //! `octomil auth login`: trades email, password and TOTP code for a dashboard session token.
 //! The password never comes from a flag (argv is world-readable through `ps`).
 //! `octomil auth logout` ends the session in `OCTOMIL_API_KEY` server-side.
+//! `octomil auth accept-invite` enrols an invitee (their own password, TOTP, recovery codes);
+//! `octomil auth step-up`, `mfa-enrol` and `mfa-confirm` act on the session in
+//! `OCTOMIL_API_KEY`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -14,12 +17,52 @@ use super::{ApiClient, CliError, parse_email};
 /// Where the password comes from when stdin is not used.
 pub const PASSWORD_ENV: &str = "OCTOMIL_PASSWORD";
 
+/// Where `accept-invite` reads the invitation (token or link) from.
+pub const INVITATION_ENV: &str = "OCTOMIL_INVITATION";
+
+/// A TOTP code for a step-up the CLI is asked for (else it prompts on a terminal).
+pub const MFA_CODE_ENV: &str = "OCTOMIL_MFA_CODE";
+
+/// The API's answer to a destructive call made with a stale session.
+pub const STEP_UP_REQUIRED: &str = "step_up_required";
+
 #[derive(Debug, Subcommand)]
 pub enum AuthCmd {
     /// Log in; the password is read from OCTOMIL_PASSWORD or one line of stdin
     Login(LoginArgs),
     /// End the session in OCTOMIL_API_KEY; its token is refused from then on
     Logout,
+    /// Join an organization with an invitation from OCTOMIL_INVITATION (token or link):
+    /// choose a password (OCTOMIL_PASSWORD or one stdin line) and enrol TOTP
+    AcceptInvite(AcceptArgs),
+    /// Give a fresh TOTP code for the session in OCTOMIL_API_KEY (destructive calls need one
+    /// from the last 10 minutes)
+    StepUp {
+        #[arg(long, value_name = "CODE", value_parser = parse_mfa_code)]
+        mfa_code: String,
+    },
+    /// Start TOTP enrolment for the session in OCTOMIL_API_KEY: prints a secret for the
+    /// authenticator app
+    MfaEnrol,
+    /// Finish TOTP enrolment with a code of that secret; prints recovery codes once
+    MfaConfirm {
+        #[arg(long, value_name = "CODE", value_parser = parse_mfa_code)]
+        mfa_code: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AcceptArgs {
+    /// Only hand out a TOTP secret (step one without a terminal); then run again with
+    /// --mfa-code
+    #[arg(long, conflicts_with_all = ["mfa_code", "no_mfa"])]
+    pub totp: bool,
+    /// A code of the secret printed by --totp
+    #[arg(long, value_name = "CODE", value_parser = parse_mfa_code)]
+    pub mfa_code: Option<String>,
+    /// Join without TOTP (refused when the compliance preset requires it for the role)
+    #[arg(long, conflicts_with = "mfa_code")]
+    pub no_mfa: bool,
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +87,31 @@ struct Session {
     token: Secret<String>,
     #[serde(default)]
     expires_at: Option<u64>,
+    #[serde(default)]
+    enrolment_required: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct TotpOffer {
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    totp_secret: Secret<String>,
+    otpauth_uri: Secret<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Joined {
+    email: String,
+    role: String,
+    mfa_enrolled: bool,
+    recovery_codes: Vec<Secret<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Enrolled {
+    recovery_codes: Vec<Secret<String>>,
 }
 
 /// RFC 6238 codes are 6 to 8 digits; blanks are allowed for `123 456` as apps show it.
@@ -65,6 +133,42 @@ pub async fn run(client: &ApiClient, cmd: AuthCmd, out: &mut Out<'_>) -> Result<
                 .await?;
             return out.note("logged out: the session token is no longer accepted");
         }
+        AuthCmd::AcceptInvite(args) => return accept_invite(client, args, out).await,
+        AuthCmd::StepUp { mfa_code } => {
+            client
+                .post(&["auth", "step-up"], &serde_json::json!({"code": mfa_code}))
+                .await?;
+            return out.note("second factor accepted: destructive calls pass for 10 minutes");
+        }
+        AuthCmd::MfaEnrol => {
+            let answer = client
+                .post(&["auth", "mfa", "totp"], &serde_json::json!({}))
+                .await?;
+            if out.json {
+                return out.json_value(answer.body.as_ref());
+            }
+            let offer: TotpOffer = answer.parse()?;
+            out.print(&render_offer(&offer))?;
+            return out.note(
+                "add the secret to your authenticator app, then run \
+                 `octomil auth mfa-confirm --mfa-code CODE`",
+            );
+        }
+        AuthCmd::MfaConfirm { mfa_code } => {
+            let answer = client
+                .post(
+                    &["auth", "mfa", "confirm"],
+                    &serde_json::json!({"code": mfa_code}),
+                )
+                .await?;
+            if out.json {
+                out.json_value(answer.body.as_ref())?;
+            } else {
+                let e: Enrolled = answer.parse()?;
+                out.print(&render_codes(&e.recovery_codes))?;
+            }
+            return out.note(RECOVERY_NOTE);
+        }
     };
     let password = read_password()?;
     let body = LoginBody {
@@ -81,7 +185,167 @@ pub async fn run(client: &ApiClient, cmd: AuthCmd, out: &mut Out<'_>) -> Result<
         // works; the hint goes to stderr and never repeats the token.
         out.print(session.token.expose())?;
     }
+    if session.enrolment_required {
+        return out.note(
+            "this organization requires TOTP for your role and you have none yet: the token is \
+             good only for enrolment; with it in OCTOMIL_API_KEY run `octomil auth mfa-enrol`, \
+             then `octomil auth mfa-confirm --mfa-code CODE` (the same token then works fully)",
+        );
+    }
     out.note(&hint(&session, out.now))
+}
+
+const RECOVERY_NOTE: &str = "recovery codes are shown only this once: store them offline; each \
+     works once at login in place of a TOTP code";
+
+fn render_offer(o: &TotpOffer) -> String {
+    let mut pairs = Vec::new();
+    if let Some(e) = &o.email {
+        pairs.push(("email", e.clone()));
+    }
+    if let Some(r) = &o.role {
+        pairs.push(("role", r.clone()));
+    }
+    pairs.push(("totp_secret", o.totp_secret.expose().clone()));
+    pairs.push(("otpauth_uri", o.otpauth_uri.expose().clone()));
+    super::output::key_values(&pairs)
+}
+
+fn render_codes(codes: &[Secret<String>]) -> String {
+    let mut s = String::from("recovery codes:\n");
+    for c in codes {
+        s.push_str("  ");
+        s.push_str(c.expose());
+        s.push('\n');
+    }
+    s
+}
+
+/// The invitation token from `OCTOMIL_INVITATION`: the token itself or the dashboard link
+/// (`https://HOST/invite#TOKEN`).
+fn invitation_token() -> Result<Secret<String>, CliError> {
+    let raw = std::env::var(INVITATION_ENV)
+        .ok()
+        .map(Secret::new)
+        .filter(|s| !s.expose().trim().is_empty())
+        .ok_or_else(|| {
+            CliError::usage(format!(
+                "no invitation: set {INVITATION_ENV} to the token or link you were given"
+            ))
+        })?;
+    Ok(token_of(raw.expose()))
+}
+
+fn token_of(raw: &str) -> Secret<String> {
+    let raw = raw.trim();
+    Secret::new(raw.rsplit_once('#').map_or(raw, |(_, t)| t).to_owned())
+}
+
+async fn accept_invite(
+    client: &ApiClient,
+    args: AcceptArgs,
+    out: &mut Out<'_>,
+) -> Result<(), CliError> {
+    let token = invitation_token()?;
+    let interactive = std::io::stdin().is_terminal();
+    if args.totp {
+        let o = offer(client, &token).await?;
+        out.print(&render_offer(&o))?;
+        return out.note(
+            "add the secret to your authenticator app, then run this again with \
+             --mfa-code CODE (and the password in OCTOMIL_PASSWORD or on stdin)",
+        );
+    }
+    if args.mfa_code.is_none() && !args.no_mfa && !interactive {
+        return Err(CliError::usage(
+            "without a terminal, run with --totp first, then with --mfa-code CODE \
+             (or --no-mfa when the organization does not require TOTP)",
+        ));
+    }
+    let password = read_password()?;
+    let mfa_code = match (args.mfa_code, args.no_mfa) {
+        (Some(code), _) => Some(code),
+        (None, true) => None,
+        (None, false) => {
+            let o = offer(client, &token).await?;
+            out.print(&render_offer(&o))?;
+            Some(prompt_code(
+                "add the secret to your authenticator app; its current code: ",
+            )?)
+        }
+    };
+    #[derive(Serialize)]
+    struct Accept<'a> {
+        token: &'a Secret<String>,
+        password: &'a Secret<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mfa_code: Option<&'a str>,
+    }
+    let answer = client
+        .post(
+            &["auth", "invitations", "accept"],
+            &Accept {
+                token: &token,
+                password: &password,
+                mfa_code: mfa_code.as_deref(),
+            },
+        )
+        .await?;
+    if out.json {
+        out.json_value(answer.body.as_ref())?;
+    } else {
+        let j: Joined = answer.parse()?;
+        out.print(&super::output::key_values(&[
+            ("email", j.email.clone()),
+            ("role", j.role.clone()),
+            ("mfa_enrolled", j.mfa_enrolled.to_string()),
+        ]))?;
+        if !j.recovery_codes.is_empty() {
+            out.print(&render_codes(&j.recovery_codes))?;
+            out.note(RECOVERY_NOTE)?;
+        }
+    }
+    out.note("joined: log in with `octomil auth login --email ...`")
+}
+
+/// Step one: a TOTP secret for the invitee's authenticator.
+async fn offer(client: &ApiClient, token: &Secret<String>) -> Result<TotpOffer, CliError> {
+    client
+        .post(
+            &["auth", "invitations", "totp"],
+            &serde_json::json!({"token": token}),
+        )
+        .await?
+        .parse()
+}
+
+/// Reads one line from the terminal after `prompt` on stderr: a 6 to 8 digit code.
+fn prompt_code(prompt: &str) -> Result<String, CliError> {
+    let mut err = std::io::stderr();
+    write!(err, "{prompt}")
+        .and_then(|()| err.flush())
+        .map_err(CliError::io("writing the prompt"))?;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(CliError::io("reading the code"))?;
+    parse_mfa_code(&line).map_err(CliError::usage)
+}
+
+/// The TOTP code for a step-up the API asked for: `OCTOMIL_MFA_CODE`, else a prompt when
+/// stdin is a terminal, else `None` (the caller reports `step_up_required`).
+pub fn step_up_code() -> Result<Option<String>, CliError> {
+    if let Some(code) = std::env::var(MFA_CODE_ENV)
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+    {
+        return parse_mfa_code(&code).map(Some).map_err(CliError::usage);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    prompt_code("this call needs a fresh second factor; TOTP code: ").map(Some)
 }
 
 fn hint(s: &Session, now: u64) -> String {
@@ -146,6 +410,40 @@ mod tests {
             Command::Auth(AuthCmd::Login(a)) => a,
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn parses_invitation_and_mfa_commands() {
+        let c = parse(&["auth", "accept-invite", "--mfa-code", "123456"])
+            .unwrap()
+            .command;
+        assert!(
+            matches!(c, Command::Auth(AuthCmd::AcceptInvite(AcceptArgs { totp: false, mfa_code: Some(ref m), no_mfa: false })) if m == "123456"),
+            "{c:?}"
+        );
+        assert!(parse(&["auth", "accept-invite", "--totp", "--mfa-code", "123456"]).is_err());
+        assert!(parse(&["auth", "accept-invite", "--no-mfa", "--mfa-code", "123456"]).is_err());
+        assert!(parse(&["auth", "accept-invite", "--token", "x"]).is_err());
+        assert!(matches!(
+            parse(&["auth", "step-up", "--mfa-code", "654321"])
+                .unwrap()
+                .command,
+            Command::Auth(AuthCmd::StepUp { .. })
+        ));
+        assert!(matches!(
+            parse(&["auth", "mfa-enrol"]).unwrap().command,
+            Command::Auth(AuthCmd::MfaEnrol)
+        ));
+        assert!(parse(&["auth", "mfa-confirm"]).is_err());
+    }
+
+    #[test]
+    fn an_invitation_link_or_token_gives_the_token() {
+        assert_eq!(
+            token_of(" https://cloud.example:8443/invite#edg_invite_abc\n").expose(),
+            "edg_invite_abc"
+        );
+        assert_eq!(token_of("edg_invite_abc").expose(), "edg_invite_abc");
     }
 
     #[test]

@@ -148,7 +148,34 @@ impl ApiClient {
         self.send_url(method, url, body).await
     }
 
+    /// Sends once; a destructive call answered `step_up_required` (a session whose second
+    /// factor is stale) is retried once after `POST /auth/step-up` with a TOTP code from
+    /// [`super::auth::step_up_code`] (`OCTOMIL_MFA_CODE`, or a prompt on a terminal).
     async fn send_url<B: Serialize>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+    ) -> Result<Answer, CliError> {
+        match self.send_once(method.clone(), url.clone(), body).await {
+            Err(CliError::Api(e)) if e.code == super::auth::STEP_UP_REQUIRED => {
+                let Some(code) = super::auth::step_up_code()? else {
+                    return Err(CliError::Api(e));
+                };
+                let step_up = self.url(&["auth", "step-up"])?;
+                self.send_once(
+                    Method::POST,
+                    step_up,
+                    Some(&serde_json::json!({ "code": code })),
+                )
+                .await?;
+                self.send_once(method, url, body).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_once<B: Serialize>(
         &self,
         method: Method,
         url: Url,

@@ -118,7 +118,10 @@ pub async fn run(cli: Cli, out: &mut Out<'_>) -> Result<(), CliError> {
         // Logging in is how one gets a credential, so it needs none; logging out needs the
         // session it ends.
         Command::Auth(cmd) => {
-            let needs_key = !matches!(cmd, auth::AuthCmd::Login(_));
+            let needs_key = !matches!(
+                cmd,
+                auth::AuthCmd::Login(_) | auth::AuthCmd::AcceptInvite(_)
+            );
             auth::run(&connect(g, needs_key)?, cmd, out).await
         }
     }

@@ -1,5 +1,6 @@
-//! `octomil org members list|add|update|remove`: who may use the dashboard and the API, and
-//! with which role.
+//! `octomil org members list|add|update|remove|reset-mfa`: who may use the dashboard and the
+//! API, and with which role. `add` prints a one-time invitation; the invitee runs
+//! `octomil auth accept-invite` and sets their own password and TOTP.
 
 use clap::Subcommand;
 use octomil_common::Secret;
@@ -12,12 +13,15 @@ use crate::cli::{ApiClient, CliError, Role, parse_email};
 pub enum MembersCmd {
     /// List members and their roles
     List,
-    /// Add a member; prints the initial password and TOTP secret once
+    /// Invite a member; prints a one-time invitation token and link (72h unless --expires-in)
     Add {
         #[arg(value_parser = parse_email)]
         email: String,
         #[arg(long, value_enum, ignore_case = true)]
         role: Role,
+        /// How long the invitation lives (s, m, h or d; at most 30d)
+        #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_duration)]
+        expires_in: Option<String>,
     },
     /// Change a member's role
     Update {
@@ -26,8 +30,13 @@ pub enum MembersCmd {
         #[arg(long, value_enum, ignore_case = true)]
         role: Role,
     },
-    /// Remove a member (the last Owner cannot be removed)
+    /// Remove a member or withdraw their invitation (the last Owner cannot be removed)
     Remove {
+        #[arg(value_parser = parse_email)]
+        email: String,
+    },
+    /// Forget a member's TOTP and recovery codes and end their sessions; they enrol again
+    ResetMfa {
         #[arg(value_parser = parse_email)]
         email: String,
     },
@@ -44,17 +53,25 @@ struct Member {
 #[derive(Debug, Deserialize)]
 struct MemberList {
     members: Vec<Member>,
+    #[serde(default)]
+    invitations: Vec<Invitation>,
 }
 
-/// `POST /org/members` answer: the member plus credentials shown this once.
+#[derive(Debug, Deserialize)]
+struct Invitation {
+    email: String,
+    role: String,
+    expires_at: u64,
+}
+
+/// `POST /org/members` answer: an invitation whose token is shown this once.
 #[derive(Debug, Deserialize)]
 struct NewMember {
-    #[serde(flatten)]
-    member: Member,
-    initial_password: Secret<String>,
-    totp_secret: Secret<String>,
-    #[serde(default)]
-    otpauth_uri: Option<Secret<String>>,
+    email: String,
+    role: String,
+    invitation_token: Secret<String>,
+    invitation_link: Secret<String>,
+    expires_at: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,6 +79,8 @@ struct MemberBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     email: Option<&'a str>,
     role: Role,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in: Option<&'a str>,
 }
 
 pub async fn run(client: &ApiClient, cmd: MembersCmd, out: &mut Out<'_>) -> Result<(), CliError> {
@@ -75,12 +94,21 @@ pub async fn run(client: &ApiClient, cmd: MembersCmd, out: &mut Out<'_>) -> Resu
             if list.members.is_empty() {
                 return out.note("no members");
             }
-            out.print(&render_members(&list.members))
+            out.print(&render_members(&list.members))?;
+            if !list.invitations.is_empty() {
+                out.print(&render_invitations(&list.invitations, out.now))?;
+            }
+            Ok(())
         }
-        MembersCmd::Add { email, role } => {
+        MembersCmd::Add {
+            email,
+            role,
+            expires_in,
+        } => {
             let body = MemberBody {
                 email: Some(&email),
                 role,
+                expires_in: expires_in.as_deref(),
             };
             let answer = client.post(&["org", "members"], &body).await?;
             let added: NewMember = answer.parse()?;
@@ -90,13 +118,29 @@ pub async fn run(client: &ApiClient, cmd: MembersCmd, out: &mut Out<'_>) -> Resu
                 out.print(&render_new_member(&added))?;
             }
             out.note(&format!(
-                "the initial password and TOTP secret are shown only this once: hand them to \
-                 {} over a safe channel",
-                clean(&added.member.email)
+                "the invitation works once and is shown only this once: hand it to {} over a \
+                 safe channel; they run `OCTOMIL_INVITATION=<token> octomil auth accept-invite` \
+                 (or open the link) and choose their own password and TOTP",
+                clean(&added.email)
+            ))
+        }
+        MembersCmd::ResetMfa { email } => {
+            client
+                .post(
+                    &["org", "members", &email, "mfa-reset"],
+                    &serde_json::json!({}),
+                )
+                .await?;
+            out.print(&format!(
+                "reset MFA of {email}: their sessions ended; they enrol TOTP again at next login"
             ))
         }
         MembersCmd::Update { email, role } => {
-            let body = MemberBody { email: None, role };
+            let body = MemberBody {
+                email: None,
+                role,
+                expires_in: None,
+            };
             let answer = client.patch(&["org", "members", &email], &body).await?;
             if out.json {
                 return out.json_value(answer.body.as_ref());
@@ -133,18 +177,26 @@ fn render_member(m: &Member) -> String {
     ])
 }
 
-fn render_new_member(n: &NewMember) -> String {
-    let mut pairs = vec![
-        ("email", n.member.email.clone()),
-        ("role", n.member.role.clone()),
-        ("created_at", created(&n.member)),
-        ("initial_password", n.initial_password.expose().clone()),
-        ("totp_secret", n.totp_secret.expose().clone()),
-    ];
-    if let Some(uri) = &n.otpauth_uri {
-        pairs.push(("otpauth_uri", uri.expose().clone()));
+fn render_invitations(list: &[Invitation], now: u64) -> String {
+    let mut t = Table::new(&["INVITED", "ROLE", "EXPIRES"]);
+    for i in list {
+        t.row(vec![
+            i.email.clone(),
+            i.role.clone(),
+            crate::cli::output::when(Some(i.expires_at), now),
+        ]);
     }
-    key_values(&pairs)
+    t.render()
+}
+
+fn render_new_member(n: &NewMember) -> String {
+    key_values(&[
+        ("email", n.email.clone()),
+        ("role", n.role.clone()),
+        ("invitation_token", n.invitation_token.expose().clone()),
+        ("invitation_link", n.invitation_link.expose().clone()),
+        ("expires_at", rfc3339(n.expires_at)),
+    ])
 }
 
 #[cfg(test)]
@@ -174,7 +226,26 @@ mod tests {
             "admin",
         ]);
         assert!(
-            matches!(c, MembersCmd::Add { ref email, role: Role::Admin } if email == "user@example.com"),
+            matches!(c, MembersCmd::Add { ref email, role: Role::Admin, expires_in: None } if email == "user@example.com"),
+            "{c:?}"
+        );
+        let c = cmd(&[
+            "org",
+            "members",
+            "add",
+            "user@example.com",
+            "--role",
+            "member",
+            "--expires-in",
+            "7d",
+        ]);
+        assert!(
+            matches!(c, MembersCmd::Add { expires_in: Some(ref d), .. } if d == "7d"),
+            "{c:?}"
+        );
+        let c = cmd(&["org", "members", "reset-mfa", "user@example.com"]);
+        assert!(
+            matches!(c, MembersCmd::ResetMfa { ref email } if email == "user@example.com"),
             "{c:?}"
         );
         let c = cmd(&[
@@ -228,6 +299,7 @@ mod tests {
         let b = MemberBody {
             email: Some("a@b.c"),
             role: Role::Owner,
+            expires_in: None,
         };
         assert_eq!(
             serde_json::to_string(&b).unwrap(),
@@ -236,6 +308,7 @@ mod tests {
         let b = MemberBody {
             email: None,
             role: Role::Member,
+            expires_in: None,
         };
         assert_eq!(serde_json::to_string(&b).unwrap(), r#"{"role":"member"}"#);
     }
@@ -256,20 +329,22 @@ mod tests {
     }
 
     #[test]
-    fn new_member_secrets_show_in_output_but_not_debug() {
+    fn an_invitation_shows_in_output_but_not_debug() {
         let n: NewMember = serde_json::from_value(serde_json::json!({
-            "email": "a@b.c", "role": "admin", "created_at": 0,
-            "initial_password": "pw-123", "totp_secret": "JBSWY3DP",
-            "otpauth_uri": "otpauth://totp/x?secret=JBSWY3DP"
+            "email": "a@b.c", "role": "admin", "created_at": 0, "invitation_id": "inv_1",
+            "invitation_token": "edg_invite_SECRET",
+            "invitation_link": "https://cloud/invite#edg_invite_SECRET",
+            "expires_at": 259200
         }))
         .unwrap();
         let text = render_new_member(&n);
-        assert!(text.contains("initial_password: pw-123\n"), "{text}");
-        assert!(text.contains("totp_secret:      JBSWY3DP\n"), "{text}");
-        let debug = format!("{n:?}");
+        assert!(text.contains("edg_invite_SECRET\n"), "{text}");
+        assert!(text.contains("1970-01-04T00:00:00Z"), "{text}");
         assert!(
-            !debug.contains("pw-123") && !debug.contains("JBSWY3DP"),
-            "{debug}"
+            !text.contains("password") && !text.contains("totp"),
+            "{text}"
         );
+        let debug = format!("{n:?}");
+        assert!(!debug.contains("edg_invite_SECRET"), "{debug}");
     }
 }
