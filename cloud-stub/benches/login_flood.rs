@@ -116,7 +116,15 @@ async fn run() {
         .json()
         .await
         .unwrap();
-    let member_pw = r["initial_password"].as_str().unwrap().to_owned();
+    // The member joins by invitation with a password of their own (preset none: no TOTP).
+    let member_pw = "the member's own password".to_owned();
+    let accepted = here
+        .post(format!("{base}/auth/invitations/accept"))
+        .json(&json!({"token": r["invitation_token"], "password": member_pw}))
+        .send()
+        .await
+        .unwrap();
+    assert!(accepted.status().is_success(), "{}", accepted.status());
     let rss_idle = status_kib(pid, "VmRSS");
 
     println!(

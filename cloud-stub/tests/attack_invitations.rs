@@ -449,6 +449,14 @@ async fn mfa_reset_ends_sessions_and_an_admin_cannot_act_on_an_owner() {
         )
         .await;
     assert_eq!(a.body["enrolment_required"], true, "{:?}", a.body);
+    // An enrolment session may still log out.
+    let s = a.body["token"].as_str().unwrap().to_owned();
+    let a = env.call(Method::POST, "/auth/logout", Some(&s), None).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{:?}", a.body);
+    let a = env
+        .call(Method::POST, "/auth/mfa/totp", Some(&s), None)
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     let a = env
         .owner(Method::GET, "/audit?action=member.mfa_reset", None)
         .await;

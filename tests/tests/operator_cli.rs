@@ -93,7 +93,8 @@ async fn seed_commands_work_as_written() {
         "lifetime {lifetime}"
     );
 
-    let (out, _, stderr) = run(cloud.cli().args([
+    let (out, added, stderr) = run(cloud.cli().args([
+        "--json",
         "org",
         "members",
         "add",
@@ -101,6 +102,19 @@ async fn seed_commands_work_as_written() {
         "--role",
         "admin",
     ]));
+    assert!(out.status.success(), "{stderr}");
+    // An invitation, never the member's secrets; the invitee joins with their own password.
+    let added: Value = serde_json::from_str(&added).unwrap();
+    assert!(added.get("initial_password").is_none() && added.get("totp_secret").is_none());
+    let (out, _, stderr) = run(cloud
+        .cli()
+        .env_remove("OCTOMIL_API_KEY")
+        .env(
+            "OCTOMIL_INVITATION",
+            added["invitation_link"].as_str().unwrap(),
+        )
+        .env("OCTOMIL_PASSWORD", "the invitee's own password")
+        .args(["auth", "accept-invite", "--no-mfa"]));
     assert!(out.status.success(), "{stderr}");
     let (out, _, stderr) = run(cloud.cli().args([
         "org",

@@ -124,7 +124,7 @@ pub const TABLE: &[Row] = &[
     row("GET", "/org/billing", bearer_rule(OrgAdmin, Owner), Env::Org, CP),
     row("DELETE", "/org", bearer_rule(OrgAdmin, Owner), Env::Org, CP),
     row("POST", "/auth/login", Access::Public, Env::Org, None),
-    row("POST", "/auth/logout", Access::Session, Env::Org, None),
+    row("POST", "/auth/logout", Access::Enrolment, Env::Org, None),
     row("POST", "/auth/password", Access::Session, Env::Org, None),
     row("POST", "/auth/step-up", Access::Session, Env::Org, None),
     row("POST", "/auth/mfa/totp", Access::Enrolment, Env::Org, None),
