@@ -230,7 +230,8 @@ pub fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
         .ok_or_else(|| ApiError::unauthenticated("missing Authorization: Bearer header"))
 }
 
-/// The TCP peer's address (the source address limits are charged to).
+/// The TCP peer's address. The source address limits and the audit log use is
+/// [`crate::proxy::source`] (the peer, or the client behind a trusted proxy).
 pub fn source_ip(req: &Request) -> Option<String> {
     req.extensions()
         .get::<ConnectInfo<SocketAddr>>()

@@ -373,6 +373,30 @@ mod tests {
     }
 
     #[test]
+    fn recovery_codes_are_long_random_and_typed_loosely() {
+        let (codes, hashes) = new_recovery_codes();
+        assert_eq!(
+            (codes.len(), hashes.len()),
+            (RECOVERY_CODES, RECOVERY_CODES)
+        );
+        let c = codes[0].expose();
+        assert_eq!(c.len(), 17);
+        assert_eq!(c.matches('-').count(), 2);
+        assert!(looks_like_recovery_code(c));
+        assert!(!looks_like_recovery_code("123 456"));
+        // Blanks and dashes do not matter; the code itself does.
+        let bare: String = c.chars().filter(|ch| *ch != '-').collect();
+        assert_eq!(recovery_hash(&bare), hashes[0]);
+        assert_eq!(recovery_hash(&format!(" {c} ")), hashes[0]);
+        assert_ne!(recovery_hash(&c[1..]), hashes[0]);
+        let mut unique = hashes.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), RECOVERY_CODES);
+        assert!(!format!("{codes:?}").contains(c));
+    }
+
+    #[test]
     fn totp_matches_rfc6238_vector() {
         // RFC 6238 appendix B, SHA-1, T = 59: 94287082 (8 digits); the 6-digit code is 287082.
         let secret = b"12345678901234567890";

@@ -245,8 +245,9 @@ pub const DEFAULT_BOOTSTRAP_USES: u32 = 10_000;
 pub const DEFAULT_BOOTSTRAP_TTL_SECS: u64 = 90 * 86_400;
 
 /// A dashboard member (format version 3). A member enrols their own password and TOTP
-/// through an invitation ([`InvitationRecord`]); nobody else ever sees them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// through an invitation ([`InvitationRecord`]); nobody else ever sees them. `Debug` shows
+/// no secret.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct MemberRecord {
     pub email: String,
     pub role: Role,
@@ -265,6 +266,20 @@ pub struct MemberRecord {
     /// SHA-256 of each unused recovery code (format version 3). Codes are random and long,
     /// so a fast hash suffices, as for API keys; each one is removed when used.
     pub recovery_codes: Vec<Hash>,
+}
+
+impl std::fmt::Debug for MemberRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberRecord")
+            .field("email", &self.email)
+            .field("role", &self.role)
+            .field("totp", &self.has_mfa())
+            .field("pending_totp", &self.pending_totp.is_some())
+            .field("recovery_codes", &self.recovery_codes.len())
+            .field("created_at", &self.created_at)
+            .field("last_totp_step", &self.last_totp_step)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemberRecord {
@@ -294,8 +309,9 @@ pub struct SessionRecord {
 }
 
 /// An invitation to join the organization (format version 3), keyed by `id`. Only the
-/// SHA-256 of its token is kept; accepting deletes it, so it works once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// SHA-256 of its token is kept; accepting deletes it, so it works once. `Debug` shows no
+/// secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvitationRecord {
     pub id: String,
     pub hash: Hash,
@@ -307,6 +323,20 @@ pub struct InvitationRecord {
     pub created_by: String,
     /// The TOTP secret the invitee's authenticator was given, until they confirm it.
     pub pending_totp: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for InvitationRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InvitationRecord")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("role", &self.role)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("created_by", &self.created_by)
+            .field("pending_totp", &self.pending_totp.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long an invitation lives when no expiry is given: 72 hours.
