@@ -65,19 +65,20 @@ async fn every_change_is_recorded_and_the_chain_verifies() {
         [
             "api_key.create",
             "member.invite",
+            "invitation.totp",
             "invitation.accept",
             "session.login",
             "device.register",
             "device.revoke"
         ]
     );
-    let revoke = &a.body["records"][5];
+    let revoke = &a.body["records"][6];
     assert_eq!(revoke["target"], "audited-1");
     assert_eq!(revoke["reason"], "stolen");
     assert_eq!(revoke["source"], "127.0.0.1");
     assert!(revoke["actor"].as_str().unwrap().starts_with("key:"));
     assert!(!revoke["request_id"].as_str().unwrap().is_empty());
-    assert_eq!(a.body["records"][4]["actor"], "device:audited-1");
+    assert_eq!(a.body["records"][5]["actor"], "device:audited-1");
 
     let a = env.owner(Method::GET, "/audit?action=device.", None).await;
     assert_eq!(actions(&a.body), ["device.register", "device.revoke"]);
@@ -90,13 +91,13 @@ async fn every_change_is_recorded_and_the_chain_verifies() {
 
     let (r, _, note) = octomil(&env, &["audit", "verify"]).await;
     r.unwrap();
-    assert!(note.contains("verified: 6 records"), "{note}");
+    assert!(note.contains("verified: 7 records"), "{note}");
     let (r, csv, _) = octomil(&env, &["audit", "export", "--format", "csv"]).await;
     r.unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert!(lines[0].starts_with("seq,time,actor,origin,action,target"));
-    assert_eq!(lines.len(), 7);
-    assert!(lines[6].contains(",device.revoke,audited-1,stolen,"));
+    assert_eq!(lines.len(), 8);
+    assert!(lines[7].contains(",device.revoke,audited-1,stolen,"));
 
     // A narrow key cannot read the log.
     let reader = env.create_key(&["models:read", "devices:read"]).await;

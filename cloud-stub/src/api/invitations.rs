@@ -132,7 +132,15 @@ pub async fn totp(
             totp_secret: Secret::new(session::totp_base32(&secret)),
             otpauth_uri: Secret::new(session::otpauth_uri("Octomil", &inv.email, &secret)),
         };
-        Ok((Some(answer), vec![Change::Invitation(inv)]))
+        let audit = super::audit::from(
+            &ctx,
+            now * 1000,
+            format!("invitation:{}", inv.id),
+            "api",
+            "invitation.totp",
+            &inv.email,
+        );
+        Ok((Some(answer), vec![Change::Invitation(inv), audit]))
     })?;
     found
         .map(Json)

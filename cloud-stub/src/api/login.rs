@@ -359,7 +359,14 @@ pub async fn mfa_totp(State(state): State<AppState>, auth: Auth) -> ApiResult<Js
             totp_secret: Secret::new(session::totp_base32(&secret)),
             otpauth_uri: Secret::new(session::otpauth_uri("Octomil", email, &secret)),
         };
-        Ok::<_, ApiError>((offer, vec![Change::Member(rec)]))
+        let audit = super::audit::change(
+            &auth,
+            state.clock.now_ms(),
+            "member.mfa_offer",
+            email.to_owned(),
+            None,
+        );
+        Ok::<_, ApiError>((offer, vec![Change::Member(rec), audit]))
     })?;
     Ok(Json(offer))
 }
