@@ -160,14 +160,18 @@ pub async fn register(
                 revoke_reason: None,
                 revocation_seq: 0,
                 bootstrap_token_id: None,
+                environment: boot.environment,
             },
         };
         device.bootstrap_token_id = Some(boot.id.clone());
+        // A device takes its bootstrap token's environment (sandbox or live), also when it
+        // registers again with another token.
+        device.environment = boot.environment;
         device.registered_at_ms = now_ms;
         if let Some(meta) = &req.metadata {
             device.metadata = meta.clone();
         }
-        let (key, refresh, expires_at) = issue_pair(&mut device, m.environment(), now, expiry);
+        let (key, refresh, expires_at) = issue_pair(&mut device, boot.environment, now, expiry);
         boot.uses += 1;
         let epoch = m
             .counter(REGISTRATION_EPOCH)
@@ -176,6 +180,7 @@ pub async fn register(
         let ctx = crate::extract::Ctx {
             source: Some(peer.ip().to_string()),
             request_id: None,
+            environment: device.environment,
         };
         let audit = super::audit::from(
             &ctx,

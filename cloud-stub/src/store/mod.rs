@@ -7,6 +7,7 @@ mod counters;
 pub mod migrate;
 pub mod records;
 mod v1;
+mod v2_env;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
