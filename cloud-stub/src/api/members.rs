@@ -38,6 +38,8 @@ impl MemberView {
 #[derive(Debug, Serialize)]
 pub struct MemberList {
     pub members: Vec<MemberView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,11 +85,27 @@ pub fn normalize_email(s: &str) -> ApiResult<String> {
     }
 }
 
-pub async fn list(State(state): State<AppState>, _auth: Auth) -> ApiResult<Json<MemberList>> {
-    let members = state
-        .store
-        .read(|m| m.members.values().map(MemberView::of).collect());
-    Ok(Json(MemberList { members }))
+/// Members in email order, a page at a time (`limit` 1-1000, default 100; `cursor`).
+pub async fn list(
+    State(state): State<AppState>,
+    _auth: Auth,
+    query: Result<
+        axum::extract::Query<super::page::PageQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> ApiResult<Json<MemberList>> {
+    use super::page::{Page, unfiltered};
+    let (members, next_cursor) = unfiltered(&state, "members", query, 100, 1000, |after, n| {
+        state.store.read(|m| {
+            Page::collect(Page::<MemberView>::after(&m.members, after), n, |r| {
+                Some(MemberView::of(r))
+            })
+        })
+    })?;
+    Ok(Json(MemberList {
+        members,
+        next_cursor,
+    }))
 }
 
 /// A new member record with a generated password and TOTP secret.

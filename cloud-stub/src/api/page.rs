@@ -144,6 +144,37 @@ fn bad_limit(max: usize) -> ApiError {
     )
 }
 
+/// The query of a list that takes no filters: `limit` and `cursor` only.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+/// A page of `map` (a list without filters, such as members) for `query`: parses the limit
+/// (`default`, at most `max`), opens the cursor, and seals the next one.
+pub fn unfiltered<T>(
+    cloud: &Cloud,
+    list: &str,
+    query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    default: usize,
+    max: usize,
+    page: impl FnOnce(Option<&str>, usize) -> Page<T>,
+) -> ApiResult<(Vec<T>, Option<String>)> {
+    let axum::extract::Query(q) = query.map_err(|e| {
+        ApiError::bad_request(
+            codes::INVALID_ARGUMENT,
+            format!("query parameter is not valid: {}", e.body_text()),
+        )
+    })?;
+    let limit = limit(q.limit.as_deref(), default, max)?;
+    let cursors = Cursors::of(cloud);
+    let after = cursors.open_opt(list, "", q.cursor.as_deref())?;
+    let p = page(after.as_deref(), limit);
+    Ok((p.items, p.next.map(|pos| cursors.seal(list, "", &pos))))
+}
+
 /// One page of a list: the items, and the key of the last one when more follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
