@@ -169,6 +169,19 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
     /// Where the chain starts after retention pruning (`seq` 0 and zero hash if never pruned).
     pub checkpoint: CheckpointView,
+    /// For a caller that sees one environment and asked for no other filter: the links of
+    /// the other environment's records around this page (sequence and hashes only), so
+    /// `octomil audit verify` can follow the whole chain. A link may repeat on the next page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden: Vec<LinkView>,
+}
+
+/// The link of a record the caller may not read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkView {
+    pub seq: u64,
+    pub prev_hash: String,
+    pub hash: String,
 }
 
 pub fn hex(b: &[u8; 32]) -> String {
@@ -239,9 +252,25 @@ pub async fn list(
         None => 0,
         Some(pos) => pos.parse().map_err(|_| page::invalid_cursor())?,
     };
+    // A full read by a one-environment caller also gets the other environment's links.
+    let unfiltered = q.actor.is_none()
+        && q.action.is_none()
+        && q.target.is_none()
+        && since.is_none()
+        && until.is_none();
+    let hidden = std::cell::RefCell::new(Vec::new());
     let keep = |r: &AuditRecord| {
-        scope.sees(r.environment)
-            && q.actor.as_ref().is_none_or(|a| &r.actor == a)
+        if !scope.sees(r.environment) {
+            if unfiltered {
+                hidden.borrow_mut().push(LinkView {
+                    seq: r.seq,
+                    prev_hash: hex(&r.prev_hash),
+                    hash: hex(&r.hash),
+                });
+            }
+            return false;
+        }
+        q.actor.as_ref().is_none_or(|a| &r.actor == a)
             && q.action.as_ref().is_none_or(|a| {
                 &r.action == a || (a.ends_with('.') && r.action.starts_with(a.as_str()))
             })
@@ -261,5 +290,6 @@ pub async fn list(
         records: records.iter().map(AuditView::of).collect(),
         next_cursor,
         checkpoint: CheckpointView::of(checkpoint),
+        hidden: hidden.into_inner(),
     }))
 }

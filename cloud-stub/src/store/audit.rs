@@ -158,6 +158,45 @@ pub fn verify(checkpoint: Checkpoint, records: &[AuditRecord]) -> Result<(), Cha
     Ok(())
 }
 
+/// One entry of the chain as a verifier received it: a whole record, or only the link (its
+/// sequence, `prev_hash` and `hash`) of a record of an environment the verifier may not read.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry<'a> {
+    Record(&'a AuditRecord),
+    Link {
+        seq: u64,
+        prev_hash: Hash,
+        hash: Hash,
+    },
+}
+
+/// Verifies `entries` (in order) from `checkpoint`: every entry must follow the one before;
+/// a whole record's hash is recomputed, a link's is taken as given (its record is checked by
+/// whoever may read it).
+pub fn verify_entries(checkpoint: Checkpoint, entries: &[Entry<'_>]) -> Result<(), ChainError> {
+    let mut head = checkpoint;
+    for e in entries {
+        let (seq, prev, hash) = match e {
+            Entry::Record(r) => (r.seq, r.prev_hash, r.hash),
+            Entry::Link {
+                seq,
+                prev_hash,
+                hash,
+            } => (*seq, *prev_hash, *hash),
+        };
+        if seq != head.seq + 1 || prev != head.hash {
+            return Err(ChainError::Broken(seq));
+        }
+        if let Entry::Record(r) = e
+            && r.compute_hash() != r.hash
+        {
+            return Err(ChainError::Tampered(seq));
+        }
+        head = Checkpoint { seq, hash };
+    }
+    Ok(())
+}
+
 /// How long audit records are kept under each compliance preset.
 pub fn retention_days(p: CompliancePreset) -> u64 {
     match p {
@@ -220,6 +259,31 @@ mod tests {
         assert_eq!(
             verify(Checkpoint::default(), &downgraded),
             Err(ChainError::Tampered(4))
+        );
+    }
+
+    #[test]
+    fn links_stand_in_for_records_a_verifier_may_not_read() {
+        let c = chain(3);
+        let link = |r: &AuditRecord| Entry::Link {
+            seq: r.seq,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        };
+        let entries = [Entry::Record(&c[0]), link(&c[1]), Entry::Record(&c[2])];
+        assert_eq!(verify_entries(Checkpoint::default(), &entries), Ok(()));
+        // A dropped link is a gap; an edited visible record is caught.
+        let gap = [Entry::Record(&c[0]), Entry::Record(&c[2])];
+        assert_eq!(
+            verify_entries(Checkpoint::default(), &gap),
+            Err(ChainError::Broken(3))
+        );
+        let mut edited = c[2].clone();
+        edited.target = "x".into();
+        let entries = [Entry::Record(&c[0]), link(&c[1]), Entry::Record(&edited)];
+        assert_eq!(
+            verify_entries(Checkpoint::default(), &entries),
+            Err(ChainError::Tampered(3))
         );
     }
 
