@@ -147,12 +147,12 @@ async fn devices_and_bootstrap_tokens_are_seen_only_in_their_environment() {
     let a = call(Method::GET, "/bootstrap-tokens".into(), &w.test, None).await;
     assert_eq!(
         ids(&a.body, "bootstrap_tokens", "id"),
-        [w.sandbox_token_id.clone()]
+        [w.sandbox_token_id.as_str()]
     );
     let a = call(Method::GET, "/bootstrap-tokens".into(), &w.live, None).await;
     assert_eq!(
         ids(&a.body, "bootstrap_tokens", "id"),
-        [w.live_token_id.clone()]
+        [w.live_token_id.as_str()]
     );
     // The live token's devices, filtered by token, are not the sandbox key's to see.
     let a = call(
