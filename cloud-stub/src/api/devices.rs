@@ -414,3 +414,175 @@ pub async fn delete(
     }
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(id: &str, env: Environment, token: &str) -> DeviceRecord {
+        DeviceRecord {
+            device_id: id.into(),
+            public_key: [0; 32],
+            state: DeviceState::Active,
+            registered_at_ms: 0,
+            last_refresh_at: None,
+            metadata: [("site".to_owned(), "Berlin-Lab".to_owned())].into(),
+            keys: Vec::new(),
+            refresh: Default::default(),
+            revoked_at: None,
+            revoke_reason: None,
+            revocation_seq: 0,
+            bootstrap_token_id: Some(token.into()),
+            environment: env,
+        }
+    }
+
+    fn seen(online: bool, last_seen: Option<u64>, version: &str) -> DeviceView {
+        DeviceView {
+            online,
+            last_seen,
+            daemon_version: Some(version.into()),
+            ..DeviceView::of(&device("x", Environment::Live, "bt"))
+        }
+    }
+
+    #[test]
+    fn every_filter_narrows_and_they_combine() {
+        let d = device("cam-1", Environment::Live, "bt_a");
+        let v = seen(true, Some(1_000), "0.2.0");
+        let all = DeviceFilter::default();
+        assert!(all.matches(&v, &d));
+        let cases = [
+            (
+                DeviceFilter {
+                    scope: env_scope::Scope::only(Environment::Test),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    scope: env_scope::Scope::only(Environment::Live),
+                    ..all.clone()
+                },
+                true,
+            ),
+            (
+                DeviceFilter {
+                    state: Some(DeviceState::Revoked),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    online: Some(false),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    last_seen_after: Some(1_000),
+                    ..all.clone()
+                },
+                true,
+            ),
+            (
+                DeviceFilter {
+                    last_seen_after: Some(1_001),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    last_seen_before: Some(1_001),
+                    ..all.clone()
+                },
+                true,
+            ),
+            (
+                DeviceFilter {
+                    last_seen_before: Some(1_000),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    version: Some("0.2.0".into()),
+                    ..all.clone()
+                },
+                true,
+            ),
+            (
+                DeviceFilter {
+                    version: Some("0.2".into()),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    bootstrap_token: Some("bt_b".into()),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    q: Some("berlin".into()),
+                    ..all.clone()
+                },
+                true,
+            ),
+            (
+                DeviceFilter {
+                    q: Some("cam".into()),
+                    ..all.clone()
+                },
+                true,
+            ),
+            (
+                DeviceFilter {
+                    q: Some("paris".into()),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    online: Some(true),
+                    version: Some("0.2.0".into()),
+                    q: Some("lab".into()),
+                    ..all.clone()
+                },
+                true,
+            ),
+        ];
+        for (f, want) in cases {
+            assert_eq!(f.matches(&v, &d), want, "{f:?}");
+        }
+        // A device never seen matches neither side of a last-seen bound.
+        let never = seen(false, None, "0.2.0");
+        for f in [
+            DeviceFilter {
+                last_seen_after: Some(0),
+                ..all.clone()
+            },
+            DeviceFilter {
+                last_seen_before: Some(u64::MAX),
+                ..all.clone()
+            },
+        ] {
+            assert!(!f.matches(&never, &d), "{f:?}");
+        }
+        // Cursors are bound to the whole filter.
+        let other = DeviceFilter {
+            q: Some("cam".into()),
+            ..all.clone()
+        };
+        assert_ne!(all.canonical(), other.canonical());
+    }
+}
