@@ -102,6 +102,8 @@ pub enum Principal {
     },
     Device {
         device_id: String,
+        /// The device's environment (that of its bootstrap token).
+        environment: Environment,
     },
 }
 
@@ -125,9 +127,9 @@ impl Principal {
                 kind: Kind::Session { role: *role },
                 environment: org_env,
             },
-            Self::Device { .. } => Facts {
+            Self::Device { environment, .. } => Facts {
                 kind: Kind::Device,
-                environment: org_env,
+                environment: *environment,
             },
         }
     }
@@ -137,7 +139,7 @@ impl Principal {
         match self {
             Self::ApiKey { id, .. } => format!("key:{id}"),
             Self::Session { email, .. } => format!("session:{email}"),
-            Self::Device { device_id } => format!("device:{device_id}"),
+            Self::Device { device_id, .. } => format!("device:{device_id}"),
         }
     }
 }
@@ -154,6 +156,10 @@ pub struct Auth(pub Principal, pub Ctx);
 pub struct Ctx {
     pub source: Option<String>,
     pub request_id: Option<String>,
+    /// The environment the caller acts in by default: its own for a key or device key, the
+    /// organization's for a session (and for unauthenticated calls). Audit records take it
+    /// unless the handler names the environment of what it changed.
+    pub environment: Environment,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Ctx {
@@ -170,6 +176,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
                     .get::<ConnectInfo<SocketAddr>>()
                     .map(|c| c.0.ip().to_string()),
                 request_id: None,
+                environment: Environment::default(),
             }))
     }
 }
@@ -188,6 +195,18 @@ impl Auth {
             Principal::ApiKey { scopes, .. } => *scopes,
             Principal::Session { .. } => ScopeSet::all(),
             Principal::Device { .. } => ScopeSet::of([crate::scope::Scope::ModelsRead]),
+        }
+    }
+
+    /// The one environment the caller sees and changes: its own for an API key or a device
+    /// key; `None` for a session, which sees both (and may narrow with an `environment`
+    /// parameter, see [`crate::api::env_scope`]).
+    pub fn environment(&self) -> Option<Environment> {
+        match &self.0 {
+            Principal::ApiKey { environment, .. } | Principal::Device { environment, .. } => {
+                Some(*environment)
+            }
+            Principal::Session { .. } => None,
         }
     }
 
@@ -315,6 +334,7 @@ pub fn authenticate(state: &AppState, bearer: &str) -> ApiResult<Principal> {
             };
             let p = Principal::Device {
                 device_id: d.device_id.clone(),
+                environment: d.environment,
             };
             Ok((p, changes))
         });

@@ -75,7 +75,8 @@ pub fn provision(
         now,
         crate::store::migrate::PROVISIONING,
     );
-    let (boot, boot_token) = new_bootstrap_token(now, None, None);
+    let (mut boot, boot_token) = new_bootstrap_token(now, None, None);
+    boot.environment = environment;
     files::write_private(&paths.owner_api_key, api_key.expose().as_bytes())?;
     files::write_private(&paths.bootstrap_token, boot_token.expose().as_bytes())?;
     files::write_private(&paths.owner_password, password.expose().as_bytes())?;

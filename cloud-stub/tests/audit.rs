@@ -87,7 +87,27 @@ async fn every_change_is_recorded_and_the_chain_verifies() {
         .await;
     assert_eq!(actions(&a.body), ["session.login"]);
     let a = env.owner(Method::GET, "/audit?limit=2", None).await;
-    assert_eq!(a.body["next_cursor"], "2");
+    let cursor = a.body["next_cursor"].as_str().unwrap().to_owned();
+    let a = env
+        .owner(
+            Method::GET,
+            &format!("/audit?limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(actions(&a.body), ["invitation.totp", "invitation.accept"]);
+    // The cursor is bound to its filters: under others it is refused, not misread.
+    let a = env
+        .owner(
+            Method::GET,
+            &format!("/audit?action=device.&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::BAD_REQUEST, "invalid_cursor")
+    );
 
     let (r, _, note) = octomil(&env, &["audit", "verify"]).await;
     r.unwrap();

@@ -71,9 +71,10 @@ async fn pages_and_filters() {
     );
     for bad in [
         "?limit=0",
+        "?limit=5001",
         "?limit=x",
         "?state=gone",
-        "?cursor=%%%",
+        "?environment=staging",
         "?colour=red",
     ] {
         let a = get(&env, bad).await;
@@ -83,6 +84,31 @@ async fn pages_and_filters() {
             "{bad}"
         );
     }
+
+    // A cursor is good only with the filters it was made for, and only if this cloud made
+    // it: another filter's, a forged one (the next id, encoded) and garbage are refused.
+    let a = get(&env, "?q=gate&limit=1").await;
+    let gate_cursor = a.body["next_cursor"].as_str().unwrap().to_owned();
+    let a = get(&env, &format!("?q=gate&limit=1&cursor={gate_cursor}")).await;
+    assert_eq!(ids(&a.body), ["gate-d"]);
+    use base64::Engine as _;
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("gate-c");
+    for bad in [
+        format!("?q=cam&limit=1&cursor={gate_cursor}"),
+        format!("?limit=1&cursor={gate_cursor}"),
+        format!("?q=gate&limit=1&cursor={forged}"),
+        "?cursor=%%%".to_owned(),
+    ] {
+        let a = get(&env, &bad).await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::BAD_REQUEST, "invalid_cursor"),
+            "{bad}"
+        );
+    }
+    // A different limit is the same list: the cursor still opens.
+    let a = get(&env, &format!("?q=gate&limit=3&cursor={gate_cursor}")).await;
+    assert_eq!(ids(&a.body), ["gate-d", "gate-e"]);
     env.handle.shutdown().await;
 }
 

@@ -3,18 +3,20 @@
 //! most the creator's scopes, and acts with at most the creator's current role.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use octomil_common::Secret;
 use octomil_common::token;
 use octomil_common::wire::codes;
 use serde::{Deserialize, Serialize};
 
+use super::page::{self, Cursors, Page};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, Body};
 use crate::scope::{Role, Scope, ScopeSet};
-use crate::store::{ApiKeyRecord, Change, Environment};
+use crate::store::{ApiKeyRecord, Change, Environment, Model};
 
 const MAX_NAME_LEN: usize = 128;
 
@@ -59,6 +61,87 @@ pub struct ApiKeyView {
 #[derive(Debug, Serialize)]
 pub struct ApiKeyList {
     pub api_keys: Vec<ApiKeyView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Keys per page when `limit` is not given, and the most a page may hold.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+/// The list name cursors of `GET /api-keys` are bound to.
+pub const LIST: &str = "api_keys";
+
+/// `GET /api-keys` query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyQuery {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+    /// `active`, `expired` or `revoked`.
+    pub status: Option<String>,
+    /// `live` or `test`.
+    pub environment: Option<String>,
+}
+
+/// Which keys a list shows (every field optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiKeyFilter {
+    pub status: Option<String>,
+    pub environment: Option<Environment>,
+}
+
+impl ApiKeyFilter {
+    pub fn canonical(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl ApiKeyView {
+    pub fn of(k: &ApiKeyRecord, now: u64) -> Self {
+        Self {
+            id: k.id.clone(),
+            name: k.name.clone(),
+            scopes: k.scopes.names(),
+            role: k.role,
+            environment: k.environment,
+            created_at: k.created_at,
+            created_by: k.created_by.clone(),
+            owner_email: k.owner_email.clone(),
+            last_used_at: k.last_used_at,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            status: if k.revoked_at.is_some() {
+                "revoked"
+            } else if k.usable(now) {
+                "active"
+            } else {
+                "expired"
+            },
+        }
+    }
+}
+
+/// One page of keys in id order after `after`: live keys, and revoked or expired ones for
+/// [`crate::store::KEY_RETENTION_SECS`] after they died. The list logic the API and the
+/// dashboard share.
+pub fn list_page(
+    m: &Model,
+    filter: &ApiKeyFilter,
+    after: Option<&str>,
+    limit: usize,
+    now: u64,
+) -> Page<ApiKeyView> {
+    Page::collect(Page::<ApiKeyView>::after(&m.api_keys, after), limit, |k| {
+        if k.prunable(now) || filter.environment.is_some_and(|e| e != k.environment) {
+            return None;
+        }
+        let v = ApiKeyView::of(k, now);
+        filter
+            .status
+            .as_deref()
+            .is_none_or(|s| s == v.status)
+            .then_some(v)
+    })
 }
 
 /// Parses scope names, rejecting unknown ones with 400 `unknown_scope`.
@@ -179,36 +262,39 @@ pub fn new_api_key(
     (rec, key)
 }
 
-/// Lists live keys, and revoked or expired ones for [`crate::store::KEY_RETENTION_SECS`] after they died.
-pub async fn list(State(state): State<AppState>, _auth: Auth) -> ApiResult<Json<ApiKeyList>> {
+/// Keys in id order, a page at a time (see [`super::page`]).
+pub async fn list(
+    State(state): State<AppState>,
+    _auth: Auth,
+    query: Result<Query<ApiKeyQuery>, QueryRejection>,
+) -> ApiResult<Json<ApiKeyList>> {
+    let bad = |m: String| ApiError::bad_request(codes::INVALID_ARGUMENT, m);
+    let Query(q) =
+        query.map_err(|e| bad(format!("query parameter is not valid: {}", e.body_text())))?;
+    let limit = page::limit(q.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
+    if let Some(s) = q.status.as_deref()
+        && !["active", "expired", "revoked"].contains(&s)
+    {
+        return Err(bad(
+            "query parameter status must be active, expired or revoked".into(),
+        ));
+    }
+    let filter = ApiKeyFilter {
+        status: q.status,
+        environment: super::env_scope::parse(q.environment.as_deref())?,
+    };
+    let cursors = Cursors::of(&state);
+    let after = cursors.open_opt(LIST, &filter.canonical(), q.cursor.as_deref())?;
     let now = state.clock.now_secs();
-    let api_keys = state.store.read(|m| {
-        m.api_keys
-            .values()
-            .filter(|k| !k.prunable(now))
-            .map(|k| ApiKeyView {
-                id: k.id.clone(),
-                name: k.name.clone(),
-                scopes: k.scopes.names(),
-                role: k.role,
-                environment: k.environment,
-                created_at: k.created_at,
-                created_by: k.created_by.clone(),
-                owner_email: k.owner_email.clone(),
-                last_used_at: k.last_used_at,
-                expires_at: k.expires_at,
-                revoked_at: k.revoked_at,
-                status: if k.revoked_at.is_some() {
-                    "revoked"
-                } else if k.usable(now) {
-                    "active"
-                } else {
-                    "expired"
-                },
-            })
-            .collect()
-    });
-    Ok(Json(ApiKeyList { api_keys }))
+    let p = state
+        .store
+        .read(|m| list_page(m, &filter, after.as_deref(), limit, now));
+    Ok(Json(ApiKeyList {
+        api_keys: p.items,
+        next_cursor: p
+            .next
+            .map(|pos| cursors.seal(LIST, &filter.canonical(), &pos)),
+    }))
 }
 
 pub async fn delete(

@@ -7,17 +7,37 @@ use axum::extract::{Query, State};
 use octomil_common::wire::codes;
 use serde::{Deserialize, Serialize};
 
+use super::env_scope;
+use super::page::{self, Cursors};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, Ctx};
-use crate::store::{AuditRecord, Change, Checkpoint};
+use crate::store::{AuditRecord, Change, Checkpoint, Environment};
 
-/// A record of a change made by `auth` (an API key or a session, over the API).
+/// A record of a change made by `auth` (an API key or a session, over the API), in the
+/// environment `auth` acts in (see [`Ctx::environment`]).
 pub fn by(auth: &Auth, now_ms: u64, action: &str, target: impl Into<String>) -> AuditRecord {
     let mut r = AuditRecord::new(now_ms, auth.subject(), "api", action, target);
     r.source = auth.1.source.clone();
     r.request_id = auth.1.request_id.clone();
+    r.environment = auth.1.environment;
     r
+}
+
+/// [`change`] for a change to a record of `environment` (a device, bootstrap token or
+/// resource): the audit record takes the environment of what changed.
+pub fn change_in(
+    auth: &Auth,
+    environment: Environment,
+    now_ms: u64,
+    action: &str,
+    target: impl Into<String>,
+    reason: Option<String>,
+) -> Change {
+    let mut r = by(auth, now_ms, action, target);
+    r.environment = environment;
+    r.reason = reason;
+    Change::Audit(r)
 }
 
 /// [`by`] as a change, with a reason.
@@ -45,6 +65,7 @@ pub fn from(
     let mut r = AuditRecord::new(now_ms, actor, origin, action, target);
     r.source = ctx.source.clone();
     r.request_id = ctx.request_id.clone();
+    r.environment = ctx.environment;
     Change::Audit(r)
 }
 
@@ -62,8 +83,10 @@ pub struct AuditQuery {
     pub since: Option<String>,
     pub until: Option<String>,
     pub limit: Option<String>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (with the same filters).
     pub cursor: Option<String>,
+    /// `live` or `test`: a session's narrowing (a key sees only its own environment).
+    pub environment: Option<String>,
 }
 
 /// A record as the API shows it (hashes in hex).
@@ -79,8 +102,18 @@ pub struct AuditView {
     pub result: String,
     pub source: Option<String>,
     pub request_id: Option<String>,
+    /// `live` or `test`. Absent from clouds before format 3 (then live, hash version 1).
+    #[serde(default)]
+    pub environment: Environment,
+    /// What `hash` covers (see `AuditRecord::compute_hash`).
+    #[serde(default = "hash_version_1")]
+    pub version: u8,
     pub prev_hash: String,
     pub hash: String,
+}
+
+fn hash_version_1() -> u8 {
+    1
 }
 
 impl AuditView {
@@ -96,6 +129,8 @@ impl AuditView {
             result: r.result.clone(),
             source: r.source.clone(),
             request_id: r.request_id.clone(),
+            environment: r.environment,
+            version: r.version,
             prev_hash: hex(&r.prev_hash),
             hash: hex(&r.hash),
         }
@@ -114,6 +149,8 @@ impl AuditView {
             result: self.result.clone(),
             source: self.source.clone(),
             request_id: self.request_id.clone(),
+            environment: self.environment,
+            version: self.version,
             prev_hash: unhex(&self.prev_hash)?,
             hash: unhex(&self.hash)?,
         })
@@ -132,6 +169,19 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
     /// Where the chain starts after retention pruning (`seq` 0 and zero hash if never pruned).
     pub checkpoint: CheckpointView,
+    /// For a caller that sees one environment and asked for no other filter: the links of
+    /// the other environment's records around this page (sequence and hashes only), so
+    /// `octomil audit verify` can follow the whole chain. A link may repeat on the next page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden: Vec<LinkView>,
+}
+
+/// The link of a record the caller may not read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkView {
+    pub seq: u64,
+    pub prev_hash: String,
+    pub hash: String,
 }
 
 pub fn hex(b: &[u8; 32]) -> String {
@@ -178,20 +228,48 @@ fn num(name: &str, v: &Option<String>) -> ApiResult<Option<u64>> {
         .transpose()
 }
 
+/// The list name cursors of `GET /audit` are bound to.
+pub const LIST: &str = "audit";
+
+/// Records oldest first, a page at a time. A key reads only its own environment's records
+/// (a sandbox key, the sandbox's); a session reads both, or one with `environment`.
 pub async fn list(
     State(state): State<AppState>,
-    _auth: Auth,
+    auth: Auth,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> ApiResult<Json<AuditPage>> {
     let Query(q) = query.map_err(|e| bad(&format!("is not valid: {}", e.body_text())))?;
-    let limit = num("limit", &q.limit)?.map_or(DEFAULT_PAGE, |n| n as usize);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(bad(&format!("limit must be 1-{MAX_PAGE}")));
-    }
-    let after = num("cursor", &q.cursor)?.unwrap_or(0);
+    let limit = page::limit(q.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
+    let scope = env_scope::scope(&auth, env_scope::parse(q.environment.as_deref())?)?;
     let since = num("since", &q.since)?.map(|s| s.saturating_mul(1000));
     let until = num("until", &q.until)?.map(|s| s.saturating_mul(1000));
+    let filter = format!(
+        "{scope:?} {:?} {:?} {:?} {since:?} {until:?}",
+        q.actor, q.action, q.target
+    );
+    let cursors = Cursors::of(&state);
+    let after = match cursors.open_opt(LIST, &filter, q.cursor.as_deref())? {
+        None => 0,
+        Some(pos) => pos.parse().map_err(|_| page::invalid_cursor())?,
+    };
+    // A full read by a one-environment caller also gets the other environment's links.
+    let unfiltered = q.actor.is_none()
+        && q.action.is_none()
+        && q.target.is_none()
+        && since.is_none()
+        && until.is_none();
+    let hidden = std::cell::RefCell::new(Vec::new());
     let keep = |r: &AuditRecord| {
+        if !scope.sees(r.environment) {
+            if unfiltered {
+                hidden.borrow_mut().push(LinkView {
+                    seq: r.seq,
+                    prev_hash: hex(&r.prev_hash),
+                    hash: hex(&r.hash),
+                });
+            }
+            return false;
+        }
         q.actor.as_ref().is_none_or(|a| &r.actor == a)
             && q.action.as_ref().is_none_or(|a| {
                 &r.action == a || (a.ends_with('.') && r.action.starts_with(a.as_str()))
@@ -202,11 +280,16 @@ pub async fn list(
     };
     let (records, more, checkpoint) = state.store.audit_page(after, limit, keep)?;
     let next_cursor = more
-        .then(|| records.last().map(|r| r.seq.to_string()))
+        .then(|| {
+            records
+                .last()
+                .map(|r| cursors.seal(LIST, &filter, &r.seq.to_string()))
+        })
         .flatten();
     Ok(Json(AuditPage {
         records: records.iter().map(AuditView::of).collect(),
         next_cursor,
         checkpoint: CheckpointView::of(checkpoint),
+        hidden: hidden.into_inner(),
     }))
 }

@@ -49,9 +49,15 @@ pub enum Access {
 /// Which data a route acts on, for the sandbox/live split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Env {
-    /// The organization's own data: a key of the other environment is refused (403
-    /// `wrong_environment`). `edg_test_` keys of a live organization reach no live data.
+    /// Organization administration (members, settings, API keys, billing, metrics): a key
+    /// of the other environment than the organization's is refused (403
+    /// `wrong_environment`), so an `edg_test_` key of a live organization administers nothing.
     Org,
+    /// Data that carries an environment (devices, bootstrap tokens, resources, audit): a key
+    /// or device key sees and changes only its own environment's records (another's answer
+    /// 404 as if absent); a session sees both. The handlers filter (see
+    /// [`crate::api::env_scope`]).
+    Own,
     /// Stateless calls (inference): any environment.
     Any,
 }
@@ -100,16 +106,16 @@ pub const TABLE: &[Row] = &[
     row("POST", "/devices/register/challenge", Access::Public, Env::Org, None),
     row("POST", "/devices/register", Access::Public, Env::Org, None),
     row("POST", "/devices/refresh", Access::Public, Env::Org, None),
-    row("GET", "/devices", bearer_rule(DevicesRead, Member), Env::Org, CP),
-    row("GET", "/devices/{id}", bearer_rule(DevicesRead, Member), Env::Org, CP),
-    row("DELETE", "/devices/{id}", bearer_rule(DevicesWrite, Admin), Env::Org, CP),
-    row("POST", "/devices/{id}/revoke", bearer_rule(DevicesWrite, Admin), Env::Org, CP),
-    row("POST", "/bootstrap-tokens", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
-    row("GET", "/bootstrap-tokens", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
-    row("PATCH", "/bootstrap-tokens/{id}", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
-    row("DELETE", "/bootstrap-tokens/{id}", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
-    row("POST", "/revocations", bearer_rule(DevicesWrite, Admin), Env::Org, CP),
-    row("GET", "/audit", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
+    row("GET", "/devices", bearer_rule(DevicesRead, Member), Env::Own, CP),
+    row("GET", "/devices/{id}", bearer_rule(DevicesRead, Member), Env::Own, CP),
+    row("DELETE", "/devices/{id}", bearer_rule(DevicesWrite, Admin), Env::Own, CP),
+    row("POST", "/devices/{id}/revoke", bearer_rule(DevicesWrite, Admin), Env::Own, CP),
+    row("POST", "/bootstrap-tokens", bearer_rule(OrgAdmin, Admin), Env::Own, CP),
+    row("GET", "/bootstrap-tokens", bearer_rule(OrgAdmin, Admin), Env::Own, CP),
+    row("PATCH", "/bootstrap-tokens/{id}", bearer_rule(OrgAdmin, Admin), Env::Own, CP),
+    row("DELETE", "/bootstrap-tokens/{id}", bearer_rule(OrgAdmin, Admin), Env::Own, CP),
+    row("POST", "/revocations", bearer_rule(DevicesWrite, Admin), Env::Own, CP),
+    row("GET", "/audit", bearer_rule(OrgAdmin, Admin), Env::Own, CP),
     row("GET", "/metrics", bearer_rule(MetricsRead, Admin), Env::Org, CP),
     row("POST", "/api-keys", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
     row("GET", "/api-keys", bearer_rule(OrgAdmin, Admin), Env::Org, CP),
@@ -131,20 +137,20 @@ pub const TABLE: &[Row] = &[
     row("POST", "/auth/mfa/confirm", Access::Enrolment, Env::Org, None),
     row("POST", "/auth/invitations/totp", Access::Public, Env::Org, None),
     row("POST", "/auth/invitations/accept", Access::Public, Env::Org, None),
-    row("GET", "/models", bearer_rule(ModelsRead, Member), Env::Org, CP),
-    row("POST", "/models", bearer_rule(ModelsWrite, Admin), Env::Org, CP),
-    row("GET", "/models/{id}/versions", bearer_rule(ModelsRead, Member), Env::Org, CP),
-    row("POST", "/models/{id}/versions", bearer_rule(ModelsWrite, Admin), Env::Org, CP),
-    row("GET", "/device-groups", bearer_rule(DevicesRead, Member), Env::Org, CP),
-    row("POST", "/device-groups", bearer_rule(DevicesWrite, Admin), Env::Org, CP),
-    row("GET", "/rollouts", bearer_rule(ModelsRead, Member), Env::Org, CP),
-    row("POST", "/rollouts", bearer_rule(RolloutsWrite, Admin), Env::Org, CP),
-    row("GET", "/federations", bearer_rule(FederationsAdmin, Admin), Env::Org, CP),
-    row("POST", "/federations", bearer_rule(FederationsAdmin, Admin), Env::Org, CP),
-    row("GET", "/training/rounds", bearer_rule(TrainingWrite, Member), Env::Org, CP),
-    row("POST", "/training/rounds", bearer_rule(TrainingWrite, Member), Env::Org, CP),
-    row("GET", "/experiments", bearer_rule(ExperimentsWrite, Admin), Env::Org, CP),
-    row("POST", "/experiments", bearer_rule(ExperimentsWrite, Admin), Env::Org, CP),
+    row("GET", "/models", bearer_rule(ModelsRead, Member), Env::Own, CP),
+    row("POST", "/models", bearer_rule(ModelsWrite, Admin), Env::Own, CP),
+    row("GET", "/models/{id}/versions", bearer_rule(ModelsRead, Member), Env::Own, CP),
+    row("POST", "/models/{id}/versions", bearer_rule(ModelsWrite, Admin), Env::Own, CP),
+    row("GET", "/device-groups", bearer_rule(DevicesRead, Member), Env::Own, CP),
+    row("POST", "/device-groups", bearer_rule(DevicesWrite, Admin), Env::Own, CP),
+    row("GET", "/rollouts", bearer_rule(ModelsRead, Member), Env::Own, CP),
+    row("POST", "/rollouts", bearer_rule(RolloutsWrite, Admin), Env::Own, CP),
+    row("GET", "/federations", bearer_rule(FederationsAdmin, Admin), Env::Own, CP),
+    row("POST", "/federations", bearer_rule(FederationsAdmin, Admin), Env::Own, CP),
+    row("GET", "/training/rounds", bearer_rule(TrainingWrite, Member), Env::Own, CP),
+    row("POST", "/training/rounds", bearer_rule(TrainingWrite, Member), Env::Own, CP),
+    row("GET", "/experiments", bearer_rule(ExperimentsWrite, Admin), Env::Own, CP),
+    row("POST", "/experiments", bearer_rule(ExperimentsWrite, Admin), Env::Own, CP),
     row("POST", "/inference", bearer_rule(ModelsRead, Member), Env::Any, Some(Surface::Inference)),
 ];
 
@@ -250,9 +256,11 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
         return next.run(req).await;
     };
     let request_id = octomil_common::token::random_base62(16).expose().clone();
+    let org_env = state.store.read(|m| m.environment());
     let ctx = Ctx {
         source: crate::proxy::source(&state.trusted_proxies, &req),
         request_id: Some(request_id.clone()),
+        environment: org_env,
     };
     req.extensions_mut().insert(ctx.clone());
     let route = format!("{} {path}", req.method());
@@ -308,12 +316,12 @@ async fn decide_and_run(
         )
         .into_response();
     }
-    let org_env = state.store.read(|m| m.environment());
+    let org_env = ctx.environment;
     if let Err(d) = decide(principal.facts(org_env), row, org_env) {
         return ApiError::from(d).into_response();
     }
     let charged = match (row.budget, &principal) {
-        (Some(Surface::ControlPlane), Principal::Device { device_id }) => {
+        (Some(Surface::ControlPlane), Principal::Device { device_id, .. }) => {
             state.take_permit(Surface::ControlPlane, device_id)
         }
         (Some(Surface::Inference), p) => state.take_permit(Surface::Inference, &p.subject()),
@@ -322,6 +330,11 @@ async fn decide_and_run(
     if let Err(e) = charged {
         return e.into_response();
     }
+    let ctx = Ctx {
+        environment: principal.facts(org_env).environment,
+        ..ctx
+    };
+    req.extensions_mut().insert(ctx.clone());
     req.extensions_mut().insert(Auth(principal, ctx));
     next.run(req).await
 }
@@ -345,6 +358,7 @@ pub fn markdown_table() -> String {
         let env = match (r.access, r.env) {
             (Access::Public | Access::Session | Access::Enrolment, _) => "-",
             (_, Env::Org) => "org's",
+            (_, Env::Own) => "caller's",
             (_, Env::Any) => "any",
         };
         let budget = match r.budget {
@@ -447,15 +461,19 @@ mod tests {
             environment: Environment::Test,
             ..key(&Scope::ALL, Owner)
         };
+        // Organization administration belongs to the org's environment.
         assert_eq!(
-            decide(test_key, get("GET", "/devices"), LIVE),
+            decide(test_key, get("GET", "/api-keys"), LIVE),
             Err(Denial::Environment)
         );
-        assert_eq!(decide(test_key, get("POST", "/inference"), LIVE), Ok(()));
         assert_eq!(
-            decide(test_key, get("GET", "/devices"), Environment::Test),
+            decide(test_key, get("GET", "/api-keys"), Environment::Test),
             Ok(())
         );
+        // Data that carries an environment admits both; the handler shows the key its own.
+        assert_eq!(decide(test_key, get("GET", "/devices"), LIVE), Ok(()));
+        assert_eq!(decide(test_key, get("POST", "/revocations"), LIVE), Ok(()));
+        assert_eq!(decide(test_key, get("POST", "/inference"), LIVE), Ok(()));
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! `GET /devices`, `GET /devices/{id}`, `POST /devices/{id}/revoke`, `DELETE /devices/{id}`.
+//! A key sees and changes only devices of its own environment; another's answers 404.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -11,13 +12,15 @@ use octomil_common::wire::codes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use super::env_scope;
+use super::page::{self, Cursors, Page};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, MaybeBody};
 use crate::mqtt::outbox;
-use crate::mqtt::presence::Seen;
+use crate::mqtt::presence::{PresenceTable, Seen};
 use crate::revocation_push::PublishError;
-use crate::store::{Change, DeviceRecord, DeviceState, REVOCATION_SEQ};
+use crate::store::{Change, DeviceRecord, DeviceState, Environment, Model, REVOCATION_SEQ};
 
 /// A device as operators see it. Presence fields stay `null` until a daemon reports.
 #[derive(Debug, Serialize)]
@@ -32,6 +35,8 @@ pub struct DeviceView {
     pub metadata: BTreeMap<String, String>,
     /// The bootstrap token of the latest registration (`null` if before format 2).
     pub bootstrap_token_id: Option<String>,
+    /// `live` or `test` (sandbox): that of the bootstrap token it registered with.
+    pub environment: Environment,
     pub online: bool,
     pub last_seen: Option<u64>,
     pub daemon_version: Option<String>,
@@ -68,6 +73,7 @@ impl DeviceView {
             revoke_reason: d.revoke_reason.clone(),
             metadata: d.metadata.clone(),
             bootstrap_token_id: d.bootstrap_token_id.clone(),
+            environment: d.environment,
             online: false,
             last_seen: None,
             daemon_version: None,
@@ -94,7 +100,7 @@ pub const MAX_PAGE: usize = 5000;
 #[serde(deny_unknown_fields)]
 pub struct DeviceQuery {
     pub limit: Option<String>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (with the same filters).
     pub cursor: Option<String>,
     /// `active` or `revoked`.
     pub state: Option<String>,
@@ -109,6 +115,8 @@ pub struct DeviceQuery {
     pub bootstrap_token: Option<String>,
     /// Free text: a case-insensitive substring of the device id or a metadata value.
     pub q: Option<String>,
+    /// `live` or `test`: a session's narrowing (a key sees only its own environment).
+    pub environment: Option<String>,
 }
 
 fn query_err(what: &str) -> ApiError {
@@ -124,26 +132,35 @@ fn parse_q<T: std::str::FromStr>(name: &str, v: &Option<String>) -> ApiResult<Op
         .transpose()
 }
 
-/// A parsed [`DeviceQuery`].
-struct Filter {
-    state: Option<DeviceState>,
-    online: Option<bool>,
-    after: Option<u64>,
-    before: Option<u64>,
-    version: Option<String>,
-    bootstrap_token: Option<String>,
-    q: Option<String>,
+/// Which devices a list shows: every field optional, all combined. The API handler parses
+/// it from [`DeviceQuery`]; the dashboard builds it directly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceFilter {
+    /// The environments the caller sees (a key: its own only).
+    pub scope: env_scope::Scope,
+    pub state: Option<DeviceState>,
+    pub online: Option<bool>,
+    /// Last seen at or after (Unix seconds).
+    pub last_seen_after: Option<u64>,
+    /// Last seen before (Unix seconds); a device never seen does not match.
+    pub last_seen_before: Option<u64>,
+    /// The reported daemon version, exactly.
+    pub version: Option<String>,
+    pub bootstrap_token: Option<String>,
+    /// Lowercase free text: a substring of the id or of a metadata value.
+    pub q: Option<String>,
 }
 
-impl Filter {
+impl DeviceFilter {
     fn matches(&self, v: &DeviceView, d: &DeviceRecord) -> bool {
-        self.state.is_none_or(|s| s == v.state)
+        self.scope.sees(d.environment)
+            && self.state.is_none_or(|s| s == v.state)
             && self.online.is_none_or(|o| o == v.online)
             && self
-                .after
+                .last_seen_after
                 .is_none_or(|t| v.last_seen.is_some_and(|s| s >= t))
             && self
-                .before
+                .last_seen_before
                 .is_none_or(|t| v.last_seen.is_some_and(|s| s < t))
             && self
                 .version
@@ -160,98 +177,98 @@ impl Filter {
                         .any(|m| m.to_ascii_lowercase().contains(q))
             })
     }
+
+    /// What a cursor is bound to: a cursor made under other filters does not open.
+    pub fn canonical(&self) -> String {
+        format!("{self:?}")
+    }
+
+    fn parse(q: &DeviceQuery, auth: &Auth) -> ApiResult<Self> {
+        let state = match q.state.as_deref() {
+            None => None,
+            Some("active") => Some(DeviceState::Active),
+            Some("revoked") => Some(DeviceState::Revoked),
+            Some(_) => return Err(query_err("state must be active or revoked")),
+        };
+        Ok(Self {
+            scope: env_scope::scope(auth, env_scope::parse(q.environment.as_deref())?)?,
+            state,
+            online: parse_q("online", &q.online)?,
+            last_seen_after: parse_q("last_seen_after", &q.last_seen_after)?,
+            last_seen_before: parse_q("last_seen_before", &q.last_seen_before)?,
+            version: q.version.clone(),
+            bootstrap_token: q.bootstrap_token.clone(),
+            q: q.q.as_ref().map(|s| s.to_ascii_lowercase()),
+        })
+    }
 }
 
 pub(super) fn parse_id(id: &str) -> ApiResult<DeviceId> {
     DeviceId::parse(id).map_err(|e| ApiError::bad_request(codes::INVALID_DEVICE_ID, e.to_string()))
 }
 
-/// Devices in id order, a page at a time; the cursor is the last id of the previous page
-/// (base64url), so pages stay consistent while devices come and go.
+/// One page of devices matching `filter`, in id order, after the device id `after`: the
+/// list logic the API and the dashboard share.
+pub fn list_page(
+    m: &Model,
+    presence: &PresenceTable,
+    filter: &DeviceFilter,
+    after: Option<&str>,
+    limit: usize,
+) -> Page<DeviceView> {
+    Page::collect(Page::<DeviceView>::after(&m.devices, after), limit, |d| {
+        let v = DeviceView::with_presence(d, presence.get(&d.device_id));
+        filter.matches(&v, d).then_some(v)
+    })
+}
+
+/// The list name cursors of `GET /devices` are bound to.
+pub const LIST: &str = "devices";
+
+/// Devices in id order, a page at a time (see [`super::page`]).
 pub async fn list(
     State(state): State<AppState>,
-    _auth: Auth,
+    auth: Auth,
     query: Result<Query<DeviceQuery>, QueryRejection>,
 ) -> ApiResult<Json<DeviceList>> {
-    use base64::Engine as _;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let Query(q) = query.map_err(|e| query_err(&format!("is not valid: {}", e.body_text())))?;
-    let limit = parse_q::<usize>("limit", &q.limit)?.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(query_err(&format!("limit must be 1-{MAX_PAGE}")));
-    }
-    let after_id = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| query_err("cursor is not valid"))
-        })
-        .transpose()?;
-    let state_filter = match q.state.as_deref() {
-        None => None,
-        Some("active") => Some(DeviceState::Active),
-        Some("revoked") => Some(DeviceState::Revoked),
-        Some(_) => return Err(query_err("state must be active or revoked")),
-    };
-    let filter = Filter {
-        state: state_filter,
-        online: parse_q("online", &q.online)?,
-        after: parse_q("last_seen_after", &q.last_seen_after)?,
-        before: parse_q("last_seen_before", &q.last_seen_before)?,
-        version: q.version,
-        bootstrap_token: q.bootstrap_token,
-        q: q.q.map(|s| s.to_ascii_lowercase()),
-    };
-    let (devices, more) = state.store.read(|m| {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let start = after_id.map_or(Unbounded, Excluded);
-        let mut page = Vec::new();
-        let mut more = false;
-        for d in m
-            .devices
-            .range::<String, _>((start, Unbounded))
-            .map(|(_, d)| d)
-        {
-            let v = DeviceView::with_presence(d, state.presence.get(&d.device_id));
-            if !filter.matches(&v, d) {
-                continue;
-            }
-            if page.len() == limit {
-                more = true;
-                break;
-            }
-            page.push(v);
-        }
-        (page, more)
-    });
-    let next_cursor = more
-        .then(|| devices.last().map(|d| URL_SAFE_NO_PAD.encode(&d.device_id)))
-        .flatten();
+    let limit = page::limit(q.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
+    let filter = DeviceFilter::parse(&q, &auth)?;
+    let cursors = Cursors::of(&state);
+    let after = cursors.open_opt(LIST, &filter.canonical(), q.cursor.as_deref())?;
+    let p = state
+        .store
+        .read(|m| list_page(m, &state.presence, &filter, after.as_deref(), limit));
     Ok(Json(DeviceList {
-        devices,
-        next_cursor,
+        devices: p.items,
+        next_cursor: p
+            .next
+            .map(|pos| cursors.seal(LIST, &filter.canonical(), &pos)),
     }))
+}
+
+/// The device `id` if `auth` sees its environment; 404 otherwise, exactly as if absent.
+fn visible<'a>(m: &'a Model, auth: &Auth, id: &str) -> ApiResult<&'a DeviceRecord> {
+    let scope = env_scope::scope(auth, None)?;
+    m.devices
+        .get(id)
+        .filter(|d| scope.sees(d.environment))
+        .ok_or_else(|| ApiError::not_found("device"))
 }
 
 pub async fn show(
     State(state): State<AppState>,
-    _auth: Auth,
+    auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeviceView>> {
     let id = parse_id(&id)?;
     state
         .store
         .read(|m| {
-            m.devices
-                .get(id.as_str())
+            visible(m, &auth, id.as_str())
                 .map(|d| DeviceView::with_presence(d, state.presence.get(id.as_str())))
         })
         .map(Json)
-        .ok_or_else(|| ApiError::not_found("device"))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -285,11 +302,7 @@ pub async fn revoke(
     }
     let now_ms = state.clock.now_ms();
     let (view, sealed) = state.store.write(|m| {
-        let mut d = m
-            .devices
-            .get(id.as_str())
-            .cloned()
-            .ok_or_else(|| ApiError::not_found("device"))?;
+        let mut d = visible(m, &auth, id.as_str())?.clone();
         d.kill_credentials();
         d.state = DeviceState::Revoked;
         d.revoked_at = Some(now_ms / 1000);
@@ -304,16 +317,18 @@ pub async fn revoke(
         d.revocation_seq = seq;
         let sealed = seal(&state.revocation_key, &d, m.epoch_of(id.as_str()))?;
         let view = DeviceView::with_presence(&d, state.presence.get(id.as_str()));
+        let audit = super::audit::change_in(
+            &auth,
+            d.environment,
+            now_ms,
+            "device.revoke",
+            id.as_str(),
+            Some(reason.clone()),
+        );
         let mut changes = vec![
             Change::Counter(REVOCATION_SEQ, seq),
             Change::Device(d),
-            super::audit::change(
-                &auth,
-                now_ms,
-                "device.revoke",
-                id.as_str(),
-                Some(reason.clone()),
-            ),
+            audit,
         ];
         if state.publisher.durable() {
             changes.push(outbox::entry(&id, sealed.clone(), now_ms));
@@ -363,25 +378,34 @@ pub async fn delete(
     let id = parse_id(&id)?;
     let now_ms = state.clock.now_ms();
     let durable = state.publisher.durable();
-    state.store.write(|m| match m.devices.get(id.as_str()) {
-        None => Err(ApiError::not_found("device")),
-        Some(d) if d.state != DeviceState::Revoked => Err(ApiError::conflict(
-            codes::CONFLICT,
-            "only a revoked device can be deleted; revoke it first",
-        )),
-        Some(_) => {
-            let mut changes = vec![
-                Change::DeleteDevice(id.as_str().to_owned()),
-                super::audit::change(&auth, now_ms, "device.delete", id.as_str(), None),
-            ];
-            // Clear the retained revocation (replacing any undelivered one), so a
-            // re-provisioned device with this id does not read its predecessor's.
-            if durable {
-                changes.push(outbox::entry(&id, Vec::new(), now_ms));
+    state
+        .store
+        .write(|m| match visible(m, &auth, id.as_str()) {
+            Err(e) => Err(e),
+            Ok(d) if d.state != DeviceState::Revoked => Err(ApiError::conflict(
+                codes::CONFLICT,
+                "only a revoked device can be deleted; revoke it first",
+            )),
+            Ok(d) => {
+                let mut changes = vec![
+                    Change::DeleteDevice(id.as_str().to_owned()),
+                    super::audit::change_in(
+                        &auth,
+                        d.environment,
+                        now_ms,
+                        "device.delete",
+                        id.as_str(),
+                        None,
+                    ),
+                ];
+                // Clear the retained revocation (replacing any undelivered one), so a
+                // re-provisioned device with this id does not read its predecessor's.
+                if durable {
+                    changes.push(outbox::entry(&id, Vec::new(), now_ms));
+                }
+                Ok(((), changes))
             }
-            Ok(((), changes))
-        }
-    })?;
+        })?;
     state.presence.forget(id.as_str());
     tracing::info!(device_id = %id, auth = %auth.subject(), "device deleted");
     // Wait (bounded) for the clear, so a device registered right after starts clean; the
@@ -393,4 +417,176 @@ pub async fn delete(
         }
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(id: &str, env: Environment, token: &str) -> DeviceRecord {
+        DeviceRecord {
+            device_id: id.into(),
+            public_key: [0; 32],
+            state: DeviceState::Active,
+            registered_at_ms: 0,
+            last_refresh_at: None,
+            metadata: [("site".to_owned(), "Berlin-Lab".to_owned())].into(),
+            keys: Vec::new(),
+            refresh: Default::default(),
+            revoked_at: None,
+            revoke_reason: None,
+            revocation_seq: 0,
+            bootstrap_token_id: Some(token.into()),
+            environment: env,
+        }
+    }
+
+    fn seen(online: bool, last_seen: Option<u64>, version: &str) -> DeviceView {
+        DeviceView {
+            online,
+            last_seen,
+            daemon_version: Some(version.into()),
+            ..DeviceView::of(&device("x", Environment::Live, "bt"))
+        }
+    }
+
+    #[test]
+    fn every_filter_narrows_and_they_combine() {
+        let d = device("cam-1", Environment::Live, "bt_a");
+        let v = seen(true, Some(1_000), "0.2.0");
+        let all = DeviceFilter::default();
+        assert!(all.matches(&v, &d));
+        let cases = [
+            (
+                DeviceFilter {
+                    scope: env_scope::Scope::only(Environment::Test),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    scope: env_scope::Scope::only(Environment::Live),
+                    ..all.clone()
+                },
+                true,
+            ),
+            (
+                DeviceFilter {
+                    state: Some(DeviceState::Revoked),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    online: Some(false),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    last_seen_after: Some(1_000),
+                    ..all.clone()
+                },
+                true,
+            ),
+            (
+                DeviceFilter {
+                    last_seen_after: Some(1_001),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    last_seen_before: Some(1_001),
+                    ..all.clone()
+                },
+                true,
+            ),
+            (
+                DeviceFilter {
+                    last_seen_before: Some(1_000),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    version: Some("0.2.0".into()),
+                    ..all.clone()
+                },
+                true,
+            ),
+            (
+                DeviceFilter {
+                    version: Some("0.2".into()),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    bootstrap_token: Some("bt_b".into()),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    q: Some("berlin".into()),
+                    ..all.clone()
+                },
+                true,
+            ),
+            (
+                DeviceFilter {
+                    q: Some("cam".into()),
+                    ..all.clone()
+                },
+                true,
+            ),
+            (
+                DeviceFilter {
+                    q: Some("paris".into()),
+                    ..all.clone()
+                },
+                false,
+            ),
+            (
+                DeviceFilter {
+                    online: Some(true),
+                    version: Some("0.2.0".into()),
+                    q: Some("lab".into()),
+                    ..all.clone()
+                },
+                true,
+            ),
+        ];
+        for (f, want) in cases {
+            assert_eq!(f.matches(&v, &d), want, "{f:?}");
+        }
+        // A device never seen matches neither side of a last-seen bound.
+        let never = seen(false, None, "0.2.0");
+        for f in [
+            DeviceFilter {
+                last_seen_after: Some(0),
+                ..all.clone()
+            },
+            DeviceFilter {
+                last_seen_before: Some(u64::MAX),
+                ..all.clone()
+            },
+        ] {
+            assert!(!f.matches(&never, &d), "{f:?}");
+        }
+        // Cursors are bound to the whole filter.
+        let other = DeviceFilter {
+            q: Some("cam".into()),
+            ..all.clone()
+        };
+        assert_ne!(all.canonical(), other.canonical());
+    }
 }

@@ -43,6 +43,8 @@ pub struct MemberList {
     pub members: Vec<MemberView>,
     /// Invitations not yet accepted (and not expired).
     pub invitations: Vec<InvitationView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,21 +117,35 @@ pub fn normalize_email(s: &str) -> ApiResult<String> {
     }
 }
 
-pub async fn list(State(state): State<AppState>, _auth: Auth) -> ApiResult<Json<MemberList>> {
+/// Members in email order, a page at a time (`limit` 1-1000, default 100; `cursor`).
+pub async fn list(
+    State(state): State<AppState>,
+    _auth: Auth,
+    query: Result<
+        axum::extract::Query<super::page::PageQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> ApiResult<Json<MemberList>> {
+    use super::page::{Page, unfiltered};
     let now = state.clock.now_secs();
-    let (members, invitations) = state.store.read(|m| {
-        (
-            m.members.values().map(MemberView::of).collect(),
-            m.invitations
-                .values()
-                .filter(|i| now < i.expires_at)
-                .map(InvitationView::of)
-                .collect(),
-        )
+    let invitations = state.store.read(|m| {
+        m.invitations
+            .values()
+            .filter(|i| now < i.expires_at)
+            .map(InvitationView::of)
+            .collect()
     });
+    let (members, next_cursor) = unfiltered(&state, "members", query, 100, 1000, |after, n| {
+        state.store.read(|m| {
+            Page::collect(Page::<MemberView>::after(&m.members, after), n, |r| {
+                Some(MemberView::of(r))
+            })
+        })
+    })?;
     Ok(Json(MemberList {
         members,
         invitations,
+        next_cursor,
     }))
 }
 

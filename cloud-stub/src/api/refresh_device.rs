@@ -80,7 +80,7 @@ pub async fn refresh(
         let excess = d.refresh.retired.len().saturating_sub(MAX_RETIRED);
         d.refresh.retired.drain(..excess);
         d.last_refresh_at = Some(now);
-        let env = m.environment();
+        let env = d.environment;
         let (key, refresh, expires_at) = issue_pair(&mut d, env, now, settings.device_token_expiry_secs);
         Ok((Ok((key, refresh, expires_at)), vec![Change::Device(d)]))
     });

@@ -161,19 +161,27 @@ pub async fn register(
                 revoke_reason: None,
                 revocation_seq: 0,
                 bootstrap_token_id: None,
+                environment: boot.environment,
             },
         };
         device.bootstrap_token_id = Some(boot.id.clone());
+        // A device takes its bootstrap token's environment (sandbox or live), also when it
+        // registers again with another token.
+        device.environment = boot.environment;
         device.registered_at_ms = now_ms;
         if let Some(meta) = &req.metadata {
             device.metadata = meta.clone();
         }
-        let (key, refresh, expires_at) = issue_pair(&mut device, m.environment(), now, expiry);
+        let (key, refresh, expires_at) = issue_pair(&mut device, boot.environment, now, expiry);
         boot.uses += 1;
         let epoch = m
             .counter(REGISTRATION_EPOCH)
             .checked_add(1)
             .ok_or_else(|| ApiError::internal("the registration epoch is exhausted"))?;
+        let ctx = crate::extract::Ctx {
+            environment: device.environment,
+            ..ctx.clone()
+        };
         let audit = super::audit::from(
             &ctx,
             now_ms,

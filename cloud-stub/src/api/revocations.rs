@@ -4,6 +4,11 @@
 //! organization. All revocations and their outbox entries are one commit; the envelopes are
 //! then pushed to the broker. Re-running it is harmless: revoked devices are counted, not
 //! revoked again.
+//!
+//! A key acts on its own environment only: devices of the other environment named by id are
+//! `not_found`, a bootstrap token of the other environment is 404, and `all` means every
+//! device of the key's environment (for a sandbox key, every sandbox device). A session acts
+//! on both, or on the one it names in `environment`.
 
 use axum::Json;
 use axum::extract::State;
@@ -36,6 +41,9 @@ pub struct BulkRevoke {
     /// For `all`: must repeat the organization id.
     pub confirm: Option<String>,
     pub reason: Option<String>,
+    /// `live` or `test`: narrows a session's call to one environment (a key acts on its
+    /// own; naming the other is 403 `wrong_environment`).
+    pub environment: Option<crate::store::Environment>,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,6 +109,7 @@ pub async fn revoke(
         ),
         None => None,
     };
+    let scope = super::env_scope::scope(&auth, req.environment)?;
     let now_ms = state.clock.now_ms();
     let durable = state.publisher.durable();
     let (answer, sealed) = state.store.write(|m| {
@@ -113,12 +122,17 @@ pub async fn revoke(
         let targets: Vec<String> = match (&ids, &req.bootstrap_token_id) {
             (Some(ids), _) => ids.iter().map(|i| i.as_str().to_owned()).collect(),
             (None, Some(bt)) => {
-                if !m.bootstrap.contains_key(bt) {
+                if !m
+                    .bootstrap
+                    .get(bt)
+                    .is_some_and(|b| scope.sees(b.environment))
+                {
                     return Err(ApiError::not_found("bootstrap token"));
                 }
                 m.devices
                     .values()
                     .filter(|d| d.bootstrap_token_id.as_deref() == Some(bt.as_str()))
+                    .filter(|d| scope.sees(d.environment))
                     .map(|d| d.device_id.clone())
                     .collect()
             }
@@ -133,7 +147,11 @@ pub async fn revoke(
                         "confirm must be the organization id",
                     ));
                 }
-                m.devices.keys().cloned().collect()
+                m.devices
+                    .values()
+                    .filter(|d| scope.sees(d.environment))
+                    .map(|d| d.device_id.clone())
+                    .collect()
             }
         };
         let mut changes = Vec::new();
@@ -141,7 +159,8 @@ pub async fn revoke(
         // One cloud-wide sequence for the whole batch (never per device: see devices::revoke).
         let mut seq = m.counter(REVOCATION_SEQ);
         for id in targets {
-            let Some(d) = m.devices.get(&id) else {
+            // Another environment's device is not found, exactly as an unknown id.
+            let Some(d) = m.devices.get(&id).filter(|d| scope.sees(d.environment)) else {
                 answer.not_found.push(id);
                 continue;
             };
@@ -164,8 +183,9 @@ pub async fn revoke(
             if durable {
                 changes.push(outbox::entry(&device_id, env.clone(), now_ms));
             }
-            changes.push(super::audit::change(
+            changes.push(super::audit::change_in(
                 &auth,
+                d.environment,
                 now_ms,
                 "device.revoke",
                 d.device_id.clone(),

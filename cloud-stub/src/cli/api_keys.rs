@@ -11,8 +11,9 @@ use super::{ApiClient, CliError, parse_id, parse_scope, parse_text};
 pub enum ApiKeysCmd {
     /// Create a key; it is printed once and cannot be shown again
     Create(CreateArgs),
-    /// List the organization's keys (never the keys themselves)
-    List,
+    /// List the organization's keys, revoked and expired ones for 90 days (never the keys
+    /// themselves; every page, or --limit N)
+    List(ListArgs),
     /// Delete a key; it stops working at once
     Delete {
         #[arg(value_parser = parse_id)]
@@ -33,11 +34,36 @@ pub struct CreateArgs {
     pub environment: Option<Environment>,
 }
 
+#[derive(Debug, Default, Args)]
+pub struct ListArgs {
+    /// Show at most N keys (default: every key, fetched a page at a time)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// active, expired or revoked
+    #[arg(long, value_parser = ["active", "expired", "revoked"])]
+    pub status: Option<String>,
+    /// live or test
+    #[arg(long, value_enum, ignore_case = true)]
+    pub environment: Option<Environment>,
+}
+
+/// The most `GET /api-keys` serves per page.
+const PAGE_MAX: usize = 1000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {
     Live,
     Test,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Test => "test",
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -57,11 +83,6 @@ struct CreatedKey {
 }
 
 #[derive(Debug, Deserialize)]
-struct KeyList {
-    api_keys: Vec<KeyInfo>,
-}
-
-#[derive(Debug, Deserialize)]
 struct KeyInfo {
     id: Id,
     #[serde(default)]
@@ -74,21 +95,34 @@ struct KeyInfo {
     created_at: Option<u64>,
     #[serde(default)]
     last_used_at: Option<u64>,
+    #[serde(default)]
+    status: Option<String>,
 }
 
 pub async fn run(client: &ApiClient, cmd: ApiKeysCmd, out: &mut Out<'_>) -> Result<(), CliError> {
     match cmd {
         ApiKeysCmd::Create(args) => create(client, args, out).await,
-        ApiKeysCmd::List => {
-            let answer = client.get(&["api-keys"]).await?;
-            if out.json {
-                return out.json_value(answer.body.as_ref());
+        ApiKeysCmd::List(a) => {
+            let mut query = Vec::new();
+            if let Some(s) = a.status {
+                query.push(("status", s));
             }
-            let list: KeyList = answer.parse()?;
-            if list.api_keys.is_empty() {
+            if let Some(e) = a.environment {
+                query.push(("environment", e.as_str().to_owned()));
+            }
+            let limit = a.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            let raw =
+                super::pages::fetch(client, &["api-keys"], "api_keys", &query, limit, PAGE_MAX)
+                    .await?;
+            if out.json {
+                let all = serde_json::json!({ "api_keys": raw });
+                return out.json_value(Some(&all));
+            }
+            let keys: Vec<KeyInfo> = super::pages::parse("api-keys", &raw)?;
+            if keys.is_empty() {
                 return out.note("no API keys");
             }
-            out.print(&render_list(&list.api_keys, out.now))
+            out.print(&render_list(&keys, out.now))
         }
         ApiKeysCmd::Delete { id } => {
             let answer = client.delete(&["api-keys", &id]).await?;
@@ -142,7 +176,15 @@ fn created_note(created: &CreatedKey) -> String {
 }
 
 fn render_list(keys: &[KeyInfo], now: u64) -> String {
-    let mut t = Table::new(&["ID", "NAME", "ENV", "SCOPES", "CREATED", "LAST USED"]);
+    let mut t = Table::new(&[
+        "ID",
+        "NAME",
+        "ENV",
+        "SCOPES",
+        "CREATED",
+        "LAST USED",
+        "STATUS",
+    ]);
     for k in keys {
         t.row(vec![
             k.id.0.clone(),
@@ -154,6 +196,7 @@ fn render_list(keys: &[KeyInfo], now: u64) -> String {
                 Some(_) => ago(k.last_used_at, now),
                 None => "never".to_owned(),
             },
+            k.status.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
     }
     t.render()
@@ -257,7 +300,13 @@ mod tests {
 
     #[test]
     fn parses_list_and_delete() {
-        assert!(matches!(cmd(&["api-keys", "list"]), ApiKeysCmd::List));
+        assert!(matches!(cmd(&["api-keys", "list"]), ApiKeysCmd::List(_)));
+        let c = cmd(&["api-keys", "list", "--limit", "5", "--status", "revoked"]);
+        assert!(
+            matches!(c, ApiKeysCmd::List(ref a) if a.limit == Some(5) && a.status.as_deref() == Some("revoked")),
+            "{c:?}"
+        );
+        assert!(parse(&["api-keys", "list", "--status", "gone"]).is_err());
         let c = cmd(&["api-keys", "delete", "key_42"]);
         assert!(
             matches!(c, ApiKeysCmd::Delete { ref id } if id == "key_42"),
@@ -298,18 +347,18 @@ mod tests {
 
     #[test]
     fn list_renders_a_table() {
-        let list: KeyList = serde_json::from_value(serde_json::json!({"api_keys": [
+        let keys: Vec<KeyInfo> = serde_json::from_value(serde_json::json!([
             {"id": "k1", "name": "owner", "scopes": ["models:read", "devices:write"],
-             "environment": "live", "created_at": 0, "last_used_at": 3_540},
+             "environment": "live", "created_at": 0, "last_used_at": 3_540, "status": "active"},
             {"id": 7, "name": "ci", "scopes": [], "environment": "test",
-             "created_at": 86_400, "last_used_at": null}
-        ]}))
+             "created_at": 86_400, "last_used_at": null, "status": "revoked"}
+        ]))
         .unwrap();
         assert_eq!(
-            render_list(&list.api_keys, 3_600),
-            "ID  NAME   ENV   SCOPES                     CREATED               LAST USED\n\
-             k1  owner  live  models:read,devices:write  1970-01-01T00:00:00Z  1m ago\n\
-             7   ci     test                             1970-01-02T00:00:00Z  never\n"
+            render_list(&keys, 3_600),
+            "ID  NAME   ENV   SCOPES                     CREATED               LAST USED  STATUS\n\
+             k1  owner  live  models:read,devices:write  1970-01-01T00:00:00Z  1m ago     active\n\
+             7   ci     test                             1970-01-02T00:00:00Z  never      revoked\n"
         );
     }
 }

@@ -7,8 +7,8 @@ use octomil_common::duration;
 
 use super::output::{Out, Table, clean, rfc3339};
 use super::{ApiClient, CliError, parse_duration};
-use crate::api::audit::{AuditPage, AuditView};
-use crate::store::audit::verify;
+use crate::api::audit::{AuditPage, AuditView, unhex};
+use crate::store::audit::{Entry, verify_entries};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
@@ -75,6 +75,7 @@ async fn fetch(
 ) -> Result<(Vec<AuditView>, AuditPage), CliError> {
     let base = filter.query(now);
     let mut records = Vec::new();
+    let mut hidden = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
         let mut q: Vec<(&str, &str)> = base.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -83,9 +84,14 @@ async fn fetch(
         }
         let page: AuditPage = client.get_query(&["audit"], &q).await?.parse()?;
         records.extend(page.records.iter().cloned());
+        hidden.extend(page.hidden.iter().cloned());
         match &page.next_cursor {
             Some(c) if cursor.as_ref() != Some(c) => cursor = Some(c.clone()),
-            _ => return Ok((records, page)),
+            _ => {
+                let mut page = page;
+                page.hidden = hidden;
+                return Ok((records, page));
+            }
         }
     }
 }
@@ -173,9 +179,39 @@ pub async fn run(client: &ApiClient, cmd: AuditCmd, out: &mut Out<'_>) -> Result
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            verify(checkpoint, &records).map_err(|e| CliError::AuditChain(e.to_string()))?;
+            // Records of the other environment (for a key that sees one) come as links:
+            // their place in the chain is checked, their content by whoever may read it.
+            let mut entries = std::collections::BTreeMap::new();
+            for l in &page.hidden {
+                let (Some(prev_hash), Some(hash)) = (unhex(&l.prev_hash), unhex(&l.hash)) else {
+                    return Err(CliError::AuditChain(format!(
+                        "link {} has a malformed hash",
+                        l.seq
+                    )));
+                };
+                entries.insert(
+                    l.seq,
+                    Entry::Link {
+                        seq: l.seq,
+                        prev_hash,
+                        hash,
+                    },
+                );
+            }
+            for r in &records {
+                entries.insert(r.seq, Entry::Record(r));
+            }
+            let entries: Vec<Entry<'_>> = entries.into_values().collect();
+            verify_entries(checkpoint, &entries)
+                .map_err(|e| CliError::AuditChain(e.to_string()))?;
+            let links = entries.len() - records.len();
+            let others = if links == 0 {
+                String::new()
+            } else {
+                format!(" and {links} links of the other environment's records")
+            };
             out.note(&format!(
-                "audit log verified: {} records, chained from checkpoint {}",
+                "audit log verified: {} records{others}, chained from checkpoint {}",
                 records.len(),
                 checkpoint.seq
             ))

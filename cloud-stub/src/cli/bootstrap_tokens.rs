@@ -6,15 +6,17 @@ use clap::{Args, Subcommand};
 use octomil_common::Secret;
 use serde::{Deserialize, Serialize};
 
-use super::output::{Id, Out, Table, clean, when};
+use super::api_keys::Environment;
+use super::output::{Id, Out, Table, clean, or_dash, when};
 use super::{ApiClient, CliError, parse_duration};
 
 #[derive(Debug, Subcommand)]
 pub enum BootstrapTokensCmd {
     /// Create a token; it is printed once and cannot be shown again
     Create(CreateArgs),
-    /// List tokens with their uses, expiry, status and enrolled devices
-    List,
+    /// List tokens with their uses, expiry, status and enrolled devices (every page, or
+    /// --limit N)
+    List(ListArgs),
     /// Extend (or shorten) a token's expiry or use limit
     Update(UpdateArgs),
     /// Revoke a token; with --devices also every device it enrolled
@@ -32,17 +34,28 @@ pub struct UpdateArgs {
     pub expires_in: Option<String>,
 }
 
+#[derive(Debug, Default, Args)]
+pub struct ListArgs {
+    /// Show at most N tokens (default: every token, fetched a page at a time)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// active, expired, used_up or revoked
+    #[arg(long, value_parser = ["active", "expired", "used_up", "revoked"])]
+    pub status: Option<String>,
+    /// live or test (a session sees both; a key only its own)
+    #[arg(long, value_enum, ignore_case = true)]
+    pub environment: Option<Environment>,
+}
+
+/// The most `GET /bootstrap-tokens` serves per page.
+const PAGE_MAX: usize = 1000;
+
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
     pub id: String,
     /// Also revoke every device whose latest registration used this token
     #[arg(long)]
     pub devices: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct Listed {
-    bootstrap_tokens: Vec<TokenRow>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +68,8 @@ struct TokenRow {
     expires_at: Option<u64>,
     status: String,
     devices: u64,
+    #[serde(default)]
+    environment: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +80,10 @@ pub struct CreateArgs {
     /// How long it stays valid, e.g. 24h or 7d (90d when omitted)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub expires_in: Option<String>,
+    /// live or test: devices enrolled with it take this environment (a key's own when
+    /// omitted; for a session, the organization's)
+    #[arg(long, value_enum, ignore_case = true)]
+    pub environment: Option<Environment>,
 }
 
 #[derive(Debug, Serialize)]
@@ -73,6 +92,8 @@ struct CreateBody<'a> {
     max_uses: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_in: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<Environment>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,11 +113,12 @@ pub async fn run(
 ) -> Result<(), CliError> {
     let args = match cmd {
         BootstrapTokensCmd::Create(args) => args,
-        BootstrapTokensCmd::List => return list(client, out).await,
+        BootstrapTokensCmd::List(a) => return list(client, a, out).await,
         BootstrapTokensCmd::Update(a) => {
             let body = CreateBody {
                 max_uses: a.max_uses,
                 expires_in: a.expires_in.as_deref(),
+                environment: None,
             };
             let answer = client.patch(&["bootstrap-tokens", &a.id], &body).await?;
             if out.json {
@@ -136,6 +158,7 @@ pub async fn run(
     let body = CreateBody {
         max_uses: args.max_uses,
         expires_in: args.expires_in.as_deref(),
+        environment: args.environment,
     };
     let answer = client.post(&["bootstrap-tokens"], &body).await?;
     let created: CreatedToken = answer.parse()?;
@@ -149,14 +172,31 @@ pub async fn run(
     out.note(&note)
 }
 
-async fn list(client: &ApiClient, out: &mut Out<'_>) -> Result<(), CliError> {
-    let answer = client.get(&["bootstrap-tokens"]).await?;
-    if out.json {
-        return out.json_value(answer.body.as_ref());
+async fn list(client: &ApiClient, a: ListArgs, out: &mut Out<'_>) -> Result<(), CliError> {
+    let mut query = Vec::new();
+    if let Some(s) = a.status {
+        query.push(("status", s));
     }
-    let l: Listed = answer.parse()?;
-    let mut t = Table::new(&["ID", "STATUS", "USES", "EXPIRES", "DEVICES"]);
-    for r in &l.bootstrap_tokens {
+    if let Some(e) = a.environment {
+        query.push(("environment", e.as_str().to_owned()));
+    }
+    let limit = a.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let raw = super::pages::fetch(
+        client,
+        &["bootstrap-tokens"],
+        "bootstrap_tokens",
+        &query,
+        limit,
+        PAGE_MAX,
+    )
+    .await?;
+    if out.json {
+        let all = serde_json::json!({ "bootstrap_tokens": raw });
+        return out.json_value(Some(&all));
+    }
+    let rows: Vec<TokenRow> = super::pages::parse("bootstrap-tokens", &raw)?;
+    let mut t = Table::new(&["ID", "STATUS", "USES", "EXPIRES", "DEVICES", "ENV"]);
+    for r in &rows {
         t.row(vec![
             clean(&r.id),
             clean(&r.status),
@@ -167,6 +207,7 @@ async fn list(client: &ApiClient, out: &mut Out<'_>) -> Result<(), CliError> {
             ),
             when(r.expires_at, out.now),
             r.devices.to_string(),
+            or_dash(r.environment.as_deref()),
         ]);
     }
     out.print(&t.render())
@@ -216,6 +257,20 @@ mod tests {
             }))
         ));
         assert!(parse(&["bootstrap-tokens", "list"]).is_ok());
+        let c = parse(&[
+            "bootstrap-tokens",
+            "list",
+            "--limit",
+            "3",
+            "--status",
+            "active",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.command,
+            Command::BootstrapTokens(BootstrapTokensCmd::List(ListArgs { limit: Some(3), .. }))
+        ));
+        assert!(parse(&["bootstrap-tokens", "list", "--status", "gone"]).is_err());
     }
 
     #[test]
@@ -262,15 +317,17 @@ mod tests {
         let b = CreateBody {
             max_uses: None,
             expires_in: None,
+            environment: None,
         };
         assert_eq!(serde_json::to_string(&b).unwrap(), "{}");
         let b = CreateBody {
             max_uses: Some(5),
             expires_in: Some("24h"),
+            environment: Some(Environment::Test),
         };
         assert_eq!(
             serde_json::to_string(&b).unwrap(),
-            r#"{"max_uses":5,"expires_in":"24h"}"#
+            r#"{"max_uses":5,"expires_in":"24h","environment":"test"}"#
         );
     }
 

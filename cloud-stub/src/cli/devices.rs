@@ -2,18 +2,19 @@
 
 use std::collections::BTreeMap;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use octomil_common::DeviceId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::api_keys::Environment;
 use super::output::{Out, Table, ago, key_values, or_dash, when};
-use super::{ApiClient, CliError, parse_device_id, parse_text};
+use super::{ApiClient, CliError, parse_device_id, parse_duration, parse_text};
 
 #[derive(Debug, Subcommand)]
 pub enum DevicesCmd {
-    /// List every device with its state, presence and key expiry
-    List,
+    /// List devices with their state, presence and key expiry (every page, or --limit N)
+    List(ListArgs),
     /// Show one device
     Show {
         #[arg(value_parser = parse_device_id)]
@@ -33,6 +34,69 @@ pub enum DevicesCmd {
         id: DeviceId,
     },
 }
+
+/// `octomil devices list` filters, each a query parameter of `GET /devices`.
+#[derive(Debug, Default, Args)]
+pub struct ListArgs {
+    /// Show at most N devices (default: every device, fetched a page at a time)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// active or revoked
+    #[arg(long, value_parser = ["active", "revoked"])]
+    pub state: Option<String>,
+    /// Only devices connected (true) or not (false) right now
+    #[arg(long, value_name = "BOOL")]
+    pub online: Option<bool>,
+    /// Only devices seen within this long, e.g. 24h
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub seen_within: Option<String>,
+    /// Only devices last seen longer ago than this, e.g. 7d
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub not_seen_for: Option<String>,
+    /// Only devices whose daemon reported this version
+    #[arg(long, value_parser = parse_text)]
+    pub version: Option<String>,
+    /// Only devices enrolled with this bootstrap token id
+    #[arg(long, value_name = "ID", value_parser = parse_text)]
+    pub bootstrap_token: Option<String>,
+    /// Free text: part of the device id or of a metadata value (any case)
+    #[arg(long, value_name = "TEXT", value_parser = parse_text)]
+    pub search: Option<String>,
+    /// live or test (a session sees both; a key only its own)
+    #[arg(long, value_enum, ignore_case = true)]
+    pub environment: Option<Environment>,
+}
+
+impl ListArgs {
+    /// The query parameters, with durations turned into Unix seconds before `now`.
+    fn query(&self, now: u64) -> Vec<(&'static str, String)> {
+        let ago = |d: &str| {
+            let secs = octomil_common::duration::parse_secs(d).unwrap_or(0);
+            now.saturating_sub(secs).to_string()
+        };
+        let mut q = Vec::new();
+        let mut put = |k: &'static str, v: Option<String>| {
+            if let Some(v) = v {
+                q.push((k, v));
+            }
+        };
+        put("state", self.state.clone());
+        put("online", self.online.map(|b| b.to_string()));
+        put("last_seen_after", self.seen_within.as_deref().map(ago));
+        put("last_seen_before", self.not_seen_for.as_deref().map(ago));
+        put("version", self.version.clone());
+        put("bootstrap_token", self.bootstrap_token.clone());
+        put("q", self.search.clone());
+        put(
+            "environment",
+            self.environment.map(|e| e.as_str().to_owned()),
+        );
+        q
+    }
+}
+
+/// The most `GET /devices` serves per page.
+const PAGE_MAX: usize = 5000;
 
 /// `Device` of the API document; unknown values arrive as `null`.
 #[derive(Debug, Deserialize)]
@@ -63,13 +127,8 @@ struct Device {
     revocation_published: Option<bool>,
     #[serde(default)]
     revocation_ack_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct DeviceList {
-    devices: Vec<Device>,
     #[serde(default)]
-    next_cursor: Option<String>,
+    environment: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -80,38 +139,27 @@ struct RevokeBody<'a> {
 
 pub async fn run(client: &ApiClient, cmd: DevicesCmd, out: &mut Out<'_>) -> Result<(), CliError> {
     match cmd {
-        DevicesCmd::List => {
-            // The cloud answers a page at a time: follow the cursor to the end.
-            let mut devices = Vec::new();
-            let mut raw = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let answer = match &cursor {
-                    None => client.get(&["devices"]).await?,
-                    Some(c) => client.get_query(&["devices"], &[("cursor", c)]).await?,
-                };
-                if let Some(body) = &answer.body {
-                    raw.extend(body["devices"].as_array().cloned().unwrap_or_default());
-                }
-                let page: DeviceList = answer.parse()?;
-                devices.extend(page.devices);
-                match page.next_cursor {
-                    Some(c) if cursor.as_ref() != Some(&c) => cursor = Some(c),
-                    _ => break,
-                }
-            }
+        DevicesCmd::List(args) => {
+            // The cloud answers a page at a time: follow the cursor to the end (or --limit).
+            let limit = args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            let raw = super::pages::fetch(
+                client,
+                &["devices"],
+                "devices",
+                &args.query(out.now),
+                limit,
+                PAGE_MAX,
+            )
+            .await?;
             if out.json {
                 let all = serde_json::json!({ "devices": raw });
                 return out.json_value(Some(&all));
             }
-            let list = DeviceList {
-                devices,
-                next_cursor: None,
-            };
-            if list.devices.is_empty() {
+            let devices: Vec<Device> = super::pages::parse("devices", &raw)?;
+            if devices.is_empty() {
                 return out.note("no devices");
             }
-            out.print(&render_list(&list.devices, out.now))
+            out.print(&render_list(&devices, out.now))
         }
         DevicesCmd::Show { id } => {
             let answer = client.get(&["devices", id.as_str()]).await?;
@@ -186,6 +234,7 @@ fn render_list(devices: &[Device], now: u64) -> String {
         "REPORTED",
         "VERSION",
         "KEY EXPIRES",
+        "ENV",
     ]);
     for d in devices {
         t.row(vec![
@@ -196,6 +245,7 @@ fn render_list(devices: &[Device], now: u64) -> String {
             or_dash(d.reported_state.as_deref()),
             or_dash(d.daemon_version.as_deref()),
             when(d.key_expires_at, now),
+            or_dash(d.environment.as_deref()),
         ]);
     }
     t.render()
@@ -214,6 +264,7 @@ fn render_one(d: &Device, now: u64) -> String {
         ("key_expires_at", when(d.key_expires_at, now)),
         ("revoked_at", when(d.revoked_at, now)),
         ("revoke_reason", or_dash(d.revoke_reason.as_deref())),
+        ("environment", or_dash(d.environment.as_deref())),
     ];
     let mut text = key_values(&pairs);
     // Metadata keys are the device's own: list them indented under their own header rather
@@ -255,7 +306,36 @@ mod tests {
 
     #[test]
     fn parses_every_subcommand() {
-        assert!(matches!(cmd(&["devices", "list"]), DevicesCmd::List));
+        assert!(matches!(cmd(&["devices", "list"]), DevicesCmd::List(_)));
+        let c = cmd(&[
+            "devices",
+            "list",
+            "--limit",
+            "10",
+            "--state",
+            "active",
+            "--seen-within",
+            "1h",
+            "--search",
+            "Cam",
+            "--environment",
+            "test",
+        ]);
+        let DevicesCmd::List(a) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            a.query(10_000),
+            [
+                ("state", "active".to_owned()),
+                ("last_seen_after", "6400".to_owned()),
+                ("q", "Cam".to_owned()),
+                ("environment", "test".to_owned()),
+            ]
+        );
+        assert_eq!(a.limit, Some(10));
+        assert!(parse(&["devices", "list", "--limit", "0"]).is_err());
+        assert!(parse(&["devices", "list", "--state", "gone"]).is_err());
         let c = cmd(&["devices", "show", "dev-1"]);
         assert!(
             matches!(c, DevicesCmd::Show { ref id } if id.as_str() == "dev-1"),
@@ -314,6 +394,7 @@ mod tests {
                 "device_id": "edge-01", "state": "active", "online": true,
                 "last_seen": now - 30, "key_expires_at": now + 7_200,
                 "reported_state": "active", "daemon_version": "0.1.0",
+                "environment": "live",
             })),
             device(serde_json::json!({
                 "device_id": "edge-02", "state": "revoked", "online": null,
@@ -322,9 +403,9 @@ mod tests {
         ];
         assert_eq!(
             render_list(&devices, now),
-            "ID       STATE    ONLINE  LAST SEEN  REPORTED  VERSION  KEY EXPIRES\n\
-             edge-01  active   yes     30s ago    active    0.1.0    1970-01-12T15:46:40Z (in 2h)\n\
-             edge-02  revoked  -       -          -         -        -\n"
+            "ID       STATE    ONLINE  LAST SEEN  REPORTED  VERSION  KEY EXPIRES                   ENV\n\
+             edge-01  active   yes     30s ago    active    0.1.0    1970-01-12T15:46:40Z (in 2h)  live\n\
+             edge-02  revoked  -       -          -         -        -                             -\n"
         );
     }
 

@@ -10,6 +10,7 @@ pub mod devices;
 pub mod error;
 pub mod org;
 pub mod output;
+pub mod pages;
 
 use std::path::PathBuf;
 use std::time::Duration;

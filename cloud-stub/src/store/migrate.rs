@@ -9,15 +9,15 @@ use std::collections::BTreeMap;
 use redb::{Database, ReadableDatabase, TableDefinition, TableHandle};
 
 use super::v1::{ApiKeyRecordV1, BootstrapRecordV1, DeviceRecordV1, MemberRecordV1, OrgRecordV1};
+use super::v2_env::{BootstrapRecordV2, DeviceRecordV2};
 use super::{
-    API_KEYS, ApiKeyRecord, BOOTSTRAP, BootstrapRecord, CloudRateLimits,
-    DEFAULT_BOOTSTRAP_TTL_SECS, DEFAULT_BOOTSTRAP_USES, DEVICES, DeviceRecord, MEMBERS, ORG,
-    OrgRecord, Settings, StoreError,
+    API_KEYS, ApiKeyRecord, BOOTSTRAP, CloudRateLimits, DEFAULT_BOOTSTRAP_TTL_SECS,
+    DEFAULT_BOOTSTRAP_USES, DEVICES, MEMBERS, ORG, OrgRecord, Settings, StoreError,
 };
 use crate::scope::{Role, Scope};
 
 /// The version this build reads and writes.
-pub const FORMAT_VERSION: u64 = 3;
+pub const FORMAT_VERSION: u64 = 4;
 
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const VERSION_KEY: &str = "format_version";
@@ -45,6 +45,7 @@ pub fn run(db: &Database) -> Result<u64, StoreError> {
         match v {
             1 => v1_to_v2(&tx)?,
             2 => super::v2_to_v3::migrate(&tx)?,
+            3 => super::v2_env::v3_to_v4(&tx)?,
             _ => return Err(StoreError::Db(format!("no migration from version {v}"))),
         }
         v += 1;
@@ -86,7 +87,7 @@ fn v1_to_v2(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     {
         let mut t = tx.open_table(BOOTSTRAP)?;
         for b in tokens {
-            let rec = BootstrapRecord {
+            let rec = BootstrapRecordV2 {
                 max_uses: Some(
                     b.max_uses
                         .unwrap_or_else(|| b.uses.saturating_add(DEFAULT_BOOTSTRAP_USES)),
@@ -105,7 +106,7 @@ fn v1_to_v2(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     {
         let mut t = tx.open_table(DEVICES)?;
         for d in devices {
-            let rec = DeviceRecord {
+            let rec = DeviceRecordV2 {
                 device_id: d.device_id,
                 public_key: d.public_key,
                 state: d.state,

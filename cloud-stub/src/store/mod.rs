@@ -8,6 +8,7 @@ pub mod migrate;
 pub mod records;
 mod v1;
 mod v2_to_v3;
+mod v2_env;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -10,14 +10,33 @@ use crate::scope::{Role, ScopeSet};
 
 pub type Hash = [u8; 32];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Live is production, test is the sandbox (`edg_live_` / `edg_test_` keys).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Environment {
+    #[default]
     Live,
     Test,
 }
 
 impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Test => "test",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "live" => Some(Self::Live),
+            "test" => Some(Self::Test),
+            _ => None,
+        }
+    }
+
     pub fn token_kind(self) -> octomil_common::TokenKind {
         match self {
             Self::Live => octomil_common::TokenKind::Live,
@@ -210,6 +229,9 @@ pub struct DeviceRecord {
     /// The bootstrap token the device last registered with (format version 2; `None` for
     /// devices registered before), so a leaked token's devices can be revoked in one call.
     pub bootstrap_token_id: Option<String>,
+    /// Sandbox or live (format version 4): the environment of the bootstrap token of its
+    /// latest registration. Only keys of this environment (and sessions) see the device.
+    pub environment: Environment,
 }
 
 impl DeviceRecord {
@@ -237,6 +259,9 @@ pub struct BootstrapRecord {
     pub created_at: u64,
     /// Set by `DELETE /bootstrap-tokens/{id}` (which also sets `expires_at` to that time).
     pub revoked_at: Option<u64>,
+    /// Sandbox or live (format version 4): that of the key or session that made it. Devices
+    /// registering with the token take it.
+    pub environment: Environment,
 }
 
 /// Registrations a bootstrap token allows when none is given.
@@ -352,6 +377,8 @@ pub struct ResourceRecord {
     /// The caller's `spec` object, kept as JSON text.
     pub spec_json: String,
     pub created_at: u64,
+    /// Sandbox or live (format version 4): that of the key or session that made it.
+    pub environment: Environment,
 }
 
 /// A retained message the cloud owes the broker: the latest revocation envelope of a device,

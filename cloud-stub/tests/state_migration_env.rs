@@ -1,0 +1,180 @@
+//! State made by the previous release (format version 2, main at 11ee2c3) opens in this one
+//! and every device, bootstrap token, resource and audit record in it has an environment:
+//! the organization's. `tests/fixtures/state-v2-env/` (a live organization) and
+//! `state-v2-env-sandbox/` (one made with `--sandbox`) were written by that release running
+//! `state-v2-env/generate.rs.txt` as a test (`FIXTURE_OUT=DIR cargo test --test gen_v2_env`).
+//! The audit chain written before the migration still verifies, with records written after it.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Parser;
+use octomil_cloud::CloudStub;
+use octomil_cloud::store::{Checkpoint, Environment, FORMAT_VERSION, Store, audit};
+use octomil_common::ManualClock;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn fixture(name: &str) -> (tempfile::TempDir, PathBuf, Value) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        let to = dir.join(e.file_name());
+        std::fs::copy(e.path(), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("fixture.json")).unwrap()).unwrap();
+    (tmp, dir, info)
+}
+
+#[test]
+fn every_record_takes_the_organizations_environment() {
+    assert_eq!(FORMAT_VERSION, 3);
+    for (name, env) in [
+        ("state-v2-env", Environment::Live),
+        ("state-v2-env-sandbox", Environment::Test),
+    ] {
+        let (_tmp, dir, info) = fixture(name);
+        let path = dir.join("cloud.redb");
+        // Twice: the second open finds format 3 and migrates nothing.
+        for _ in 0..2 {
+            let store = Store::open(&path).unwrap();
+            store.read(|m| {
+                assert_eq!(m.environment(), env, "{name}");
+                assert_eq!(m.devices.len(), 3, "{name}");
+                assert!(m.devices.values().all(|d| d.environment == env), "{name}");
+                assert_eq!(m.bootstrap.len(), 2, "{name}");
+                assert!(m.bootstrap.values().all(|b| b.environment == env), "{name}");
+                // A model, its version and a device group.
+                assert_eq!(m.resources.len(), 3, "{name}");
+                assert!(m.resources.values().all(|r| r.environment == env), "{name}");
+                let d = &m.devices["fixture-device-3"];
+                assert_eq!(
+                    d.bootstrap_token_id.as_deref(),
+                    info["second_bootstrap_token_id"].as_str()
+                );
+                assert_eq!(m.api_keys.len(), 2, "{name}");
+                assert_eq!(m.members.len(), 1, "{name}");
+            });
+            let (records, more, cp) = store.audit_page(0, 1000, |_| true).unwrap();
+            assert!(!more);
+            assert_eq!(
+                records.len() as u64,
+                info["audit_records"].as_u64().unwrap(),
+                "{name}"
+            );
+            assert!(
+                records
+                    .iter()
+                    .all(|r| r.environment == env && r.version == 1)
+            );
+            assert_eq!(audit::verify(cp, &records), Ok(()), "{name}");
+        }
+    }
+}
+
+async fn octomil(env: &support::Env, key: &str, args: &[&str]) -> (Result<(), String>, String) {
+    let ca = env.dir.path().join("ca-for-cli.pem");
+    std::fs::write(&ca, env.handle.ca_pem.as_bytes()).unwrap();
+    let mut argv = vec![
+        "octomil",
+        "--api-url",
+        &env.handle.http_url,
+        "--api-key",
+        key,
+        "--ca-file",
+        ca.to_str().unwrap(),
+    ];
+    argv.extend_from_slice(args);
+    let cli = octomil_cloud::cli::Cli::try_parse_from(argv).unwrap();
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut out = octomil_cloud::cli::Out::new(&mut stdout, &mut stderr, false, 0);
+    let r = octomil_cloud::cli::run(cli, &mut out)
+        .await
+        .map_err(|e| e.to_string());
+    (r, String::from_utf8(stdout).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_on_format_2_state_serves_it_in_its_environment_and_the_chain_verifies() {
+    for (name, prefix) in [
+        ("state-v2-env", "edg_live_"),
+        ("state-v2-env-sandbox", "edg_test_"),
+    ] {
+        support::install_crypto();
+        let (tmp, dir, info) = fixture(name);
+        let made_at = info["made_at_ms"].as_u64().unwrap();
+        let clock = ManualClock::at_ms(made_at + 3_600_000);
+        let handle = CloudStub::builder(&dir)
+            .clock(Arc::new(clock.clone()))
+            .spawn()
+            .await
+            .unwrap();
+        let env = support::env_for(handle, clock, tmp);
+        assert!(env.owner_key.starts_with(prefix));
+
+        // The first-start key (of the org's environment) sees every device and resource.
+        let a = env.owner(Method::GET, "/devices", None).await;
+        assert_eq!(a.status, StatusCode::OK, "{name}: {:?}", a.body);
+        let devices = a.body["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), 3, "{name}");
+        let want = &info["environment"];
+        assert!(devices.iter().all(|d| &d["environment"] == want), "{name}");
+        let a = env.owner(Method::GET, "/models", None).await;
+        assert_eq!(a.body["items"].as_array().unwrap().len(), 1, "{name}");
+        let a = env.owner(Method::GET, "/bootstrap-tokens", None).await;
+        assert_eq!(
+            a.body["bootstrap_tokens"].as_array().unwrap().len(),
+            2,
+            "{name}"
+        );
+
+        // The device refreshes with its old refresh token and gets a key of its environment.
+        let a = env
+            .call(
+                Method::POST,
+                "/devices/refresh",
+                None,
+                Some(json!({
+                    "device_id": info["device_id"],
+                    "refresh_token": info["device_refresh_token"],
+                })),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{name}: {:?}", a.body);
+        assert!(a.body["api_key"].as_str().unwrap().starts_with(prefix));
+
+        // New records (hash version 2) chain onto the migrated ones (hash version 1).
+        assert_eq!(env.revoke("fixture-device-3").await.status, StatusCode::OK);
+        let a = env.owner(Method::GET, "/audit", None).await;
+        let records = a.body["records"].as_array().unwrap();
+        let last = records.last().unwrap();
+        assert_eq!(
+            (last["action"].as_str(), last["version"].as_u64()),
+            (Some("device.revoke"), Some(2))
+        );
+        assert_eq!(records[0]["version"], 1);
+        assert!(records.iter().all(|r| &r["environment"] == want));
+        let (r, out) = octomil(&env, &env.owner_key.clone(), &["audit", "verify"]).await;
+        assert_eq!(r, Ok(()), "{name}: {out}");
+        // And the store agrees.
+        let dir = env.handle.state_dir.clone();
+        env.handle.shutdown().await;
+        let store = Store::open(&dir.join("cloud.redb")).unwrap();
+        let (records, _, cp) = store.audit_page(0, 1000, |_| true).unwrap();
+        assert_eq!(cp, Checkpoint::default());
+        assert_eq!(audit::verify(cp, &records), Ok(()), "{name}");
+    }
+}
