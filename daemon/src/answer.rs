@@ -125,6 +125,8 @@ mod tests {
                 url: "mqtts://broker.example:8883".into(),
                 topic: "t".into(),
                 username: "d".into(),
+                client_cert: None,
+                client_cert_expires_in: None,
             }),
             revocation_public_key: octomil_common::proof::encode_public_key(
                 &octomil_common::proof::generate_signing_key().verifying_key(),

@@ -104,6 +104,7 @@ pub async fn refresh(
         expires_at,
         expires_in: Some(settings.device_token_expiry_secs),
         rate_limits: settings.rate_limits.device_view(),
+        mqtt: None,
     }))
 }
 

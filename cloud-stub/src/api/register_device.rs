@@ -219,5 +219,7 @@ fn mqtt_info(url: &str, id: &DeviceId) -> MqttInfo {
         url: url.to_owned(),
         topic: id.revocation_topic(),
         username: id.as_str().to_owned(),
+        client_cert: None,
+        client_cert_expires_in: None,
     }
 }

@@ -29,6 +29,8 @@ pub(super) fn sample(n: u64) -> Persisted {
                 url: "mqtts://broker.test:8883".into(),
                 topic: "octomil/v1/devices/dev-01.test/revocation".into(),
                 username: "dev-01.test".into(),
+                client_cert: None,
+                client_cert_expires_in: None,
             }),
             rate_limits: RateLimits::default(),
             registration_epoch: 9,
