@@ -306,7 +306,12 @@ impl Core {
                     registered_at_ms: now.wall_secs.saturating_mul(1000),
                     last_refresh: None,
                     revocation_public_key: reg.revocation_public_key,
-                    mqtt: reg.mqtt,
+                    mqtt: reg.mqtt.map(|m| crate::store::MqttRecord {
+                        url: m.url,
+                        topic: m.topic,
+                        username: m.username,
+                        client_cert: None,
+                    }),
                     rate_limits: reg.rate_limits,
                     registration_epoch: reg.epoch,
                 };
