@@ -167,7 +167,9 @@ impl Agent {
         while let Some(effect) = core.poll() {
             match effect {
                 Effect::CallRegister => *call = Some(self.register_call(core.persisted())),
-                Effect::CallRefresh(token) => *call = Some(self.refresh_call(token)),
+                Effect::CallRefresh(token) => {
+                    *call = Some(self.refresh_call(token, device_public_key(core.persisted())))
+                }
                 Effect::Persist(p) => {
                     let r = self.save(*p).await;
                     core.handle(now(), unit_random(), Input::Saved(r));
@@ -297,14 +299,14 @@ impl Agent {
                     .register(&token, &device_id, &key)
                     .await
                     .map_err(failure)?;
-                let c = answer::check_register(&resp)
+                let c = answer::check_register(&resp, &key.verifying_key().to_bytes())
                     .map_err(|e| Failure::Permanent(format!("registration answer refused: {e}")))?;
                 Ok(Registration {
                     api_key: resp.api_key,
                     refresh_token: resp.refresh_token,
                     lifetime_secs: c.lifetime_secs,
                     revocation_public_key: c.revocation_public_key,
-                    mqtt: resp.mqtt,
+                    mqtt: c.mqtt.map(Box::new),
                     rate_limits: c.rate_limits,
                     epoch: resp.registration_epoch,
                 })
@@ -317,7 +319,9 @@ impl Agent {
         })
     }
 
-    fn refresh_call(&self, refresh_token: Secret<String>) -> Call {
+    /// `device_key`: the device's Ed25519 public key, which a renewed MQTT client certificate
+    /// must certify (all zeros without an identity: no certificate is then accepted).
+    fn refresh_call(&self, refresh_token: Secret<String>, device_key: [u8; 32]) -> Call {
         let wait = self.budget_wait();
         let (cloud, device_id) = (self.cloud.clone(), self.device_id.clone());
         Box::pin(async move {
@@ -329,19 +333,31 @@ impl Agent {
                     .refresh(&device_id, &refresh_token)
                     .await
                     .map_err(failure)?;
-                let c = answer::check_refresh(&resp)
+                let c = answer::check_refresh(&resp, &device_key)
                     .map_err(|e| Failure::Permanent(format!("refresh answer refused: {e}")))?;
                 Ok(Refreshed {
                     api_key: resp.api_key,
                     refresh_token: resp.refresh_token,
                     lifetime_secs: c.lifetime_secs,
                     rate_limits: c.rate_limits,
+                    mqtt: c.mqtt.map(Box::new),
                 })
             }
             .await;
             Input::Refreshed(r)
         })
     }
+}
+
+fn device_public_key(p: &Persisted) -> [u8; 32] {
+    p.identity
+        .as_ref()
+        .map(|i| {
+            SigningKey::from_bytes(i.signing_key_seed.expose())
+                .verifying_key()
+                .to_bytes()
+        })
+        .unwrap_or_default()
 }
 
 /// The device's Ed25519 key: made once, persisted before it is ever used, so a crash
