@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::answer;
+use crate::client_tls::{self, ClientTls};
 use crate::cloud::{CloudClient, CloudError};
 pub use crate::lifecycle::Command;
 use crate::lifecycle::{Core, Count, Effect, Failure, Input, Now, Refreshed, Registration, View};
@@ -27,6 +28,7 @@ use crate::notify::{self, Heartbeat};
 use crate::state::{MqttParams, RevokedInfo, SnapshotTx, Token};
 use crate::store::{Identity, Persisted, Store};
 use octomil_common::backoff::unit_random;
+use rustls::RootCertStore;
 
 /// Where the bootstrap token may come from, in order.
 #[derive(Debug, Clone)]
@@ -91,6 +93,10 @@ pub struct Agent {
     pub persisted: Persisted,
     pub bootstrap: BootstrapSource,
     pub tx: SnapshotTx,
+    /// The pinned CA, for the MQTT client-certificate TLS configs.
+    pub mqtt_roots: Arc<RootCertStore>,
+    /// The client-certificate TLS config last built (rebuilt only for a new certificate).
+    pub client_tls: Option<Arc<ClientTls>>,
     pub metrics: Arc<Metrics>,
     /// Local rate limits: the daemon's own control-plane calls draw from the same budget.
     pub limits: Arc<Limiter>,
@@ -211,7 +217,8 @@ impl Agent {
         true
     }
 
-    fn publish(&self, v: View, p: &Persisted) {
+    fn publish(&mut self, v: View, p: &Persisted) {
+        let mqtt_tls = self.client_tls(&v, p);
         let creds = p.credentials.as_ref();
         let token = v
             .key
@@ -235,6 +242,7 @@ impl Agent {
             if s.mqtt != mqtt {
                 s.mqtt = mqtt;
             }
+            s.mqtt_tls = mqtt_tls;
             s.last_refresh = v.last_refresh;
             s.next_refresh = v.next_refresh;
             s.rate_limits = v.rate_limits;
@@ -245,6 +253,50 @@ impl Agent {
         });
         let snap = self.tx.borrow();
         notify::status(&format!("{}: {}", snap.phase.as_str(), snap.detail));
+    }
+
+    /// The TLS config of the held MQTT client certificate: the cached one while the
+    /// certificate is the same, a new one for a renewed certificate. One that rustls refuses
+    /// (answer.rs checked it, so only a bug) is logged, and the session logs in with the key.
+    fn client_tls(&mut self, v: &View, p: &Persisted) -> Option<Arc<ClientTls>> {
+        let (Some(cert), Some(identity)) = (&v.client_cert, &p.identity) else {
+            self.client_tls = None;
+            return None;
+        };
+        if let Some(held) = &self.client_tls
+            && held.chain_pem == cert.chain_pem
+            && held.valid_until == cert.valid_until
+        {
+            return Some(held.clone());
+        }
+        match client_tls::client_config(
+            &self.mqtt_roots,
+            &cert.chain_pem,
+            identity.signing_key_seed.expose(),
+        ) {
+            Ok(config) => {
+                let tls = Arc::new(ClientTls {
+                    config,
+                    chain_pem: cert.chain_pem.clone(),
+                    received: cert.received,
+                    valid_until: cert.valid_until,
+                });
+                tracing::info!(
+                    valid_for_s = cert
+                        .valid_until
+                        .saturating_duration_since(Instant::now())
+                        .as_secs(),
+                    "MQTT client certificate ready for the next connect"
+                );
+                self.client_tls = Some(tls.clone());
+                Some(tls)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot use the MQTT client certificate; logging in with the device key");
+                self.client_tls = None;
+                None
+            }
+        }
     }
 
     async fn save(&self, p: Persisted) -> Result<(), String> {

@@ -88,6 +88,15 @@ pub fn client_config(
 /// A certificate for `seed`'s key, signed by a throwaway CA: (chain PEM, CA PEM).
 #[cfg(test)]
 pub(crate) fn test_chain(seed: &[u8; 32], cn: &str) -> (String, String) {
+    let (chain, ca, _) = test_pki(seed, cn);
+    (chain, ca)
+}
+
+/// [`test_chain`], plus a server certificate for `localhost` from the same CA: (chain PEM,
+/// CA PEM, (server certificate DER, server key PKCS#8 DER)).
+#[cfg(test)]
+#[allow(clippy::type_complexity)]
+fn test_pki(seed: &[u8; 32], cn: &str) -> (String, String, (Vec<u8>, Vec<u8>)) {
     let der = ed25519_pkcs8(seed);
     let device = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
         &PrivatePkcs8KeyDer::from(der.as_slice()),
@@ -107,7 +116,16 @@ pub(crate) fn test_chain(seed: &[u8; 32], cn: &str) -> (String, String) {
         .distinguished_name
         .push(rcgen::DnType::CommonName, cn);
     let cert = params.signed_by(&device, &issuer).expect("cert");
-    (format!("{}{}", cert.pem(), ca.pem()), ca.pem())
+    let server_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("server params")
+        .signed_by(&server_key, &issuer)
+        .expect("server cert");
+    (
+        format!("{}{}", cert.pem(), ca.pem()),
+        ca.pem(),
+        (server.der().to_vec(), server_key.serialize_der()),
+    )
 }
 
 #[cfg(test)]
@@ -129,6 +147,62 @@ mod tests {
         )
         .unwrap();
         assert_eq!(parsed.public_key_raw(), key.verifying_key().as_bytes());
+    }
+
+    /// A real TLS 1.3 handshake (in memory) with a server that requires a client certificate
+    /// from the CA: rustls' ring provider signs with the Ed25519 identity key, and the server
+    /// sees the device's certificate.
+    #[test]
+    fn a_server_requiring_client_certificates_accepts_the_device() {
+        use rustls::pki_types::{PrivatePkcs8KeyDer, ServerName};
+        let seed = [7u8; 32];
+        let (chain, ca, (server_cert, server_key)) = test_pki(&seed, "dev-1");
+        let roots = Arc::new(octomil_common::tls::ca_roots(ca.as_bytes()).unwrap());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let server_config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![CertificateDer::from(server_cert)],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key)),
+            )
+            .unwrap();
+        let client_config = client_config(&roots, &chain, &seed).unwrap();
+        let mut client = rustls::ClientConnection::new(
+            client_config,
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let mut server = rustls::ServerConnection::new(Arc::new(server_config)).unwrap();
+        for _ in 0..10 {
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).unwrap();
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            let mut buf = Vec::new();
+            server.write_tls(&mut buf).unwrap();
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        assert!(!server.is_handshaking(), "handshake finished");
+        let seen = server
+            .peer_certificates()
+            .expect("the client sent its certificate");
+        let leaf = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen[0], leaf);
     }
 
     #[test]
