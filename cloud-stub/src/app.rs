@@ -33,6 +33,8 @@ pub struct Cloud {
     /// The name the cloud's own MQTT session logs in with (embedded: `octomil-cloud`;
     /// external: `--mqtt-username`); registration refuses it as a device id.
     pub mqtt_identity: Option<String>,
+    /// Issues the devices' MQTT client certificates (register and refresh answers).
+    pub mqtt_ca: Arc<crate::mqtt::ca::MqttCa>,
     /// What devices last reported on their status topics.
     pub presence: crate::mqtt::presence::PresenceTable,
     /// Failure switches for tests (all off by default).

@@ -203,6 +203,7 @@ impl Builder {
         files::ensure_private_dir(&dir)?;
         let _ = std::fs::remove_file(dir.join(CloudInfo::FILE));
         let pki = tls::Pki::load_or_create(&dir, &self.extra_names)?;
+        let mqtt_ca = mqtt::ca::MqttCa::load_or_create(&dir)?;
         let store = Store::open(&dir.join("cloud.redb"))?;
         init::provision(
             &store,
@@ -275,6 +276,7 @@ impl Builder {
             publisher,
             mqtt_url: mqtt_url.clone(),
             mqtt_identity,
+            mqtt_ca,
             presence: PresenceTable::new(vouched),
             #[cfg(feature = "faults")]
             faults: Default::default(),

@@ -9,6 +9,7 @@ pub mod auth;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 mod broker_client;
+pub mod ca;
 pub mod correlate;
 pub mod outbox;
 pub mod presence;
