@@ -28,7 +28,6 @@ use crate::notify::{self, Heartbeat};
 use crate::state::{MqttParams, RevokedInfo, SnapshotTx, Token};
 use crate::store::{Identity, Persisted, Store};
 use octomil_common::backoff::unit_random;
-use rustls::RootCertStore;
 
 /// Where the bootstrap token may come from, in order.
 #[derive(Debug, Clone)]
@@ -93,8 +92,8 @@ pub struct Agent {
     pub persisted: Persisted,
     pub bootstrap: BootstrapSource,
     pub tx: SnapshotTx,
-    /// The pinned CA, for the MQTT client-certificate TLS configs.
-    pub mqtt_roots: Arc<RootCertStore>,
+    /// The pinned CA (PEM), for the MQTT client-certificate TLS configs.
+    pub mqtt_ca_pem: Arc<Vec<u8>>,
     /// The client-certificate TLS config last built (rebuilt only for a new certificate).
     pub client_tls: Option<Arc<ClientTls>>,
     pub metrics: Arc<Metrics>,
@@ -270,7 +269,7 @@ impl Agent {
             return Some(held.clone());
         }
         match client_tls::client_config(
-            &self.mqtt_roots,
+            &self.mqtt_ca_pem,
             &cert.chain_pem,
             identity.signing_key_seed.expose(),
         ) {

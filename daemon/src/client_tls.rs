@@ -1,31 +1,14 @@
 //! The MQTT client certificate as rustls takes it: the chain the cloud issued (device
-//! certificate, then its CA) with the device's own Ed25519 identity key as PKCS#8, built once
-//! per certificate by the driver. The MQTT session only ever sees the finished config; the
-//! key never leaves this module except inside rustls.
+//! certificate, then its CA) with the device's own Ed25519 identity key as PKCS#8
+//! (`octomil_common::tls::client_config_with_cert`), built once per certificate by the
+//! driver. The MQTT session only ever sees the finished config; the key never leaves the
+//! driver except inside rustls.
 
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use octomil_common::tls::CaError;
+use rustls::ClientConfig;
 use tokio::time::Instant;
-use zeroize::Zeroizing;
-
-/// PKCS#8 v1 (RFC 8410) for an Ed25519 private key: this prefix, then the 32-byte seed.
-const ED25519_PKCS8_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientTlsError {
-    #[error("the MQTT client certificate is not PEM certificates")]
-    Pem,
-    #[error("the MQTT client certificate holds no certificate")]
-    Empty,
-    /// rustls refused the chain and key together (say, a certificate for another key).
-    #[error("TLS client authentication rejected: {0}")]
-    Rustls(#[source] rustls::Error),
-}
 
 /// The TLS setup of one client certificate, and its validity on the monotonic clock.
 pub struct ClientTls {
@@ -51,38 +34,15 @@ impl PartialEq for ClientTls {
     }
 }
 
-/// The device's Ed25519 seed as a PKCS#8 document (the buffer is wiped when dropped).
-pub fn ed25519_pkcs8(seed: &[u8; 32]) -> Zeroizing<Vec<u8>> {
-    let mut der = Zeroizing::new(Vec::with_capacity(ED25519_PKCS8_PREFIX.len() + seed.len()));
-    der.extend_from_slice(&ED25519_PKCS8_PREFIX);
-    der.extend_from_slice(seed);
-    der
-}
-
-/// A client config trusting `roots` (the pinned CA) that authenticates with `chain_pem` and
-/// the key of `seed` (ring provider: `any_supported_type` takes Ed25519).
+/// A client config trusting `ca_pem` (the pinned CA) that authenticates with `chain_pem`
+/// and the key of `seed` (ring provider: `any_supported_type` takes Ed25519). A chain that
+/// does not certify this key is refused here, not at the broker.
 pub fn client_config(
-    roots: &RootCertStore,
+    ca_pem: &[u8],
     chain_pem: &str,
     seed: &[u8; 32],
-) -> Result<Arc<ClientConfig>, ClientTlsError> {
-    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| ClientTlsError::Pem)?;
-    if chain.is_empty() {
-        return Err(ClientTlsError::Empty);
-    }
-    let der = ed25519_pkcs8(seed);
-    // rustls keeps its own copy of the key inside the config.
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.as_slice()).clone_key());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(ClientTlsError::Rustls)?
-        .with_root_certificates(roots.clone())
-        .with_client_auth_cert(chain, key)
-        .map_err(ClientTlsError::Rustls)?;
-    Ok(Arc::new(config))
+) -> Result<Arc<ClientConfig>, CaError> {
+    octomil_common::tls::client_config_with_cert(ca_pem, chain_pem.as_bytes(), seed)
 }
 
 /// A certificate for `seed`'s key, signed by a throwaway CA: (chain PEM, CA PEM).
@@ -97,9 +57,9 @@ pub(crate) fn test_chain(seed: &[u8; 32], cn: &str) -> (String, String) {
 #[cfg(test)]
 #[allow(clippy::type_complexity)]
 fn test_pki(seed: &[u8; 32], cn: &str) -> (String, String, (Vec<u8>, Vec<u8>)) {
-    let der = ed25519_pkcs8(seed);
+    let der = octomil_common::tls::ed25519_pkcs8(seed);
     let device = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
-        &PrivatePkcs8KeyDer::from(der.as_slice()),
+        &rustls::pki_types::PrivatePkcs8KeyDer::from(der.secret_der()),
         &rcgen::PKCS_ED25519,
     )
     .expect("device key");
@@ -132,22 +92,8 @@ fn test_pki(seed: &[u8; 32], cn: &str) -> (String, String, (Vec<u8>, Vec<u8>)) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_identity_key_and_its_certificate_make_a_client_config() {
-        let seed = [7u8; 32];
-        let (chain, ca) = test_chain(&seed, "dev-1");
-        let roots = octomil_common::tls::ca_roots(ca.as_bytes()).unwrap();
-        client_config(&roots, &chain, &seed).unwrap();
-        // The PKCS#8 is what a standard encoder makes of the seed.
-        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let der = ed25519_pkcs8(&seed);
-        let parsed = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
-            &PrivatePkcs8KeyDer::from(der.as_slice()),
-            &rcgen::PKCS_ED25519,
-        )
-        .unwrap();
-        assert_eq!(parsed.public_key_raw(), key.verifying_key().as_bytes());
-    }
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
     /// A real TLS 1.3 handshake (in memory) with a server that requires a client certificate
     /// from the CA: rustls' ring provider signs with the Ed25519 identity key, and the server
@@ -158,6 +104,7 @@ mod tests {
         let seed = [7u8; 32];
         let (chain, ca, (server_cert, server_key)) = test_pki(&seed, "dev-1");
         let roots = Arc::new(octomil_common::tls::ca_roots(ca.as_bytes()).unwrap());
+        let client_config = client_config(ca.as_bytes(), &chain, &seed).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             roots.clone(),
@@ -174,7 +121,6 @@ mod tests {
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key)),
             )
             .unwrap();
-        let client_config = client_config(&roots, &chain, &seed).unwrap();
         let mut client = rustls::ClientConnection::new(
             client_config,
             ServerName::try_from("localhost").unwrap(),
@@ -208,19 +154,16 @@ mod tests {
     #[test]
     fn a_certificate_for_another_key_or_no_certificate_is_refused() {
         let (chain, ca) = test_chain(&[7u8; 32], "dev-1");
-        let roots = octomil_common::tls::ca_roots(ca.as_bytes()).unwrap();
+        let ca = ca.as_bytes();
         assert!(matches!(
-            client_config(&roots, &chain, &[8u8; 32]),
-            Err(ClientTlsError::Rustls(_))
+            client_config(ca, &chain, &[8u8; 32]),
+            Err(CaError::KeyMismatch)
         ));
         assert!(matches!(
-            client_config(&roots, "", &[7u8; 32]),
-            Err(ClientTlsError::Empty)
+            client_config(ca, "", &[7u8; 32]),
+            Err(CaError::NoCert)
         ));
-        let shown = format!(
-            "{:?}",
-            client_config(&roots, &chain, &[8u8; 32]).unwrap_err()
-        );
+        let shown = format!("{:?}", client_config(ca, &chain, &[8u8; 32]).unwrap_err());
         assert!(!shown.contains("7, 7, 7"), "{shown}");
     }
 }

@@ -81,10 +81,6 @@ pub async fn run(
     })?;
     let mqtt_tls = octomil_common::tls::client_config(&ca_pem)
         .map_err(|e| RunError::Tls(format!("{}: {e}", config.ca_file.display())))?;
-    let mqtt_roots = Arc::new(
-        octomil_common::tls::ca_roots(&ca_pem)
-            .map_err(|e| RunError::Tls(format!("{}: {e}", config.ca_file.display())))?,
-    );
 
     // Until the refresh loop publishes, say what it is about to do (never "unregistered",
     // which means "stopped trying").
@@ -158,7 +154,7 @@ pub async fn run(
                 .map(octomil_common::Secret::new),
         },
         tx: tx.clone(),
-        mqtt_roots,
+        mqtt_ca_pem: Arc::new(ca_pem),
         client_tls: None,
         metrics: metrics.clone(),
         limits: limits.clone(),
