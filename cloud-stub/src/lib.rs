@@ -236,17 +236,13 @@ impl Builder {
             &self.mqtt,
             &dir,
             &pki,
+            &mqtt_ca,
             self.mqtt_device_url,
             #[cfg(feature = "embedded-broker")]
             self.broker_limits,
         )?;
         // The name the cloud logs in to its broker with: no device may be registered as it.
-        let mqtt_identity = match &self.mqtt {
-            MqttMode::Disabled => None,
-            #[cfg(feature = "embedded-broker")]
-            MqttMode::Embedded { .. } => Some(mqtt::CLOUD_USERNAME.to_owned()),
-            MqttMode::External(ext) => ext.username.clone(),
-        };
+        let mqtt_identity = self.mqtt.identity();
         let (publisher, session, mqtt_url, vouched): (Arc<dyn RevocationPublisher>, _, _, _) =
             match prepared {
                 Some(p) => {

@@ -75,6 +75,8 @@ pub fn ed25519_pkcs8(seed: &[u8; 32]) -> PrivateKeyDer<'static> {
 /// `cert_pem` (the device certificate, then its CA, as the cloud hands it out in
 /// `MqttInfo::client_cert`) with the device's Ed25519 key. Refuses a certificate that does not
 /// certify this key, so a stale or foreign certificate fails here rather than at the broker.
+/// TLS session resumption is off: a broker that resumed a session would not verify the
+/// certificate again, so an expired one could keep working.
 pub fn client_config_with_cert(
     ca_pem: &[u8],
     cert_pem: &[u8],
@@ -89,12 +91,13 @@ pub fn client_config_with_cert(
     rustls::sign::CertifiedKey::new(chain.clone(), signer)
         .keys_match()
         .map_err(|_| CaError::KeyMismatch)?;
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(CaError::Rustls)?
         .with_root_certificates(ca_roots(ca_pem)?)
         .with_client_auth_cert(chain, ed25519_pkcs8(seed))
         .map_err(CaError::Rustls)?;
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 

@@ -241,12 +241,29 @@ impl MqttCa {
     }
 }
 
-/// The subject CN of a certificate (the first, if several): the identity a broker logs a
-/// client in as. Call it only on a certificate the TLS layer has verified.
-pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+/// What a verified client certificate says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertIdentity {
+    /// The subject's CN: the identity a broker logs the client in as.
+    pub common_name: String,
+    /// The certified public key's bits (32 bytes for a device's Ed25519 key).
+    pub public_key: Vec<u8>,
+}
+
+/// Reads the subject CN (the first, if several) and key of a certificate. Call it only on a
+/// certificate the TLS layer has verified against the MQTT CA.
+pub fn cert_identity(cert: &CertificateDer<'_>) -> Option<CertIdentity> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let cn = parsed.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
+    Some(CertIdentity {
+        common_name: cn.as_str().ok()?.to_owned(),
+        public_key: parsed.public_key().subject_public_key.data.to_vec(),
+    })
+}
+
+/// The subject CN of a certificate (see [`cert_identity`]).
+pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    cert_identity(cert).map(|c| c.common_name)
 }
 
 fn ca_params() -> CertificateParams {
@@ -364,7 +381,9 @@ mod tests {
                 Duration::from_secs(60),
             )
             .unwrap();
-        assert_eq!(common_name(&cert.der).as_deref(), Some("edge-9"));
+        let who = cert_identity(&cert.der).unwrap();
+        assert_eq!(who.common_name, "edge-9");
+        assert_eq!(who.public_key, key.verifying_key().as_bytes());
         assert_eq!(cert.chain_pem.matches("BEGIN CERTIFICATE").count(), 2);
         let cloud = ca.issue_cloud("octomil-cloud").unwrap();
         assert_eq!(
