@@ -35,6 +35,8 @@ pub struct Cloud {
     pub mqtt_identity: Option<String>,
     /// Issues the devices' MQTT client certificates (register and refresh answers).
     pub mqtt_ca: Arc<crate::mqtt::ca::MqttCa>,
+    /// The secret and budget of brokers calling `POST /mqtt/auth` and `/mqtt/acl`.
+    pub mqtt_http_auth: crate::api::mqtt_auth::BrokerAuth,
     /// What devices last reported on their status topics.
     pub presence: crate::mqtt::presence::PresenceTable,
     /// Failure switches for tests (all off by default).

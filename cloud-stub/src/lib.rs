@@ -259,6 +259,7 @@ impl Builder {
                     false,
                 ),
             };
+        let mqtt_http_auth = api::mqtt_auth::BrokerAuth::load_or_create(&dir, self.clock.clone())?;
         let cloud = Arc::new(Cloud {
             store,
             limiter: limits::Limiter::new(self.clock.clone()),
@@ -273,6 +274,7 @@ impl Builder {
             mqtt_url: mqtt_url.clone(),
             mqtt_identity,
             mqtt_ca,
+            mqtt_http_auth,
             presence: PresenceTable::new(vouched),
             #[cfg(feature = "faults")]
             faults: Default::default(),

@@ -11,6 +11,7 @@ pub(crate) mod inference;
 pub(crate) mod login;
 pub(crate) mod members;
 pub mod metrics;
+pub mod mqtt_auth;
 pub(crate) mod org;
 pub(crate) mod org_settings;
 pub(crate) mod refresh_device;
@@ -65,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/logout", post(login::logout))
         .route("/auth/password", post(login::change_password))
         .route("/inference", post(inference::infer))
+        .route("/mqtt/auth", post(mqtt_auth::authenticate))
+        .route("/mqtt/acl", post(mqtt_auth::authorize))
         .merge(resources::routes())
         // After routing, before any handler: the one place where authorization happens.
         .route_layer(axum::middleware::from_fn_with_state(
