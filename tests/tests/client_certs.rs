@@ -137,6 +137,9 @@ async fn the_daemon_logs_in_to_the_embedded_broker_by_certificate_and_is_revoked
         },
     )
     .await;
+    // The device key never reaches a log line (it is no MQTT password any more either).
+    let key = d.token().await;
+    assert!(!d.log_text().contains(&key), "the device key is in the log");
     let refreshes = c.handle.cloud.faults.calls(DeviceCall::Refresh).len();
     let t0 = Instant::now();
     let (code, body) = revoke(&c, "cert-1").await;
