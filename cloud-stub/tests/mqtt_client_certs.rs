@@ -252,3 +252,39 @@ async fn a_certificate_does_not_outlive_its_device_record() {
     assert!(connect(&env, &d.id, tls).await.is_err());
     env.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_device_certificate_reaches_only_its_own_topics() {
+    let env = cloud().await;
+    let (a, a_tls) = enrolled(&env, "edge-cc-7a").await;
+    let (b, _) = enrolled(&env, "edge-cc-7b").await;
+    let mut c = connect(&env, &a.id, a_tls).await.unwrap();
+    for filter in [
+        revocation(&b.id),
+        status(&b.id),
+        "octomil/v1/devices/+/revocation".to_owned(),
+        "#".to_owned(),
+    ] {
+        assert_eq!(
+            c.subscribe_result(&filter).await,
+            vec![SubscribeReasonCode::Failure],
+            "{filter}"
+        );
+    }
+    c.subscribe(&revocation(&a.id)).await;
+    let stats = env.handle.broker().unwrap().stats();
+    let denied = stats.denied_publishes.load(Ordering::Relaxed);
+    c.publish_retained(&status(&b.id), br#"{"online":true}"#.to_vec())
+        .await;
+    c.publish_retained(&revocation(&b.id), b"forged".to_vec())
+        .await;
+    c.publish_retained(&revocation(&a.id), Vec::new()).await;
+    assert_eq!(stats.denied_publishes.load(Ordering::Relaxed), denied + 3);
+    c.publish_retained(&status(&a.id), br#"{"online":true}"#.to_vec())
+        .await;
+    let router = env.handle.broker().unwrap().router();
+    assert_eq!(router.retained(&status(&b.id)), None);
+    assert_eq!(router.retained(&revocation(&b.id)), None);
+    assert!(router.retained(&status(&a.id)).is_some());
+    env.handle.shutdown().await;
+}
