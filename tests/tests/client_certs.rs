@@ -7,12 +7,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use octomil_cloud::faults::DeviceCall;
 use octomil_cloud::{CloudStub, ExternalBroker, MqttMode};
-use octomil_e2e::mosquitto;
+use octomil_e2e::mosquitto::{self, Mosquitto};
 use octomil_e2e::{DaemonOptions, DaemonProcess, TestCloud};
 use octomil_testkit::poll::eventually_or;
 use octomil_testkit::skip;
@@ -195,100 +194,17 @@ async fn a_revoked_daemon_logs_in_with_its_certificate_and_reads_its_revocation(
     );
 }
 
-/// docs/mosquitto.conf.example with this test's paths and port, and logging of every
-/// connection to a file (the broker-side observation).
-fn mosquitto_conf(dir: &Path, state: &Path, port: u16) -> std::path::PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let example = std::fs::read_to_string(root.join("docs/mosquitto.conf.example")).unwrap();
-    let acl = dir.join("octomil.acl");
-    std::fs::copy(root.join("docs/mosquitto.acl.example"), &acl).unwrap();
-    let mut out = vec![
-        "user root".to_owned(),
-        format!("log_dest file {}", dir.join("mosquitto.log").display()),
-        "log_type all".to_owned(),
-        "connection_messages true".to_owned(),
-    ];
-    for line in example.lines() {
-        let key = line.split_whitespace().next().unwrap_or("");
-        let value = |v: &Path| format!("{key} {}", v.display());
-        out.push(match key {
-            "listener" => format!("listener {port} 127.0.0.1"),
-            "persistence_location" => value(&dir.join("persist/")),
-            "certfile" => value(&state.join("server.pem")),
-            "keyfile" => value(&state.join("server.key")),
-            "cafile" => value(&state.join("mqtt_ca.pem")),
-            "acl_file" => value(&acl),
-            "password_file" => {
-                let p = dir.join("passwd");
-                std::fs::write(&p, "").unwrap();
-                value(&p)
-            }
-            "log_dest" | "user" => continue,
-            _ => line.to_owned(),
-        });
-    }
-    std::fs::create_dir_all(dir.join("persist")).unwrap();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, out.join("\n") + "\n").unwrap();
-    conf
-}
-
-/// A Mosquitto from the docs' example; killed on drop.
-struct Broker {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-    port: u16,
-}
-
-impl Broker {
-    fn start(dir: &Path, state: &Path) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let port = mosquitto::free_port();
-        let conf = mosquitto_conf(dir, state, port);
-        let child = std::process::Command::new(mosquitto::find("mosquitto").unwrap())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let me = Self {
-            child,
-            log: dir.join("mosquitto.log"),
-            port,
-        };
-        octomil_e2e::wait_for(Duration::from_secs(10), "mosquitto listening", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        me
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Connections Mosquitto accepted for `id` (its username is the certificate's CN).
-    fn logins(&self, id: &str) -> usize {
-        self.log_text()
-            .lines()
-            .filter(|l| l.contains("New client connected") && l.contains(&format!("u'{id}'")))
-            .count()
-    }
-
-    fn url(&self) -> String {
-        format!("mqtts://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Connections Mosquitto accepted for `id` (its username is the certificate's CN).
+fn logins(broker: &Mosquitto, id: &str) -> usize {
+    broker
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("New client connected") && l.contains(&format!("u'{id}'")))
+        .count()
 }
 
 /// The cloud's own login to the broker.
-fn external_broker(broker: &Broker, _state: &Path) -> ExternalBroker {
+fn external_broker(broker: &Mosquitto) -> ExternalBroker {
     ExternalBroker {
         url: broker.url(),
         username: Some("octomil-cloud".into()),
@@ -318,9 +234,13 @@ async fn mosquitto_with_client_certificates_follows_three_key_rotations_and_deli
     // trusts the MQTT CA for client certificates.
     octomil_cloud::tls::Pki::load_or_create(&state, &[]).unwrap();
     octomil_cloud::mqtt::ca::MqttCa::load_or_create(&state).unwrap();
-    let broker = Broker::start(&tmp.path().join("mosquitto"), &state);
+    let broker = Mosquitto::start_with_client_certs(
+        &tmp.path().join("mosquitto"),
+        &state,
+        mosquitto::free_port(),
+    );
     let handle = CloudStub::builder(&state)
-        .mqtt(MqttMode::External(external_broker(&broker, &state)))
+        .mqtt(MqttMode::External(external_broker(&broker)))
         .spawn()
         .await
         .unwrap();
@@ -330,7 +250,7 @@ async fn mosquitto_with_client_certificates_follows_three_key_rotations_and_deli
     let d = DaemonProcess::start(&tmp.path().join("d"), &opts(&c, id));
     d.wait_state("active", Duration::from_secs(20)).await;
     wait_mqtt(&d, || broker.log_text()).await;
-    assert!(broker.logins(id) >= 1, "{}", broker.log_text());
+    assert!(logins(&broker, id) >= 1, "{}", broker.log_text());
 
     // Three rotations: a 6 s key (and certificate) is refreshed every 4.2-4.8 s.
     let before = c.handle.cloud.faults.calls(DeviceCall::Refresh).len();
@@ -349,7 +269,7 @@ async fn mosquitto_with_client_certificates_follows_three_key_rotations_and_deli
     assert_eq!(by_key, 0, "a device-key login\n{}", d.log_text());
     // Broker side: the live session moved to a renewed certificate before the one it
     // connected with expired (at 90 % of its 6 s), so Mosquitto saw the device log in again.
-    let logins = broker.logins(id);
+    let logins = logins(&broker, id);
     eprintln!("Mosquitto logins of {id}: {logins}; daemon certificate logins: {by_cert}");
     assert!(logins >= 2, "{}", broker.log_text());
     assert!(
