@@ -719,6 +719,23 @@ fn a_restart_resumes_the_certificates_schedule() {
     );
 }
 
+/// Persist before use: a renewed certificate whose save failed is not used; the one held
+/// stays, and the refresh is retried before it expires.
+#[test]
+fn a_renewed_certificate_that_was_not_saved_is_not_used() {
+    let mut h = with_cert(3600);
+    let held = h.view().client_cert.unwrap();
+    h.jump_to_deadline();
+    let mut r = refreshed(1);
+    r.mqtt = Some(broker(2, Some(3600)));
+    h.feed(Input::Refreshed(Ok(r)));
+    let e = h.feed(Input::Saved(Err("disk full".into())));
+    assert!(has(&e, "count(RefreshFailure)"), "{e:?}");
+    assert_eq!(held_cert(&h).unwrap().0, "cert1");
+    assert_eq!(h.view().client_cert, Some(held.clone()));
+    assert!(h.in_().unwrap() <= (held.valid_until - h.now().mono) / 3);
+}
+
 /// Revocation and re-registration drop the certificate with the credentials.
 #[test]
 fn revocation_drops_the_certificate() {
