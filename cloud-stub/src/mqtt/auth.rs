@@ -249,3 +249,33 @@ pub fn check(
         None => Verdict::Refused("unknown key for this device"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_identities_before_the_store_is_read() {
+        let m = Model::default();
+        let v =
+            |client_id: &str, cn: &str| check_identity(&m, "octomil-cloud", client_id, cn, None);
+        assert_eq!(v("octomil-cloud", "octomil-cloud"), Verdict::Cloud);
+        assert_eq!(v("octomil-cloud:a1", "octomil-cloud"), Verdict::Cloud);
+        for bad in ["octomil-cloudx", "edge-1", ""] {
+            assert!(
+                matches!(v(bad, "octomil-cloud"), Verdict::Refused(_)),
+                "{bad}"
+            );
+        }
+        // A CN that is no device id, a client id other than the CN, no organization.
+        assert!(matches!(v("a/b", "a/b"), Verdict::Refused(_)));
+        assert_eq!(
+            v("edge-2", "edge-1"),
+            Verdict::Refused("client id differs from the certificate's identity")
+        );
+        assert_eq!(
+            v("edge-1", "edge-1"),
+            Verdict::Refused("organization deleted")
+        );
+    }
+}
