@@ -33,6 +33,10 @@ pub struct Cloud {
     /// The name the cloud's own MQTT session logs in with (embedded: `octomil-cloud`;
     /// external: `--mqtt-username`); registration refuses it as a device id.
     pub mqtt_identity: Option<String>,
+    /// Issues the devices' MQTT client certificates (register and refresh answers).
+    pub mqtt_ca: Arc<crate::mqtt::ca::MqttCa>,
+    /// The secret and budget of brokers calling `POST /mqtt/auth` and `/mqtt/acl`.
+    pub mqtt_http_auth: crate::api::mqtt_auth::BrokerAuth,
     /// What devices last reported on their status topics.
     pub presence: crate::mqtt::presence::PresenceTable,
     /// Peers whose `X-Forwarded-For` names the source address (none by default).

@@ -213,6 +213,7 @@ impl Builder {
         files::ensure_private_dir(&dir)?;
         let _ = std::fs::remove_file(dir.join(CloudInfo::FILE));
         let pki = tls::Pki::load_or_create(&dir, &self.extra_names)?;
+        let mqtt_ca = mqtt::ca::MqttCa::load_or_create(&dir)?;
         let store = Store::open(&dir.join("cloud.redb"))?;
         init::provision(
             &store,
@@ -245,17 +246,13 @@ impl Builder {
             &self.mqtt,
             &dir,
             &pki,
+            &mqtt_ca,
             self.mqtt_device_url,
             #[cfg(feature = "embedded-broker")]
             self.broker_limits,
         )?;
         // The name the cloud logs in to its broker with: no device may be registered as it.
-        let mqtt_identity = match &self.mqtt {
-            MqttMode::Disabled => None,
-            #[cfg(feature = "embedded-broker")]
-            MqttMode::Embedded { .. } => Some(mqtt::CLOUD_USERNAME.to_owned()),
-            MqttMode::External(ext) => ext.username.clone(),
-        };
+        let mqtt_identity = self.mqtt.identity();
         let (publisher, session, mqtt_url, vouched): (Arc<dyn RevocationPublisher>, _, _, _) =
             match prepared {
                 Some(p) => {
@@ -272,6 +269,7 @@ impl Builder {
                     false,
                 ),
             };
+        let mqtt_http_auth = api::mqtt_auth::BrokerAuth::load_or_create(&dir, self.clock.clone())?;
         let cloud = Arc::new(Cloud {
             store,
             limiter: limits::Limiter::new(self.clock.clone()),
@@ -285,6 +283,8 @@ impl Builder {
             publisher,
             mqtt_url: mqtt_url.clone(),
             mqtt_identity,
+            mqtt_ca,
+            mqtt_http_auth,
             presence: PresenceTable::new(vouched),
             trusted_proxies: self.trusted_proxies,
             #[cfg(feature = "faults")]

@@ -84,6 +84,9 @@ pub struct Pki {
     pub server_names: Vec<String>,
     /// Server config with the certificate chain and key, no ALPN; cloned per caller.
     server: ServerConfig,
+    /// The same chain and key, for configs that also verify client certificates.
+    server_chain: Vec<CertificateDer<'static>>,
+    server_key: PrivateKeyDer<'static>,
     client: Arc<ClientConfig>,
 }
 
@@ -152,7 +155,7 @@ impl Pki {
             issue_server_cert(&paths, &ca, &names)?;
             issued = true;
         }
-        let server = match load_server(&paths, &ca, &provider) {
+        let (server, server_chain, server_key) = match load_server(&paths, &ca, &provider) {
             Ok(server) => server,
             Err(e) if !issued => {
                 tracing::warn!(error = %e, "server certificate unusable; issuing a new one");
@@ -172,8 +175,41 @@ impl Pki {
             ca_pem: ca.pem,
             server_names: names,
             server,
+            server_chain,
+            server_key,
             client,
         })
+    }
+
+    /// A server config presenting the server certificate that also asks every client for a
+    /// certificate and verifies any it gets against `client_roots` (the MQTT CA: rustls'
+    /// `WebPkiClientVerifier`, ring, which also refuses an expired one). A client without a
+    /// certificate still completes the handshake (the broker's legacy password login; delete
+    /// `allow_unauthenticated` with it at merge).
+    pub fn server_config_verifying_clients(
+        &self,
+        client_roots: RootCertStore,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let provider = ring_provider();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(client_roots),
+            Arc::clone(&provider),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Rustls)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.server_chain.clone(), self.server_key.clone_key())
+            .map_err(TlsError::Rustls)?;
+        // No session resumption: a resumed session carries the client certificate of the
+        // first handshake without verifying it again, so a certificate would outlive its
+        // notAfter for as long as a ticket lives. Every connection verifies afresh.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(Arc::new(config))
     }
 
     /// A server config presenting the server certificate, offering `alpn` (for example
@@ -193,6 +229,22 @@ impl Pki {
 /// A client config that trusts exactly the certificates in `pem` (usually one CA).
 pub fn client_config_from_ca_pem(pem: &[u8]) -> Result<Arc<ClientConfig>, TlsError> {
     Ok(octomil_common::tls::client_config(pem)?)
+}
+
+/// A client config that trusts exactly the CAs in `pem` and presents `chain` with `key` (the
+/// cloud's own MQTT certificate).
+pub fn client_config_with_cert(
+    pem: &[u8],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let config = ClientConfig::builder_with_provider(ring_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Rustls)?
+        .with_root_certificates(octomil_common::tls::ca_roots(pem)?)
+        .with_client_auth_cert(chain, key)
+        .map_err(TlsError::Rustls)?;
+    Ok(Arc::new(config))
 }
 
 fn ring_provider() -> Arc<CryptoProvider> {
@@ -403,11 +455,17 @@ fn issue_server_cert(paths: &Paths, ca: &Ca, names: &[String]) -> Result<(), Tls
 
 /// Loads `server.pem` + `server.key` into a server config, after checking that the chain
 /// verifies against the CA for `localhost` right now (which also catches an expired leaf).
+type ServerParts = (
+    ServerConfig,
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+);
+
 fn load_server(
     paths: &Paths,
     ca: &Ca,
     provider: &Arc<CryptoProvider>,
-) -> Result<ServerConfig, TlsError> {
+) -> Result<ServerParts, TlsError> {
     let bad_cert = |reason: String| TlsError::BadCert {
         path: paths.server_cert.clone(),
         reason,
@@ -452,12 +510,13 @@ fn load_server(
         &paths.server_cert,
         &paths.server_key,
     )?;
-    ServerConfig::builder_with_provider(Arc::clone(provider))
+    let config = ServerConfig::builder_with_provider(Arc::clone(provider))
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Rustls)?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(TlsError::Rustls)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(TlsError::Rustls)?;
+    Ok((config, chain, key))
 }
 
 #[cfg(test)]

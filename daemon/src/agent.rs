@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::answer;
+use crate::client_tls::{self, ClientTls};
 use crate::cloud::{CloudClient, CloudError};
 pub use crate::lifecycle::Command;
 use crate::lifecycle::{Core, Count, Effect, Failure, Input, Now, Refreshed, Registration, View};
@@ -91,6 +92,10 @@ pub struct Agent {
     pub persisted: Persisted,
     pub bootstrap: BootstrapSource,
     pub tx: SnapshotTx,
+    /// The pinned CA (PEM), for the MQTT client-certificate TLS configs.
+    pub mqtt_ca_pem: Arc<Vec<u8>>,
+    /// The client-certificate TLS config last built (rebuilt only for a new certificate).
+    pub client_tls: Option<Arc<ClientTls>>,
     pub metrics: Arc<Metrics>,
     /// Local rate limits: the daemon's own control-plane calls draw from the same budget.
     pub limits: Arc<Limiter>,
@@ -167,7 +172,9 @@ impl Agent {
         while let Some(effect) = core.poll() {
             match effect {
                 Effect::CallRegister => *call = Some(self.register_call(core.persisted())),
-                Effect::CallRefresh(token) => *call = Some(self.refresh_call(token)),
+                Effect::CallRefresh(token) => {
+                    *call = Some(self.refresh_call(token, device_public_key(core.persisted())))
+                }
                 Effect::Persist(p) => {
                     let r = self.save(*p).await;
                     core.handle(now(), unit_random(), Input::Saved(r));
@@ -209,7 +216,8 @@ impl Agent {
         true
     }
 
-    fn publish(&self, v: View, p: &Persisted) {
+    fn publish(&mut self, v: View, p: &Persisted) {
+        let mqtt_tls = self.client_tls(&v, p);
         let creds = p.credentials.as_ref();
         let token = v
             .key
@@ -233,6 +241,7 @@ impl Agent {
             if s.mqtt != mqtt {
                 s.mqtt = mqtt;
             }
+            s.mqtt_tls = mqtt_tls;
             s.last_refresh = v.last_refresh;
             s.next_refresh = v.next_refresh;
             s.rate_limits = v.rate_limits;
@@ -243,6 +252,50 @@ impl Agent {
         });
         let snap = self.tx.borrow();
         notify::status(&format!("{}: {}", snap.phase.as_str(), snap.detail));
+    }
+
+    /// The TLS config of the held MQTT client certificate: the cached one while the
+    /// certificate is the same, a new one for a renewed certificate. One that rustls refuses
+    /// (answer.rs checked it, so only a bug) is logged, and the session logs in with the key.
+    fn client_tls(&mut self, v: &View, p: &Persisted) -> Option<Arc<ClientTls>> {
+        let (Some(cert), Some(identity)) = (&v.client_cert, &p.identity) else {
+            self.client_tls = None;
+            return None;
+        };
+        if let Some(held) = &self.client_tls
+            && held.chain_pem == cert.chain_pem
+            && held.valid_until == cert.valid_until
+        {
+            return Some(held.clone());
+        }
+        match client_tls::client_config(
+            &self.mqtt_ca_pem,
+            &cert.chain_pem,
+            identity.signing_key_seed.expose(),
+        ) {
+            Ok(config) => {
+                let tls = Arc::new(ClientTls {
+                    config,
+                    chain_pem: cert.chain_pem.clone(),
+                    received: cert.received,
+                    valid_until: cert.valid_until,
+                });
+                tracing::info!(
+                    valid_for_s = cert
+                        .valid_until
+                        .saturating_duration_since(Instant::now())
+                        .as_secs(),
+                    "MQTT client certificate ready for the next connect"
+                );
+                self.client_tls = Some(tls.clone());
+                Some(tls)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot use the MQTT client certificate; logging in with the device key");
+                self.client_tls = None;
+                None
+            }
+        }
     }
 
     async fn save(&self, p: Persisted) -> Result<(), String> {
@@ -297,14 +350,14 @@ impl Agent {
                     .register(&token, &device_id, &key)
                     .await
                     .map_err(failure)?;
-                let c = answer::check_register(&resp)
+                let c = answer::check_register(&resp, &key.verifying_key().to_bytes())
                     .map_err(|e| Failure::Permanent(format!("registration answer refused: {e}")))?;
                 Ok(Registration {
                     api_key: resp.api_key,
                     refresh_token: resp.refresh_token,
                     lifetime_secs: c.lifetime_secs,
                     revocation_public_key: c.revocation_public_key,
-                    mqtt: resp.mqtt,
+                    mqtt: c.mqtt.map(Box::new),
                     rate_limits: c.rate_limits,
                     epoch: resp.registration_epoch,
                 })
@@ -317,7 +370,9 @@ impl Agent {
         })
     }
 
-    fn refresh_call(&self, refresh_token: Secret<String>) -> Call {
+    /// `device_key`: the device's Ed25519 public key, which a renewed MQTT client certificate
+    /// must certify (all zeros without an identity: no certificate is then accepted).
+    fn refresh_call(&self, refresh_token: Secret<String>, device_key: [u8; 32]) -> Call {
         let wait = self.budget_wait();
         let (cloud, device_id) = (self.cloud.clone(), self.device_id.clone());
         Box::pin(async move {
@@ -329,19 +384,31 @@ impl Agent {
                     .refresh(&device_id, &refresh_token)
                     .await
                     .map_err(failure)?;
-                let c = answer::check_refresh(&resp)
+                let c = answer::check_refresh(&resp, &device_key)
                     .map_err(|e| Failure::Permanent(format!("refresh answer refused: {e}")))?;
                 Ok(Refreshed {
                     api_key: resp.api_key,
                     refresh_token: resp.refresh_token,
                     lifetime_secs: c.lifetime_secs,
                     rate_limits: c.rate_limits,
+                    mqtt: c.mqtt.map(Box::new),
                 })
             }
             .await;
             Input::Refreshed(r)
         })
     }
+}
+
+fn device_public_key(p: &Persisted) -> [u8; 32] {
+    p.identity
+        .as_ref()
+        .map(|i| {
+            SigningKey::from_bytes(i.signing_key_seed.expose())
+                .verifying_key()
+                .to_bytes()
+        })
+        .unwrap_or_default()
 }
 
 /// The device's Ed25519 key: made once, persisted before it is ever used, so a crash

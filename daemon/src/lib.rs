@@ -6,6 +6,7 @@ pub mod answer;
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod client_tls;
 pub mod cloud;
 pub mod config;
 pub mod lifecycle;

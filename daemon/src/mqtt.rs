@@ -1,6 +1,13 @@
 //! The revocation session: one persistent MQTT session (TLS with the pinned CA) subscribed to
 //! the device's revocation topic, announcing presence with a Last Will. A verified envelope
 //! hands the revocation to the refresh loop; anything else is counted and dropped.
+//!
+//! Login: with an MQTT client certificate from the cloud, TLS client authentication (the
+//! certificate chain and the device's Ed25519 identity key) and no password; without one (an
+//! older cloud), the device key as the password. A renewed certificate is used from the next
+//! (re)connect; a live session keeps running (brokers check the certificate at the handshake
+//! only), but is reconnected on our own with the renewed certificate before the one it
+//! connected with expires, so it never depends on an expired certificate.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +21,11 @@ use rumqttc::{
     TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Command;
+use crate::client_tls::ClientTls;
 use crate::metrics::Metrics;
 use crate::state::{MqttParams, Phase, Snapshot, SnapshotRx, SnapshotTx};
 use octomil_common::backoff::{Backoff, Jitter, unit_random};
@@ -38,6 +47,9 @@ const CHECK_MAX: Duration = Duration::from_secs(30 * 60);
 /// smaller limit would make rumqttc drop the connection and the broker redeliver a retained
 /// oversized message forever).
 const MAX_INCOMING: usize = 64 * 1024;
+/// A live session connected with a client certificate reconnects with the renewed one once
+/// this fraction of the old one's lifetime has passed.
+const RECONNECT_AT: f64 = 0.9;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
@@ -97,17 +109,17 @@ impl Session {
     pub async fn run(self) {
         loop {
             // Wait for a registered, unrevoked device whose cloud has a broker.
-            let Some((params, token)) = self.wait_for_params().await else {
+            let Some((params, token, tls)) = self.wait_for_params().await else {
                 return;
             };
-            match self.session(&params, &token).await {
+            match self.session(&params, &token, tls).await {
                 End::Shutdown | End::Revoked => return,
                 End::Restart => continue,
             }
         }
     }
 
-    async fn wait_for_params(&self) -> Option<(Arc<MqttParams>, String)> {
+    async fn wait_for_params(&self) -> Option<(Arc<MqttParams>, String, Option<Arc<ClientTls>>)> {
         let mut rx = self.snapshot.clone();
         loop {
             {
@@ -116,7 +128,7 @@ impl Session {
                     return None;
                 }
                 if let (Some(p), Some(t)) = (&s.mqtt, &s.token) {
-                    return Some((p.clone(), t.secret.expose().clone()));
+                    return Some((p.clone(), t.secret.expose().clone(), s.mqtt_tls.clone()));
                 }
             }
             tokio::select! {
@@ -126,11 +138,21 @@ impl Session {
         }
     }
 
-    fn options(&self, params: &MqttParams, token: &str) -> Result<MqttOptions, MqttError> {
+    /// The connect options: a client certificate when there is one and the URL is TLS (no
+    /// password then), else the device key as the password.
+    fn options(
+        &self,
+        params: &MqttParams,
+        token: &str,
+        cert: Option<&ClientTls>,
+    ) -> Result<MqttOptions, MqttError> {
         let (tls, host, port) = parse_url(&params.url)?;
         let mut o = MqttOptions::new(self.device_id.as_str(), host, port);
-        o.set_credentials(params.username.clone(), token.to_owned())
-            .set_keep_alive(self.keepalive)
+        let cert = cert.filter(|_| tls);
+        if cert.is_none() {
+            o.set_credentials(params.username.clone(), token.to_owned());
+        }
+        o.set_keep_alive(self.keepalive)
             .set_clean_session(false)
             .set_max_packet_size(MAX_INCOMING, MAX_INCOMING)
             .set_last_will(LastWill::new(
@@ -140,15 +162,19 @@ impl Session {
                 true,
             ));
         if tls {
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                self.tls.clone(),
-            )));
+            let config = cert.map_or_else(|| self.tls.clone(), |c| c.config.clone());
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
         }
         Ok(o)
     }
 
-    async fn session(&self, params: &Arc<MqttParams>, token: &str) -> End {
-        let options = match self.options(params, token) {
+    async fn session(
+        &self,
+        params: &Arc<MqttParams>,
+        token: &str,
+        mut cert: Option<Arc<ClientTls>>,
+    ) -> End {
+        let options = match self.options(params, token, cert.as_deref()) {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the revocation session");
@@ -170,6 +196,8 @@ impl Session {
         };
         let mut rx = self.snapshot.clone();
         let mut current_token = token.to_owned();
+        // The certificate the live connection was made with (None: password, or down).
+        let mut connected_with: Option<Arc<ClientTls>> = None;
         let mut failures = 0u32;
         let mut last_check: Option<tokio::time::Instant> = None;
         let mut check_every = CHECK_EVERY;
@@ -194,19 +222,46 @@ impl Session {
                         self.set_connected(false);
                         return End::Restart;
                     }
-                    // Fresh credentials for the next (re)connect; the live connection stays.
-                    if let Some(t) = &s.token
-                        && *t.secret.expose() != current_token
-                    {
-                        current_token = t.secret.expose().clone();
-                        eventloop.mqtt_options.set_credentials(params.username.clone(), current_token.clone());
+                    // Fresh credentials (key or certificate) for the next (re)connect; the live
+                    // connection stays.
+                    let new_token = s
+                        .token
+                        .as_ref()
+                        .filter(|t| *t.secret.expose() != current_token);
+                    let new_cert = !same_cert(s.mqtt_tls.as_ref(), cert.as_ref());
+                    if new_token.is_some() || new_cert {
+                        if let Some(t) = new_token {
+                            current_token = t.secret.expose().clone();
+                        }
+                        if new_cert {
+                            cert = s.mqtt_tls.clone();
+                            tracing::info!(
+                                client_certificate = cert.is_some(),
+                                "new MQTT login for the next connect"
+                            );
+                        }
+                        if let Ok(o) = self.options(params, &current_token, cert.as_deref()) {
+                            eventloop.mqtt_options = o;
+                        }
                     }
+                }
+                // Connected with a certificate that nears its end, and a renewed one is
+                // here: reconnect with it now rather than depend on the old one.
+                () = renew_sleep(connected_with.as_deref(), cert.as_deref()) => {
+                    tracing::info!("reconnecting with the renewed MQTT client certificate before the current one expires");
+                    self.reconnect(&client, &mut eventloop).await;
+                    connected_with = None;
                 }
                 ev = eventloop.poll() => match ev {
                                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         failures = 0;
                         check_every = CHECK_EVERY;
-                                                tracing::info!(topic = %params.topic, "revocation session connected");
+                        connected_with = cert.clone().filter(|_| params.url.starts_with("mqtts://"));
+                        tracing::info!(
+                            topic = %params.topic,
+                            client_certificate = connected_with.is_some(),
+                            "revocation session connected"
+                        );
                         let _ = client.subscribe(params.topic.clone(), QoS::AtLeastOnce).await;
                         self.announce(&client).await;
                     }
@@ -218,7 +273,8 @@ impl Session {
                         }
                     }
                     Ok(_) => {}
-                                        Err(e) => {
+                    Err(e) => {
+                        connected_with = None;
                         self.set_connected(false);
                         Metrics::inc(&self.metrics.mqtt_disconnects);
                                                 // A broker that is down (refused, unreachable) says nothing about us; one
@@ -333,6 +389,23 @@ impl Session {
         self.set_connected(false);
     }
 
+    /// Ends the live connection cleanly (a DISCONNECT, so no Last Will) and lets the next
+    /// poll connect again with the current options.
+    async fn reconnect(&self, client: &AsyncClient, eventloop: &mut EventLoop) {
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        eventloop.clean();
+        self.set_connected(false);
+    }
+
     async fn park_until_change(&self, params: &Arc<MqttParams>) -> End {
         let mut rx = self.snapshot.clone();
         loop {
@@ -361,6 +434,36 @@ impl Session {
     }
 }
 
+/// The same certificate (by the config built for it)?
+fn same_cert(a: Option<&Arc<ClientTls>>, b: Option<&Arc<ClientTls>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || **a == **b,
+        _ => false,
+    }
+}
+
+/// When a connection made with `connected` should move to the renewed `next`: once
+/// [`RECONNECT_AT`] of `connected`'s lifetime has passed, if `next` is a different
+/// certificate valid for longer. `None`: never (no certificate, or nothing better to move to:
+/// a reconnect with the same certificate would gain nothing, and after its expiry would fail).
+fn renew_at(connected: Option<&ClientTls>, next: Option<&ClientTls>) -> Option<Instant> {
+    let (c, n) = (connected?, next?);
+    if n.valid_until <= c.valid_until || n.chain_pem == c.chain_pem {
+        return None;
+    }
+    let lifetime = c.valid_until.saturating_duration_since(c.received);
+    Some(c.received + lifetime.mul_f64(RECONNECT_AT))
+}
+
+/// Sleeps until [`renew_at`], or forever.
+async fn renew_sleep(connected: Option<&ClientTls>, next: Option<&ClientTls>) {
+    match renew_at(connected, next) {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Errors that mean "no broker there" rather than "the broker turned us away".
 fn broker_down(e: &rumqttc::ConnectionError) -> bool {
     use std::io::ErrorKind;
@@ -381,6 +484,55 @@ fn broker_down(e: &rumqttc::ConnectionError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cert(pem: &str, received: Instant, valid_for: u64) -> ClientTls {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        ClientTls {
+            config: Arc::new(config),
+            chain_pem: pem.into(),
+            received,
+            valid_until: received + Duration::from_secs(valid_for),
+        }
+    }
+
+    /// A live session moves to a renewed certificate at 90 % of the old one's lifetime, and
+    /// only to a different one valid for longer.
+    #[test]
+    fn when_a_live_session_moves_to_the_renewed_certificate() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let old = cert("a", t0, 1000);
+        // (connected with, next connect's, reconnect at)
+        let cases = [
+            (None, None, None),
+            (None, Some(cert("b", t0 + s(10), 1000)), None),
+            (Some(cert("a", t0, 1000)), None, None),
+            (Some(cert("a", t0, 1000)), Some(cert("a", t0, 1000)), None),
+            (Some(cert("a", t0, 1000)), Some(cert("b", t0, 500)), None),
+            (
+                Some(cert("a", t0, 1000)),
+                Some(cert("b", t0 + s(700), 1000)),
+                Some(t0 + s(900)),
+            ),
+        ];
+        for (i, (connected, next, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                renew_at(connected.as_ref(), next.as_ref()),
+                want,
+                "case {i}"
+            );
+        }
+        let next = Arc::new(cert("b", t0, 2000));
+        assert!(same_cert(Some(&next), Some(&next.clone())));
+        assert!(!same_cert(Some(&Arc::new(old)), Some(&next)));
+        assert!(!same_cert(None, Some(&next)));
+    }
 
     #[test]
     fn urls() {

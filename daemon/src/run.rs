@@ -154,6 +154,8 @@ pub async fn run(
                 .map(octomil_common::Secret::new),
         },
         tx: tx.clone(),
+        mqtt_ca_pem: Arc::new(ca_pem),
+        client_tls: None,
         metrics: metrics.clone(),
         limits: limits.clone(),
         heartbeat: heartbeat.clone(),

@@ -150,6 +150,9 @@ pub struct Snapshot {
     pub rate_limits: Option<RateLimits>,
     /// `None` until registered, or when the cloud runs without a broker.
     pub mqtt: Option<Arc<MqttParams>>,
+    /// TLS client authentication with the cloud's MQTT client certificate; `None` when the
+    /// cloud issues none (the session logs in with the device key then).
+    pub mqtt_tls: Option<Arc<crate::client_tls::ClientTls>>,
 }
 
 impl Snapshot {
@@ -165,6 +168,7 @@ impl Snapshot {
             revoked: None,
             rate_limits: None,
             mqtt: None,
+            mqtt_tls: None,
         }
     }
 }

@@ -152,6 +152,9 @@ pub const TABLE: &[Row] = &[
     row("GET", "/experiments", bearer_rule(ExperimentsWrite, Admin), Env::Own, CP),
     row("POST", "/experiments", bearer_rule(ExperimentsWrite, Admin), Env::Own, CP),
     row("POST", "/inference", bearer_rule(ModelsRead, Member), Env::Any, Some(Surface::Inference)),
+    // A broker with the cloud's `mqtt_broker_secret` (checked and rate-limited by the handler).
+    row("POST", "/mqtt/auth", Access::Public, Env::Org, None),
+    row("POST", "/mqtt/acl", Access::Public, Env::Org, None),
 ];
 
 /// The row for `method path` (`path` below `/api/v1`).

@@ -13,6 +13,7 @@ pub(crate) mod invitations;
 pub(crate) mod login;
 pub(crate) mod members;
 pub mod metrics;
+pub mod mqtt_auth;
 pub(crate) mod org;
 pub(crate) mod org_settings;
 pub mod page;
@@ -74,6 +75,8 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/invitations/accept", post(invitations::accept))
         .route("/org/members/{email}/mfa-reset", post(members::mfa_reset))
         .route("/inference", post(inference::infer))
+        .route("/mqtt/auth", post(mqtt_auth::authenticate))
+        .route("/mqtt/acl", post(mqtt_auth::authorize))
         .merge(resources::routes())
         // After routing, before any handler: the one place where authorization happens.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -82,7 +82,8 @@ pub async fn refresh(
         d.last_refresh_at = Some(now);
         let env = d.environment;
         let (key, refresh, expires_at) = issue_pair(&mut d, env, now, settings.device_token_expiry_secs);
-        Ok((Ok((key, refresh, expires_at)), vec![Change::Device(d)]))
+        let public_key = d.public_key;
+        Ok((Ok((key, refresh, expires_at, public_key)), vec![Change::Device(d)]))
     });
     let outcome = match outcome {
         Err(e) if e.code == codes::INVALID_REFRESH_TOKEN => {
@@ -90,18 +91,30 @@ pub async fn refresh(
         }
         other => other?,
     };
-    let (api_key, refresh_token, expires_at) = outcome.map_err(|()| {
+    let (api_key, refresh_token, expires_at, public_key) = outcome.map_err(|()| {
         ApiError::unauthorized(
             codes::REFRESH_TOKEN_REUSED,
             "refresh token was already used; the device must register again",
         )
     })?;
+    // A renewed client certificate with every renewed key (a revoked device got 403 above).
+    let mqtt = match &state.mqtt_url {
+        Some(url) => Some(super::register_device::mqtt_info(
+            &state,
+            url,
+            &req.device_id,
+            &public_key,
+            settings.device_token_expiry_secs,
+        )?),
+        None => None,
+    };
     Ok(Json(RefreshResponse {
         api_key,
         refresh_token,
         expires_at,
         expires_in: Some(settings.device_token_expiry_secs),
         rate_limits: settings.rate_limits.device_view(),
+        mqtt,
     }))
 }
 

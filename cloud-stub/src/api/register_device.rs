@@ -203,11 +203,18 @@ pub async fn register(
     })?;
 
     tracing::info!(device_id = %req.device_id, epoch, "device registered");
+    let mqtt = match &state.mqtt_url {
+        Some(url) => Some(mqtt_info(
+            &state,
+            url,
+            &req.device_id,
+            public_key.as_bytes(),
+            expiry,
+        )?),
+        None => None,
+    };
     Ok(Json(RegisterResponse {
-        mqtt: state
-            .mqtt_url
-            .as_ref()
-            .map(|url| mqtt_info(url, &req.device_id)),
+        mqtt,
         device_id: req.device_id,
         api_key,
         refresh_token,
@@ -219,10 +226,31 @@ pub async fn register(
     }))
 }
 
-fn mqtt_info(url: &str, id: &DeviceId) -> MqttInfo {
-    MqttInfo {
+/// The broker details of a register or refresh answer, with a client certificate for the
+/// device's identity key valid as long as the device key issued with it.
+pub(super) fn mqtt_info(
+    state: &AppState,
+    url: &str,
+    id: &DeviceId,
+    public_key: &[u8; 32],
+    lifetime_secs: u64,
+) -> ApiResult<MqttInfo> {
+    let cert = state
+        .mqtt_ca
+        .issue_device(
+            id.as_str(),
+            public_key,
+            std::time::Duration::from_secs(lifetime_secs),
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot issue an MQTT client certificate");
+            ApiError::internal("cannot issue the MQTT client certificate")
+        })?;
+    Ok(MqttInfo {
         url: url.to_owned(),
         topic: id.revocation_topic(),
         username: id.as_str().to_owned(),
-    }
+        client_cert: Some(cert.chain_pem),
+        client_cert_expires_in: Some(cert.expires_in),
+    })
 }

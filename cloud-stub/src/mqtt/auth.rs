@@ -1,10 +1,14 @@
-//! Who may log in to the embedded broker: the cloud itself, or a device with its current key.
+//! Who may log in to the embedded broker: the cloud itself, or a device, named by the client certificate the TLS layer verified against the MQTT CA.
 //!
 //! The broker asks one question, [`Authenticator::authenticate`], and gets an [`Identity`]
-//! back; everything after that (client-id rule, ACLs, quotas) keys on the identity only. Today
-//! a device proves itself with username = device id and password = a current device key
-//! ([`StoreAuthenticator`]); a client-certificate authenticator (issue 9, point 4) plugs in
-//! behind the same trait, reading the identity from the verified certificate instead.
+//! back; everything after that (client-id rule, ACLs, quotas) keys on the identity only. A
+//! client presents a certificate from the cloud's MQTT CA ([`super::ca`]); the identity is its
+//! CN: the cloud's configured MQTT identity, or a registered device whose record holds the
+//! certified key ([`check_cert`]). A revoked device still logs in, as [`Identity::Revoked`].
+//!
+//! LEGACY (delete at merge, once the daemon presents certificates): without a certificate,
+//! username = device id and password = a current device key, or the cloud's name and its
+//! password file ([`check`]). The e2e daemon tests still log in that way until then.
 
 use std::net::SocketAddr;
 use std::sync::Weak;
@@ -14,6 +18,7 @@ use octomil_common::{DeviceId, Secret};
 
 use super::CLOUD_USERNAME;
 pub use super::broker::acl::Identity;
+use super::ca::CertIdentity;
 use crate::app::Cloud;
 use crate::store::{DeviceState, Hash, Model};
 
@@ -23,6 +28,8 @@ pub struct Login<'a> {
     pub username: Option<&'a str>,
     pub password: Option<&'a str>,
     pub peer: SocketAddr,
+    /// The client certificate, already verified against the MQTT CA by the TLS layer.
+    pub cert: Option<&'a CertIdentity>,
 }
 
 impl std::fmt::Debug for Login<'_> {
@@ -31,6 +38,7 @@ impl std::fmt::Debug for Login<'_> {
             .field("client_id", &self.client_id)
             .field("username", &self.username)
             .field("peer", &self.peer)
+            .field("cert", &self.cert.map(|c| c.common_name.as_str()))
             .finish_non_exhaustive()
     }
 }
@@ -46,10 +54,13 @@ pub trait Authenticator: Send + Sync + 'static {
     fn authenticate(&self, login: &Login<'_>) -> Result<Identity, Refused>;
 }
 
-/// The cloud's authenticator: [`check`] against the live store; a device's login counts as
-/// presence activity. Holds the cloud weakly, so a stopped cloud refuses every login.
+/// The cloud's authenticator: [`check_cert`] (or the legacy [`check`]) against the live
+/// store; a device's login counts as presence activity. Holds the cloud weakly, so a stopped
+/// cloud refuses every login.
 pub struct StoreAuthenticator {
     cloud: Weak<Cloud>,
+    /// The CN of the cloud's own certificate.
+    identity: String,
     login: CloudLogin,
 }
 
@@ -60,8 +71,12 @@ impl std::fmt::Debug for StoreAuthenticator {
 }
 
 impl StoreAuthenticator {
-    pub fn new(cloud: Weak<Cloud>, login: CloudLogin) -> Self {
-        Self { cloud, login }
+    pub fn new(cloud: Weak<Cloud>, identity: String, login: CloudLogin) -> Self {
+        Self {
+            cloud,
+            identity,
+            login,
+        }
     }
 }
 
@@ -71,20 +86,85 @@ impl Authenticator for StoreAuthenticator {
             return Err(Refused("the cloud is stopping"));
         };
         let now = cloud.clock.now_secs();
-        let (Some(user), Some(pass)) = (login.username, login.password) else {
-            return Err(Refused("no username or password"));
+        let verdict = match login.cert {
+            Some(cert) => cloud
+                .store
+                .read(|m| check_cert(m, &self.identity, login.client_id, cert)),
+            // LEGACY (delete at merge): the password login.
+            None => {
+                let (Some(user), Some(pass)) = (login.username, login.password) else {
+                    return Err(Refused("no client certificate"));
+                };
+                cloud
+                    .store
+                    .read(|m| check(m, now, &self.login, login.client_id, user, pass))
+            }
         };
-        let verdict = cloud
-            .store
-            .read(|m| check(m, now, &self.login, login.client_id, user, pass));
         match verdict {
             Verdict::Cloud => Ok(Identity::Cloud),
             Verdict::Device(id) => {
                 cloud.presence.note_login(id.as_str(), now);
                 Ok(Identity::Device(id))
             }
+            Verdict::Revoked(id) => Ok(Identity::Revoked(id)),
             Verdict::Refused(reason) => Err(Refused(reason)),
         }
+    }
+}
+
+/// Checks a CONNECT whose client certificate verified against the MQTT CA: CN = the cloud's
+/// `identity` is the cloud (client id `{identity}` or `{identity}:{suffix}`); any other CN
+/// must be a registered device whose record holds the certified key (so a certificate
+/// outlives neither a delete nor a re-registration under another key), with client id = CN.
+/// A revoked device is [`Verdict::Revoked`]. Reasons never quote input.
+pub fn check_cert(model: &Model, identity: &str, client_id: &str, cert: &CertIdentity) -> Verdict {
+    check_identity(
+        model,
+        identity,
+        client_id,
+        &cert.common_name,
+        Some(&cert.public_key),
+    )
+}
+
+/// [`check_cert`] on a certificate's CN and, when the caller has it, its key (a broker asking
+/// over HTTP forwards only the CN: then any certificate the MQTT CA issued for that device id
+/// passes, until it expires).
+pub fn check_identity(
+    model: &Model,
+    identity: &str,
+    client_id: &str,
+    cn: &str,
+    public_key: Option<&[u8]>,
+) -> Verdict {
+    if cn == identity {
+        let suffix_ok = client_id
+            .strip_prefix(identity)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'));
+        return if suffix_ok {
+            Verdict::Cloud
+        } else {
+            Verdict::Refused("client id is not the cloud's identity")
+        };
+    }
+    let Ok(id) = DeviceId::parse(cn) else {
+        return Verdict::Refused("certificate CN is not a device id");
+    };
+    if client_id != cn {
+        return Verdict::Refused("client id differs from the certificate's identity");
+    }
+    if model.org.as_ref().is_none_or(|o| o.deleted) {
+        return Verdict::Refused("organization deleted");
+    }
+    let Some(device) = model.devices.get(cn) else {
+        return Verdict::Refused("unknown device");
+    };
+    if public_key.is_some_and(|k| k != device.public_key.as_slice()) {
+        return Verdict::Refused("certificate is not for this device's key");
+    }
+    match device.state {
+        DeviceState::Active => Verdict::Device(id),
+        DeviceState::Revoked => Verdict::Revoked(id),
     }
 }
 
@@ -93,10 +173,11 @@ impl Authenticator for StoreAuthenticator {
 pub enum Verdict {
     Cloud,
     Device(DeviceId),
+    Revoked(DeviceId),
     Refused(&'static str),
 }
 
-/// The cloud's own login, kept as a hash so the check is a constant-time compare.
+/// LEGACY (delete at merge): the cloud's password login, kept as a hash so the check is a constant-time compare.
 pub struct CloudLogin {
     hash: Hash,
 }
@@ -115,7 +196,7 @@ impl CloudLogin {
     }
 }
 
-/// Checks a CONNECT: the cloud logs in as [`CLOUD_USERNAME`] with its secret; a device logs
+/// LEGACY (delete at merge): checks a password CONNECT: the cloud logs in as [`CLOUD_USERNAME`] with its secret; a device logs
 /// in with client id = username = its device id and password = a device key that belongs to
 /// that device, has not expired, and whose device is not revoked. Reasons never quote input.
 pub fn check(
@@ -166,5 +247,35 @@ pub fn check(
         Some(k) if k.expires_at > now => Verdict::Device(id),
         Some(_) => Verdict::Refused("device key expired"),
         None => Verdict::Refused("unknown key for this device"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_identities_before_the_store_is_read() {
+        let m = Model::default();
+        let v =
+            |client_id: &str, cn: &str| check_identity(&m, "octomil-cloud", client_id, cn, None);
+        assert_eq!(v("octomil-cloud", "octomil-cloud"), Verdict::Cloud);
+        assert_eq!(v("octomil-cloud:a1", "octomil-cloud"), Verdict::Cloud);
+        for bad in ["octomil-cloudx", "edge-1", ""] {
+            assert!(
+                matches!(v(bad, "octomil-cloud"), Verdict::Refused(_)),
+                "{bad}"
+            );
+        }
+        // A CN that is no device id, a client id other than the CN, no organization.
+        assert!(matches!(v("a/b", "a/b"), Verdict::Refused(_)));
+        assert_eq!(
+            v("edge-2", "edge-1"),
+            Verdict::Refused("client id differs from the certificate's identity")
+        );
+        assert_eq!(
+            v("edge-1", "edge-1"),
+            Verdict::Refused("organization deleted")
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod auth;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 mod broker_client;
+pub mod ca;
 pub mod correlate;
 pub mod outbox;
 pub mod presence;
@@ -25,10 +26,12 @@ use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use crate::files::FilesError;
 use crate::tls::{self, Pki, TlsError};
 
-/// Username of the cloud's own session on the embedded broker (devices use their id, which
-/// the register endpoint refuses to hand out under this name).
+/// The cloud's MQTT identity unless an external broker's `username` names another: the CN
+/// of its client certificate (devices use their id, which the register endpoint refuses to
+/// hand out under this name).
 pub const CLOUD_USERNAME: &str = "octomil-cloud";
-/// The cloud's embedded-broker password: random, 0600 in the state dir.
+/// LEGACY (delete at merge): the cloud's embedded-broker password, random, 0600 in the state
+/// dir; only the e2e tests' observers still log in with it.
 #[cfg(feature = "embedded-broker")]
 const CLOUD_SECRET_FILE: &str = "mqtt_cloud_password";
 /// How long `POST /devices/{id}/revoke` waits for the broker's PUBACK before answering 202.
@@ -51,15 +54,36 @@ pub enum MqttMode {
     External(ExternalBroker),
 }
 
-/// How the cloud reaches an external broker.
+/// How the cloud reaches an external broker. The cloud always offers its own client
+/// certificate from the MQTT CA (CN = `username`, or `octomil-cloud`), which is all a broker
+/// set up as in docs/mosquitto.conf.example needs; `password` is sent as well, for a broker
+/// that logs the cloud in by password instead.
 #[derive(Debug, Clone)]
 pub struct ExternalBroker {
     /// `mqtts://host:port`, or `mqtt://host:port` to a loopback host (development).
     pub url: String,
+    /// The cloud's MQTT identity: its certificate's CN and the CONNECT username.
     pub username: Option<String>,
     pub password: Option<Secret<String>>,
     /// CA that signed the broker's certificate; default: the cloud's own CA.
     pub ca_file: Option<PathBuf>,
+}
+
+impl MqttMode {
+    /// The name the cloud logs in to its broker as (its certificate's CN); `None` without a
+    /// broker. No device may be registered under it.
+    pub fn identity(&self) -> Option<String> {
+        match self {
+            MqttMode::Disabled => None,
+            #[cfg(feature = "embedded-broker")]
+            MqttMode::Embedded { .. } => Some(CLOUD_USERNAME.to_owned()),
+            MqttMode::External(ext) => Some(
+                ext.username
+                    .clone()
+                    .unwrap_or_else(|| CLOUD_USERNAME.to_owned()),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +254,7 @@ pub(crate) fn prepare(
     mode: &MqttMode,
     dir: &Path,
     pki: &Pki,
+    mqtt_ca: &ca::MqttCa,
     device_url: Option<String>,
     #[cfg(feature = "embedded-broker")] limits: broker::Limits,
 ) -> Result<Option<Prepared>, MqttError> {
@@ -238,12 +263,17 @@ pub(crate) fn prepare(
         // loopback (`BrokerUrl::parse` refuses the rest with `PlainNotLoopback`).
         BrokerUrl::parse(url)?;
     }
+    let Some(identity) = mode.identity() else {
+        return Ok(None);
+    };
+    // The cloud's own login: a certificate from the MQTT CA, its key only in memory.
+    let cert = mqtt_ca.issue_cloud(&identity)?;
     match mode {
         MqttMode::Disabled => Ok(None),
         #[cfg(feature = "embedded-broker")]
         MqttMode::Embedded { listen } => {
             let secret = cloud_secret(dir)?;
-            let plan = broker::Plan::new(*listen, pki, &secret, limits)?;
+            let plan = broker::Plan::new(*listen, pki, mqtt_ca, &identity, &secret, limits)?;
             let local = plan.local_addr();
             let url = BrokerUrl {
                 tls: true,
@@ -254,9 +284,9 @@ pub(crate) fn prepare(
                 },
                 port: local.port(),
             };
-            let id = format!("{CLOUD_USERNAME}:{}", token::random_base62(8).expose());
-            let mut options = client_options(&id, &url, pki.client_config());
-            options.set_credentials(CLOUD_USERNAME, secret.expose().as_str());
+            let id = format!("{identity}:{}", token::random_base62(8).expose());
+            let tls = tls::client_config_with_cert(pki.ca_pem.as_bytes(), cert.chain, cert.key)?;
+            let options = client_options(&id, &url, tls);
             Ok(Some(Prepared {
                 device_url: device_url.unwrap_or_else(|| plan.device_url()),
                 options,
@@ -266,17 +296,15 @@ pub(crate) fn prepare(
         }
         MqttMode::External(ext) => {
             let url = BrokerUrl::parse(&ext.url)?;
-            let tls = match &ext.ca_file {
-                Some(path) => {
-                    let pem = std::fs::read(path).map_err(|source| MqttError::CaFile {
-                        path: path.clone(),
-                        source,
-                    })?;
-                    tls::client_config_from_ca_pem(&pem)?
-                }
-                None => pki.client_config(),
+            let ca_pem = match &ext.ca_file {
+                Some(path) => std::fs::read(path).map_err(|source| MqttError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?,
+                None => pki.ca_pem.as_bytes().to_vec(),
             };
-            let id = format!("{CLOUD_USERNAME}:{}", token::random_base62(8).expose());
+            let tls = tls::client_config_with_cert(&ca_pem, cert.chain, cert.key)?;
+            let id = format!("{identity}:{}", token::random_base62(8).expose());
             let mut options = client_options(&id, &url, tls);
             if let Some(user) = &ext.username {
                 let pass = ext.password.as_ref().map(|p| p.expose().clone());

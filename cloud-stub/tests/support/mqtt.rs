@@ -60,7 +60,60 @@ pub struct Login<'a> {
     pub clean: bool,
 }
 
+/// A certificate login for [`TestClient::connect_cert`]: no username or password.
+pub struct CertLogin<'a> {
+    pub url: &'a str,
+    pub client_id: &'a str,
+    /// The client's TLS config: trusts the broker's CA, presents the certificate.
+    pub tls: Arc<rustls::ClientConfig>,
+    pub will: Option<LastWill>,
+    pub clean: bool,
+}
+
+/// A TLS config presenting a device's certificate (`MqttInfo::client_cert`) with its
+/// Ed25519 identity key, trusting `ca_pem` for the broker.
+pub fn device_tls(
+    ca_pem: &str,
+    cert_pem: &str,
+    key: &ed25519_dalek::SigningKey,
+) -> Arc<rustls::ClientConfig> {
+    octomil_common::tls::client_config_with_cert(
+        ca_pem.as_bytes(),
+        cert_pem.as_bytes(),
+        &key.to_bytes(),
+    )
+    .unwrap()
+}
+
+/// A TLS config presenting a fresh certificate for the cloud's identity `name` from the
+/// cloud's MQTT CA in `state_dir` (an observer that may read everything).
+pub fn cloud_tls(
+    state_dir: &std::path::Path,
+    ca_pem: &str,
+    name: &str,
+) -> Arc<rustls::ClientConfig> {
+    let ca = octomil_cloud::mqtt::ca::MqttCa::load_or_create(state_dir).unwrap();
+    let cert = ca.issue_cloud(name).unwrap();
+    octomil_cloud::tls::client_config_with_cert(ca_pem.as_bytes(), cert.chain, cert.key).unwrap()
+}
+
 impl TestClient {
+    /// Connects over TLS with a client certificate and no password; like [`Self::connect`].
+    pub async fn connect_cert(login: CertLogin<'_>) -> Result<Self, String> {
+        let rest = login.url.strip_prefix("mqtts://").unwrap();
+        let (host, port) = rest.rsplit_once(':').unwrap();
+        let mut o = MqttOptions::new(login.client_id, host, port.parse().unwrap());
+        o.set_keep_alive(Duration::from_secs(5))
+            .set_clean_session(login.clean);
+        if let Some(w) = login.will {
+            o.set_last_will(w);
+        }
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            login.tls,
+        )));
+        Self::start(o).await
+    }
+
     /// Connects and waits for the CONNACK; returns the connection error instead if the broker
     /// refuses (or drops) the login. The event loop stops at its first error.
     pub async fn connect(login: Login<'_>) -> Result<Self, String> {
@@ -82,6 +135,10 @@ impl TestClient {
                     .unwrap();
             o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(cfg)));
         }
+        Self::start(o).await
+    }
+
+    async fn start(o: MqttOptions) -> Result<Self, String> {
         let (client, mut eventloop) = AsyncClient::new(o, 64);
         let mut net = NetworkOptions::new();
         net.set_tcp_nodelay(true);

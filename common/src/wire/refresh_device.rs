@@ -22,4 +22,8 @@ pub struct RefreshResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<u64>,
     pub rate_limits: RateLimits,
+    /// The broker details again, with a renewed `client_cert`; absent from clouds before
+    /// client certificates (the device keeps what it had).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<super::MqttInfo>,
 }

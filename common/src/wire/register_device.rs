@@ -59,4 +59,13 @@ pub struct MqttInfo {
     pub url: String,
     pub topic: String,
     pub username: String,
+    /// PEM: the device's X.509 client certificate for the broker, then the issuing CA's. It
+    /// certifies the device's Ed25519 identity key (CN = device id) and is renewed at every
+    /// refresh; absent from clouds before client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// Seconds `client_cert` stays valid from the moment of the answer (scheduled like
+    /// `expires_in`, never from the device's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_expires_in: Option<u64>,
 }

@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use octomil_common::Secret;
-use octomil_common::wire::{MqttInfo, RateLimits};
+use octomil_common::wire::RateLimits;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::answer::CheckedMqtt;
 use crate::state::Phase;
 use crate::store::{Identity, Persisted, Revoked};
 
@@ -31,7 +32,7 @@ pub struct Registration {
     pub refresh_token: Secret<String>,
     pub lifetime_secs: u64,
     pub revocation_public_key: [u8; 32],
-    pub mqtt: Option<MqttInfo>,
+    pub mqtt: Option<Box<CheckedMqtt>>,
     pub rate_limits: RateLimits,
     pub epoch: u64,
 }
@@ -43,6 +44,9 @@ pub struct Refreshed {
     pub refresh_token: Secret<String>,
     pub lifetime_secs: u64,
     pub rate_limits: RateLimits,
+    /// The broker details with a renewed client certificate; `None` from clouds before
+    /// client certificates (the device keeps what it had).
+    pub mqtt: Option<Box<CheckedMqtt>>,
 }
 
 /// Why a call did not produce an answer, sorted by what the machine does about it.
@@ -142,6 +146,17 @@ pub struct KeyView {
     pub valid_until: Instant,
 }
 
+/// The MQTT client certificate in use, as the snapshot shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertView {
+    /// PEM: the device's certificate, then its CA's.
+    pub chain_pem: String,
+    /// When it was received and until when it is valid, on the monotonic clock (from
+    /// `client_cert_expires_in`, like the key's `valid_until`).
+    pub received: Instant,
+    pub valid_until: Instant,
+}
+
 /// Everything the snapshot needs from the machine.
 #[derive(Debug, Clone)]
 pub struct View {
@@ -152,4 +167,5 @@ pub struct View {
     pub next_refresh: Option<Instant>,
     pub rate_limits: Option<RateLimits>,
     pub revoked: Option<Revoked>,
+    pub client_cert: Option<CertView>,
 }

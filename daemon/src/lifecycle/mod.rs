@@ -19,9 +19,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::answer;
+use crate::answer::CheckedMqtt;
 use crate::schedule;
 use crate::state::Phase;
-use crate::store::{Credentials, Persisted, Revoked};
+use crate::store::{ClientCert, Credentials, MqttRecord, Persisted, Revoked};
 use octomil_common::backoff::{Backoff, Jitter};
 
 /// Retrying a cloud call (register, refresh): 1 s doubling to 5 min, full jitter, and never
@@ -63,6 +64,9 @@ pub struct Core {
     attempt: u32,
     /// Until when the held key may be served (monotonic).
     valid_until: Option<Instant>,
+    /// When the held MQTT client certificate was received and until when it is valid
+    /// (monotonic, from `client_cert_expires_in`).
+    cert_window: Option<(Instant, Instant)>,
     next_refresh: Option<Instant>,
     /// Forced refreshes waiting for the outcome.
     forced: Vec<Reply>,
@@ -85,6 +89,7 @@ impl Core {
             deadline: None,
             attempt: 0,
             valid_until: None,
+            cert_window: None,
             next_refresh: None,
             forced: Vec::new(),
             clock_ref: None,
@@ -124,6 +129,16 @@ impl Core {
             next_refresh: self.next_refresh,
             rate_limits: creds.map(|c| c.rate_limits),
             revoked: self.persisted.revoked.clone(),
+            client_cert: match (stored_cert(&self.persisted), self.cert_window) {
+                (Some(c), Some((received, valid_until))) if self.persisted.revoked.is_none() => {
+                    Some(CertView {
+                        chain_pem: c.chain_pem.clone(),
+                        received,
+                        valid_until,
+                    })
+                }
+                _ => None,
+            },
         }
     }
 
@@ -184,18 +199,39 @@ impl Core {
         };
         self.effects.push_back(Effect::SetLimits(c.rate_limits));
         let lifetime = Duration::from_secs(c.expires_at.saturating_sub(c.issued_at));
+        let cert = c
+            .mqtt
+            .as_ref()
+            .and_then(|m| m.client_cert.as_ref())
+            .map(|c| {
+                (
+                    Duration::from_secs(c.expires_at.saturating_sub(c.issued_at)),
+                    c,
+                )
+            });
         if !self.clock_ok(now) {
             // After a reboot the wall clock is the only link to the stored key's expiry, and
             // it is not set: serve the key for a full lifetime at most (the cloud stays the
-            // judge of validity) and refresh as soon as the clock is set.
+            // judge of validity) and refresh as soon as the clock is set. The certificate
+            // likewise (the broker judges it).
             self.valid_until = now.mono.checked_add(lifetime);
+            self.cert_window = cert.and_then(|(l, _)| Some((now.mono, now.mono.checked_add(l)?)));
             self.next_refresh = Some(now.mono);
             self.wait_for_clock(now);
             return;
         }
         let remaining = Duration::from_secs(c.expires_at.saturating_sub(now.wall_secs));
         self.valid_until = now.mono.checked_add(remaining);
-        let delay = schedule::refresh_in_remaining(lifetime, remaining, unit);
+        let mut delay = schedule::refresh_in_remaining(lifetime, remaining, unit);
+        if let Some((cert_lifetime, cert)) = cert {
+            let left = Duration::from_secs(cert.expires_at.saturating_sub(now.wall_secs));
+            let received = now
+                .mono
+                .checked_sub(cert_lifetime.saturating_sub(left))
+                .unwrap_or(now.mono);
+            self.cert_window = now.mono.checked_add(left).map(|until| (received, until));
+            delay = delay.min(schedule::refresh_in_remaining(cert_lifetime, left, unit));
+        }
         self.schedule_refresh(now, delay, remaining);
     }
 
@@ -215,10 +251,17 @@ impl Core {
     fn schedule_refresh(&mut self, now: Now, delay: Duration, remaining: Duration) {
         self.next_refresh = now.mono.checked_add(delay);
         self.deadline = self.next_refresh;
+        let cert = match self.cert_window {
+            Some((_, until)) => format!(
+                "; MQTT certificate valid for {}s",
+                until.saturating_duration_since(now.mono).as_secs()
+            ),
+            None => String::new(),
+        };
         self.set(
             Phase::Active,
             format!(
-                "key valid for {}s; next refresh in {}s",
+                "key valid for {}s{cert}; next refresh in {}s",
                 remaining.as_secs(),
                 delay.as_secs()
             ),
@@ -306,7 +349,7 @@ impl Core {
                     registered_at_ms: now.wall_secs.saturating_mul(1000),
                     last_refresh: None,
                     revocation_public_key: reg.revocation_public_key,
-                    mqtt: reg.mqtt,
+                    mqtt: reg.mqtt.map(|m| mqtt_record(*m, now)),
                     rate_limits: reg.rate_limits,
                     registration_epoch: reg.epoch,
                 };
@@ -397,6 +440,12 @@ impl Core {
         match r {
             Ok(a) => {
                 let mut next = self.persisted.clone();
+                // A refresh answer's broker details replace ours (renewed certificate
+                // included); an answer without them, from an older cloud, keeps what we had.
+                let mqtt = match a.mqtt {
+                    Some(m) => Some(mqtt_record(*m, now)),
+                    None => old.mqtt.clone(),
+                };
                 next.credentials = Some(Credentials {
                     api_key: a.api_key,
                     refresh_token: a.refresh_token,
@@ -404,6 +453,7 @@ impl Core {
                     issued_at: now.wall_secs,
                     last_refresh: Some(now.wall_secs),
                     rate_limits: a.rate_limits,
+                    mqtt,
                     ..old
                 });
                 self.save(next, Duration::from_secs(a.lifetime_secs), true);
@@ -434,6 +484,7 @@ impl Core {
                 next.credentials = None;
                 self.persisted = next.clone();
                 self.valid_until = None;
+                self.cert_window = None;
                 self.next_refresh = None;
                 self.attempt = 0;
                 self.effects.push_back(Effect::Persist(Box::new(next)));
@@ -454,10 +505,14 @@ impl Core {
         let mut delay = slow.unwrap_or_else(|| CLOUD_RETRY.delay(self.attempt, unit, retry_after));
         // As expiry nears, retry more often: never wait past a third of the validity left
         // (never under a second, never under the cloud's Retry-After).
-        if let Some(left) = self
-            .valid_until
+        // The MQTT certificate counts too: a failed renewal must be retried before it expires.
+        let cert_until = self.cert_window.map(|(_, until)| until);
+        if let Some(left) = [self.valid_until, cert_until]
+            .into_iter()
+            .flatten()
             .map(|v| v.saturating_duration_since(now.mono))
             .filter(|l| !l.is_zero())
+            .min()
         {
             delay = delay
                 .min((left / 3).max(Duration::from_secs(1)))
@@ -505,6 +560,25 @@ impl Core {
         let Some(c) = next.credentials.clone() else {
             return;
         };
+        // A new certificate is valid from now for its lifetime; one kept from before (a
+        // refresh answer without broker details) keeps its window, and then does not pull
+        // the next refresh forward (that cloud would not renew it).
+        let renewed = stored_cert(&next) != stored_cert(&self.persisted);
+        let mut delay = schedule::refresh_in(lifetime, unit);
+        match stored_cert(&next) {
+            None => self.cert_window = None,
+            Some(cert) if renewed => {
+                let cert_lifetime =
+                    Duration::from_secs(cert.expires_at.saturating_sub(cert.issued_at));
+                self.cert_window = now
+                    .mono
+                    .checked_add(cert_lifetime)
+                    .map(|until| (now.mono, until));
+                // Refresh before the certificate expires, if that is sooner than the key.
+                delay = delay.min(schedule::refresh_in(cert_lifetime, unit));
+            }
+            Some(_) => {}
+        }
         self.persisted = next;
         self.attempt = 0;
         self.valid_until = now.mono.checked_add(lifetime);
@@ -520,7 +594,6 @@ impl Core {
             tracing::info!(epoch = c.registration_epoch, "registered with the cloud");
         }
         self.reply_all(Ok(c.expires_at));
-        let delay = schedule::refresh_in(lifetime, unit);
         self.schedule_refresh(now, delay, lifetime);
     }
 
@@ -602,10 +675,31 @@ impl Core {
         self.busy = Busy::Idle;
         self.deadline = None;
         self.valid_until = None;
+        self.cert_window = None;
         self.next_refresh = None;
         self.reply_all(Err("device revoked".into()));
         tracing::warn!(reason = %reason, "device revoked: credentials wiped, no key will be served");
         self.set(Phase::Revoked, "revoked by the cloud");
+    }
+}
+
+/// The certificate held in `p`, if any.
+fn stored_cert(p: &Persisted) -> Option<&ClientCert> {
+    p.credentials.as_ref()?.mqtt.as_ref()?.client_cert.as_ref()
+}
+
+/// A checked answer's broker details as the store keeps them: the certificate's lifetime is
+/// counted from now on the device's clock, exactly like the key's (`issued_at`/`expires_at`).
+fn mqtt_record(m: CheckedMqtt, now: Now) -> MqttRecord {
+    MqttRecord {
+        url: m.url,
+        topic: m.topic,
+        username: m.username,
+        client_cert: m.client_cert.map(|c| ClientCert {
+            chain_pem: c.chain_pem,
+            issued_at: now.wall_secs,
+            expires_at: now.wall_secs.saturating_add(c.lifetime_secs),
+        }),
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::answer::CheckedMqtt;
 use crate::store::Identity;
 use octomil_common::Secret;
 use octomil_common::wire::RateLimits;
@@ -45,7 +46,21 @@ fn refreshed(n: u32) -> Refreshed {
         refresh_token: Secret::new(format!("edg_refresh_r{n}")),
         lifetime_secs: LIFETIME,
         rate_limits: RateLimits::default(),
+        mqtt: None,
     }
+}
+
+/// Broker details with certificate `n` (the core keeps the text; answer.rs parses it).
+fn broker(n: u32, cert_lifetime: Option<u64>) -> Box<CheckedMqtt> {
+    Box::new(CheckedMqtt {
+        url: "mqtts://broker.test:8883".into(),
+        topic: "octomil/v1/devices/dev-1/revocation".into(),
+        username: "dev-1".into(),
+        client_cert: cert_lifetime.map(|lifetime_secs| crate::answer::CheckedCert {
+            chain_pem: format!("cert{n}"),
+            lifetime_secs,
+        }),
+    })
 }
 
 /// A stable label per effect, so tables can list what they expect.
@@ -537,4 +552,198 @@ fn status_times_read_as_utc() {
     assert_eq!(fmt_secs(0), "1970-01-01 00:00:00 UTC");
     assert_eq!(fmt_secs(1_772_366_400), "2026-03-01 12:00:00 UTC");
     assert_eq!(fmt_secs(951_825_599), "2000-02-29 11:59:59 UTC");
+}
+
+// ---- MQTT client certificates (issue 9 point 4) ----
+
+fn held_cert(h: &H) -> Option<(String, u64, u64)> {
+    let c = h.core.persisted().credentials.as_ref()?;
+    let cert = c.mqtt.as_ref()?.client_cert.as_ref()?;
+    Some((cert.chain_pem.clone(), cert.issued_at, cert.expires_at))
+}
+
+/// A device registered with certificate 1 of `cert_lifetime` (key lifetime `LIFETIME`).
+fn with_cert(cert_lifetime: u64) -> H {
+    let mut h = H::new(Persisted::default(), BUILD);
+    h.feed(Input::Start);
+    let mut reg = registration(5);
+    reg.mqtt = Some(broker(1, Some(cert_lifetime)));
+    assert_eq!(h.registered(Ok(reg)), ["persist(creds)"]);
+    assert!(
+        h.view().client_cert.is_none(),
+        "no certificate is used before it is saved"
+    );
+    h.feed(Input::Saved(Ok(())));
+    h
+}
+
+/// The registration's certificate is persisted with the key and used once saved; the next
+/// refresh comes before whichever of the two expires first.
+#[test]
+fn the_register_answers_certificate_is_saved_with_the_key_and_schedules_the_refresh() {
+    // (key lifetime s, certificate lifetime s, first refresh in s)
+    let cases: &[(u64, u64, u64)] = &[
+        (LIFETIME, LIFETIME, 64_800),     // the same: 75 % of a day
+        (LIFETIME, 2 * LIFETIME, 64_800), // a longer certificate changes nothing
+        (LIFETIME, 3600, 2_700),          // a short certificate pulls the refresh forward
+        (LIFETIME, 10, 8),                // clamped like a key: always before its expiry
+        (3600, 600, 450),
+    ];
+    for &(key, cert, want) in cases {
+        let mut h = H::new(Persisted::default(), BUILD);
+        h.feed(Input::Start);
+        let mut reg = registration(5);
+        reg.lifetime_secs = key;
+        reg.mqtt = Some(broker(1, Some(cert)));
+        h.registered(Ok(reg));
+        h.feed(Input::Saved(Ok(())));
+        assert_eq!(
+            held_cert(&h),
+            Some(("cert1".into(), BUILD, BUILD + cert)),
+            "{key} {cert}"
+        );
+        let v = h.view().client_cert.unwrap();
+        assert_eq!(v.valid_until - h.now().mono, Duration::from_secs(cert));
+        assert_eq!(
+            h.in_().unwrap().as_secs_f64().round() as u64,
+            want,
+            "{key} {cert}"
+        );
+        assert!(
+            h.view()
+                .detail
+                .contains(&format!("MQTT certificate valid for {cert}s"))
+        );
+    }
+}
+
+/// Every refresh answer's broker details replace the held ones; an answer without them (an
+/// older cloud) keeps the certificate and its window, and does not pull refreshes forward.
+#[test]
+fn refresh_answers_replace_the_certificate_or_keep_it_when_they_carry_none() {
+    let mut h = with_cert(3600);
+    let first_until = h.view().client_cert.unwrap().valid_until;
+    assert_eq!(h.jump_to_deadline(), ["call_refresh"]);
+    let mut r = refreshed(1);
+    r.mqtt = Some(broker(2, Some(3600)));
+    assert_eq!(h.feed(Input::Refreshed(Ok(r))), ["persist(creds)"]);
+    assert_eq!(held_cert(&h).unwrap().0, "cert1", "not before the save");
+    h.feed(Input::Saved(Ok(())));
+    let (pem, issued, expires) = held_cert(&h).unwrap();
+    assert_eq!(pem, "cert2");
+    assert_eq!(expires - issued, 3600);
+    let v = h.view().client_cert.unwrap();
+    assert!(v.valid_until > first_until);
+    assert_eq!(v.valid_until - h.now().mono, Duration::from_secs(3600));
+    assert_eq!(h.in_(), Some(Duration::from_secs(2700)));
+
+    // An older cloud: no broker details in the answer.
+    let until = v.valid_until;
+    h.jump_to_deadline();
+    h.feed(Input::Refreshed(Ok(refreshed(2))));
+    h.feed(Input::Saved(Ok(())));
+    assert_eq!(held_cert(&h).unwrap().0, "cert2", "kept");
+    assert_eq!(
+        h.view().client_cert.unwrap().valid_until,
+        until,
+        "its window too"
+    );
+    assert_eq!(
+        h.in_(),
+        Some(schedule::refresh_in(Duration::from_secs(LIFETIME), UNIT)),
+        "the key's schedule: that cloud would not renew the certificate"
+    );
+    assert_eq!(h.view().key.unwrap().secret.expose(), "edg_live_refreshed2");
+
+    // A newer answer with broker details but no certificate: password login again.
+    h.jump_to_deadline();
+    let mut r = refreshed(3);
+    r.mqtt = Some(broker(0, None));
+    h.feed(Input::Refreshed(Ok(r)));
+    h.feed(Input::Saved(Ok(())));
+    assert_eq!(held_cert(&h), None);
+    assert!(h.view().client_cert.is_none());
+}
+
+/// A refused certificate (answer.rs says why) is a failed refresh: the key and the held
+/// certificate are still served, and the retry comes before the certificate expires.
+#[test]
+fn a_refused_certificate_keeps_the_key_and_retries_before_the_certificate_expires() {
+    let mut h = with_cert(600);
+    assert_eq!(h.jump_to_deadline(), ["call_refresh"]);
+    let e = h.feed(Input::Refreshed(Err(Failure::Permanent(
+        "refresh answer refused: the cloud's MQTT client certificate is unusable: not PEM certificates"
+            .into(),
+    ))));
+    assert_eq!(e, ["count(RefreshFailure)", "publish"]);
+    let v = h.view();
+    assert_eq!(v.phase, Phase::Offline);
+    assert!(
+        v.detail.contains("client certificate is unusable"),
+        "{}",
+        v.detail
+    );
+    assert_eq!(v.key.unwrap().secret.expose(), "edg_live_key5");
+    let left = v.client_cert.unwrap().valid_until - h.now().mono;
+    assert_eq!(left, Duration::from_secs(150));
+    assert!(h.in_().unwrap() <= left / 3, "{:?}", h.in_());
+    assert_eq!(h.jump_to_deadline(), ["call_refresh"]);
+}
+
+/// A restart resumes the certificate's schedule from the stored receipt time (device clock,
+/// like the key): past its refresh point, refresh now.
+#[test]
+fn a_restart_resumes_the_certificates_schedule() {
+    // (seconds since the certificate of 3600 s was received, refresh in s, valid for s)
+    for (since, want, left) in [(0u64, 2700u64, 3600u64), (1800, 900, 1800), (3000, 0, 600)] {
+        let stored = with_cert(3600).core.persisted().clone();
+        let mut h = H::new(stored, BUILD + since);
+        h.feed(Input::Start);
+        assert_eq!(h.view().phase, Phase::Active);
+        assert_eq!(h.in_(), Some(Duration::from_secs(want)), "{since}");
+        let v = h.view().client_cert.unwrap();
+        assert_eq!(v.valid_until - h.now().mono, Duration::from_secs(left));
+    }
+    // A certificate already expired at start, from an older cloud that never renews it:
+    // one refresh now, then the key's schedule (no refresh loop).
+    let stored = with_cert(3600).core.persisted().clone();
+    let mut h = H::new(stored, BUILD + 7200);
+    h.feed(Input::Start);
+    assert_eq!(h.in_(), Some(Duration::ZERO));
+    h.jump_to_deadline();
+    h.feed(Input::Refreshed(Ok(refreshed(1))));
+    h.feed(Input::Saved(Ok(())));
+    assert_eq!(
+        h.in_(),
+        Some(schedule::refresh_in(Duration::from_secs(LIFETIME), UNIT))
+    );
+}
+
+/// Persist before use: a renewed certificate whose save failed is not used; the one held
+/// stays, and the refresh is retried before it expires.
+#[test]
+fn a_renewed_certificate_that_was_not_saved_is_not_used() {
+    let mut h = with_cert(3600);
+    let held = h.view().client_cert.unwrap();
+    h.jump_to_deadline();
+    let mut r = refreshed(1);
+    r.mqtt = Some(broker(2, Some(3600)));
+    h.feed(Input::Refreshed(Ok(r)));
+    let e = h.feed(Input::Saved(Err("disk full".into())));
+    assert!(has(&e, "count(RefreshFailure)"), "{e:?}");
+    assert_eq!(held_cert(&h).unwrap().0, "cert1");
+    assert_eq!(h.view().client_cert, Some(held.clone()));
+    assert!(h.in_().unwrap() <= (held.valid_until - h.now().mono) / 3);
+}
+
+/// Revocation and re-registration drop the certificate with the credentials.
+#[test]
+fn revocation_drops_the_certificate() {
+    let mut h = with_cert(3600);
+    h.feed(Input::Command(Command::Revoke {
+        reason: "stolen".into(),
+        seq: Some(1),
+    }));
+    assert!(h.view().client_cert.is_none());
+    assert_eq!(held_cert(&h), None);
 }

@@ -21,13 +21,14 @@ pub mod seal;
 #[cfg(test)]
 mod tests;
 mod v1;
+mod v3;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use octomil_common::Secret;
-use octomil_common::wire::{MqttInfo, RateLimits};
+use octomil_common::wire::RateLimits;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable as _, TableDefinition, TableError,
 };
@@ -106,9 +107,10 @@ const DB_CACHE_BYTES: usize = 256 * 1024;
 /// `Debug` prints `***` for them.
 ///
 /// postcard is not self-describing: changing this struct or any type in it (including
-/// `MqttInfo` and `RateLimits` from `common`) changes the on-disk format. Bump
-/// [`seal::FORMAT_VERSION`] and keep a decoder for the old layout (see `v1.rs`); the test
-/// `format_v3_layout_is_pinned` fails until you do.
+/// `RateLimits` from `common`) changes the on-disk format. Bump [`seal::FORMAT_VERSION`] and
+/// keep a decoder for the old layout (see `v1.rs`, `v3.rs`); the test
+/// `format_v4_layout_is_pinned` fails until you do. Wire types never go in here (postcard
+/// cannot carry their `skip_serializing_if` fields): the store has its own records.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Persisted {
     /// The device's Ed25519 key, made once before first registration.
@@ -139,11 +141,36 @@ pub struct Credentials {
     pub last_refresh: Option<u64>,
     /// The cloud's Ed25519 revocation key, pinned at registration.
     pub revocation_public_key: [u8; 32],
-    pub mqtt: Option<MqttInfo>,
+    pub mqtt: Option<MqttRecord>,
     pub rate_limits: RateLimits,
     /// The cloud's `registration_epoch` for this registration (format 2; 0 when migrated
     /// from format 1): revocation envelopes for older epochs are stale.
     pub registration_epoch: u64,
+}
+
+/// The broker details the cloud gave at registration (replaced by each refresh answer that
+/// carries them): the store's own record, not the wire `MqttInfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttRecord {
+    pub url: String,
+    pub topic: String,
+    pub username: String,
+    /// The MQTT client certificate (format 4; `None` from clouds before client certificates
+    /// and in stores migrated from format 3: the device logs in with its key then).
+    pub client_cert: Option<ClientCert>,
+}
+
+/// An MQTT client certificate, kept with the key it was issued with (persisted before use).
+/// Not a secret: it certifies the device's public key; the private half is the identity seed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCert {
+    /// PEM: the device's certificate, then the issuing CA's.
+    pub chain_pem: String,
+    /// Unix seconds on the device's clock when it was received, and that plus the cloud's
+    /// `client_cert_expires_in`: scheduled exactly like the key's `issued_at`/`expires_at`
+    /// (the lifetime is their difference), never from the certificate's own dates.
+    pub issued_at: u64,
+    pub expires_at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,16 +231,30 @@ impl Store {
     }
 
     /// A store of format 1 or 2 holds records sealed under the seal key alone, in its live
-    /// page and in freed ones. It is rewritten as a fresh database holding one format-3 record
-    /// (the next generation) and renamed over the old file, so no record sealed under the seal
-    /// key alone stays in the state directory. A crash before the rename leaves the old store
-    /// (the half-built file is discarded next time); after it, the new one.
+    /// page and in freed ones. It is rewritten as a fresh database holding one record of the
+    /// current format (the next generation) and renamed over the old file, so no record sealed
+    /// under the seal key alone stays in the state directory. A crash before the rename leaves
+    /// the old store (the half-built file is discarded next time); after it, the new one.
+    ///
+    /// A format-3 record (sealed under a data key, the format-2 layout) is simply saved again
+    /// in the current format: one ordinary commit at the next generation, after which its data
+    /// key is destroyed like any previous record's.
     fn migrate(self, state_dir: &Path) -> Result<Store, StoreError> {
         let Some(record) = self.read_record()? else {
             return Ok(self);
         };
         let header = Header::parse(&record).map_err(|e| e.into_store_error(&self.path))?;
+        if header.version >= seal::FORMAT_VERSION {
+            return Ok(self);
+        }
         if header.version >= FIRST_DATA_KEY_FORMAT {
+            self.commit(|current| current.unwrap_or_else(|| Ok(Persisted::default())))?;
+            tracing::info!(
+                path = %self.path.display(),
+                from = header.version,
+                to = seal::FORMAT_VERSION,
+                "migrated the store"
+            );
             return Ok(self);
         }
         let state = self.unseal(&self.lock_keys(), &record)?;

@@ -7,7 +7,8 @@
 //!
 //! Format 3 seals each record under its own random data key (kept wrapped by the seal key in
 //! `state.keys`, see [`super::datakey`]); formats 1 and 2 sealed it under the seal key itself.
-//! The plaintext layout of format 3 is format 2's.
+//! The plaintext layout of format 3 is format 2's; format 4 (sealed like format 3) gave the
+//! MQTT details a store record of their own, with the client certificate.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -23,10 +24,11 @@ use super::{Persisted, StoreError, fsx};
 
 /// The file name of the seal key inside `$CREDENTIALS_DIRECTORY` (`LoadCredentialEncrypted=`).
 pub const CREDENTIAL_NAME: &str = "octomil-seal-key";
-/// Format of the records this build writes: sealed under a per-record data key. It also reads
-/// format 2 (sealed under the seal key) and format 1 (format 2 before the registration epoch)
-/// and migrates them when the store opens (`Store::open` rewrites the file in format 3).
-pub const FORMAT_VERSION: u8 = 3;
+/// Format of the records this build writes: sealed under a per-record data key, with the
+/// MQTT client certificate. It also reads format 3 (the same without the certificate), format
+/// 2 (sealed under the seal key) and format 1 (format 2 before the registration epoch) and
+/// migrates them when the store opens (`Store::open` rewrites the record in format 4).
+pub const FORMAT_VERSION: u8 = 4;
 /// The first format whose records are sealed under a data key rather than the seal key.
 pub(crate) const FIRST_DATA_KEY_FORMAT: u8 = 3;
 /// The oldest format this build still reads.
@@ -310,6 +312,9 @@ pub(crate) fn open(key: &impl RecordKey, record: &[u8]) -> Result<Persisted, Ope
         .map_err(|_| OpenError::Auth)?;
     match header.version {
         1 => postcard::from_bytes::<super::v1::Persisted>(&plain)
+            .map(Into::into)
+            .map_err(|_| OpenError::Decode),
+        2 | 3 => postcard::from_bytes::<super::v3::Persisted>(&plain)
             .map(Into::into)
             .map_err(|_| OpenError::Decode),
         _ => postcard::from_bytes(&plain).map_err(|_| OpenError::Decode),

@@ -3,13 +3,13 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use octomil_common::wire::MqttInfo;
-
 use super::*;
 
 const API_KEY: &str = "edg_live_Zq8XkP3vN7mR2tY6wB4cJ9hL1sD5fG0a";
 const REFRESH: &str = "edg_refresh_Mn4Bv8Cx2Zl6Kj0Hg3Fd7Sa1Qw5Er9Ty2Ui6Op4As8Df0Gh";
 const SEED: [u8; 32] = *b"seed-bytes-that-must-stay-secret";
+/// Not a real certificate: the store keeps the text as it is (the answer checks parse it).
+const CERT_PEM: &str = "-----BEGIN CERTIFICATE-----\nTUlJQg==\n-----END CERTIFICATE-----\n";
 
 pub(super) fn sample(n: u64) -> Persisted {
     Persisted {
@@ -25,10 +25,15 @@ pub(super) fn sample(n: u64) -> Persisted {
             registered_at_ms: 1_899_913_600_000,
             last_refresh: Some(n),
             revocation_public_key: [7; 32],
-            mqtt: Some(MqttInfo {
+            mqtt: Some(MqttRecord {
                 url: "mqtts://broker.test:8883".into(),
                 topic: "octomil/v1/devices/dev-01.test/revocation".into(),
                 username: "dev-01.test".into(),
+                client_cert: Some(ClientCert {
+                    chain_pem: CERT_PEM.into(),
+                    issued_at: 1_899_913_600 + n,
+                    expires_at: 1_900_000_000 + n,
+                }),
             }),
             rate_limits: RateLimits::default(),
             registration_epoch: 9,
@@ -36,6 +41,15 @@ pub(super) fn sample(n: u64) -> Persisted {
         revoked: None,
         last_revocation_seq: Some(3),
     }
+}
+
+/// `sample(n)` as a store of formats 1 to 3 holds it: no client certificate.
+fn sample_v3(n: u64) -> Persisted {
+    let mut p = sample(n);
+    if let Some(m) = p.credentials.as_mut().and_then(|c| c.mqtt.as_mut()) {
+        m.client_cert = None;
+    }
+    p
 }
 
 fn key(b: u8) -> SealKey {
@@ -248,13 +262,13 @@ fn records_bind_generation_and_version() {
     other_gen[1] ^= 1;
     assert_eq!(seal::open(&k, &other_gen), Err(seal::OpenError::Auth));
     let mut other_version = record.clone();
-    other_version[0] = 4;
+    other_version[0] = 5;
     assert_eq!(
         seal::open(&k, &other_version),
-        Err(seal::OpenError::UnknownVersion(4))
+        Err(seal::OpenError::UnknownVersion(5))
     );
-    // The version is authenticated: a format-3 record relabelled as format 2 does not open.
-    other_version[0] = 2;
+    // The version is authenticated: a format-4 record relabelled as format 3 does not open.
+    other_version[0] = 3;
     assert_eq!(seal::open(&k, &other_version), Err(seal::OpenError::Auth));
     assert_eq!(
         seal::open(&k, &record[..seal::HEADER_LEN + 3]),
@@ -438,9 +452,10 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// `sample(1)` as the previous release holds it after migration: no epoch known (0).
+/// `sample(1)` as a format-1 store holds it after migration: no epoch known (0), no
+/// certificate.
 fn sample_from_v1() -> Persisted {
-    let mut p = sample(1);
+    let mut p = sample_v3(1);
     if let Some(c) = p.credentials.as_mut() {
         c.registration_epoch = 0;
     }
@@ -453,19 +468,43 @@ fn v2_plain() -> Vec<u8> {
     unhex(&V1_HEX.replace("643ce8073c000103", "643ce8073c09000103"))
 }
 
-/// The postcard layout of formats 2 and 3, byte for byte. If this fails, a type inside
-/// `Persisted` changed: existing stores would no longer decode. Bump `seal::FORMAT_VERSION`,
-/// decode the old layout on load (as `v1.rs` does), then update this constant.
+/// The postcard plaintext of `sample(1)` in format 4: format 3's with the client
+/// certificate after the MQTT username.
+const V4_HEX: &str = concat!(
+    "010b6465762d30312e74657374736565642d62797465732d746861742d6d7573742d737461792d73",
+    "6563726574012a6564675f6c6976655f5a7138586b5033764e376d5232745936774234634a39684c",
+    "3173443566473061313c6564675f726566726573685f4d6e344276384378325a6c364b6a30486733",
+    "4664375361315177354572395479325569364f703441733844663047683181e6fe890781c3f98907",
+    "80b8b3dda53701010707070707070707070707070707070707070707070707070707070707070707",
+    "01186d717474733a2f2f62726f6b65722e746573743a38383833296f63746f6d696c2f76312f6465",
+    "76696365732f6465762d30312e746573742f7265766f636174696f6e0b6465762d30312e74657374",
+    "013f2d2d2d2d2d424547494e2043455254494649434154452d2d2d2d2d0a54556c4a51673d3d0a2d",
+    "2d2d2d2d454e442043455254494649434154452d2d2d2d2d0a81c3f9890781e6fe8907643ce8073c",
+    "09000103",
+);
+
+/// The postcard layout of format 4, byte for byte. If this fails, a type inside `Persisted`
+/// changed: existing stores would no longer decode. Bump `seal::FORMAT_VERSION`, decode the old
+/// layout on load (as `v1.rs` and `v3.rs` do), then update this constant.
 #[test]
-fn format_v3_layout_is_pinned() {
-    let v2_hex = V1_HEX.replace("643ce8073c000103", "643ce8073c09000103");
-    assert_eq!(seal::FORMAT_VERSION, 3);
+fn format_v4_layout_is_pinned() {
+    assert_eq!(seal::FORMAT_VERSION, 4);
     let hex: String = postcard::to_allocvec(&sample(1))
         .unwrap()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    assert_eq!(hex, v2_hex, "the on-disk format of Persisted changed");
+    assert_eq!(hex, V4_HEX, "the on-disk format of Persisted changed");
+}
+
+/// Formats 2 and 3 decode to today's state without a certificate.
+#[test]
+fn format_2_and_3_records_open_without_a_certificate() {
+    let k = key(1);
+    for version in [2, 3] {
+        let record = seal::seal_raw_for_tests(&k, version, 4, &v2_plain());
+        assert_eq!(seal::open(&k, &record).unwrap(), sample_v3(1), "{version}");
+    }
 }
 
 #[test]
@@ -502,7 +541,11 @@ fn migrates(version: u8, plain: &[u8], expected: &Persisted) {
     let store = Store::open(tmp.path(), key(1)).unwrap();
     assert_eq!(&store.load().unwrap(), expected, "format {version}");
     let record = store.read_record().unwrap().unwrap();
-    assert_eq!(record[0], 3, "format {version} is migrated to 3 on open");
+    assert_eq!(
+        record[0],
+        seal::FORMAT_VERSION,
+        "format {version} is migrated to the current one on open"
+    );
     assert_eq!(
         u64::from_le_bytes(record[1..9].try_into().unwrap()),
         8,
@@ -510,7 +553,7 @@ fn migrates(version: u8, plain: &[u8], expected: &Persisted) {
     );
     assert!(
         seal::open(&key(1), &record).is_err(),
-        "format 3 is not sealed under the seal key"
+        "the current format is not sealed under the seal key"
     );
     for (path, bytes) in raw_files(tmp.path()) {
         assert!(
@@ -536,7 +579,65 @@ fn a_format_1_store_opens_and_migrates() {
 
 #[test]
 fn a_format_2_store_opens_and_migrates() {
-    migrates(2, &v2_plain(), &sample(1));
+    migrates(2, &v2_plain(), &sample_v3(1));
+}
+
+/// A `state.redb` and `state.keys` exactly as the previous release (format 3) leaves them:
+/// the record sealed under a data key of its own, held in its slot wrapped by the seal key.
+fn format_3_store(dir: &Path, generation: u64, plain: &[u8]) -> Vec<u8> {
+    let dk = datakey::DataKey::generate().unwrap();
+    datakey::KeyFile::open_or_create(&dir.join(KEYS_FILE))
+        .unwrap()
+        .write(&key(1), generation, &dk)
+        .unwrap();
+    let record = seal::seal_raw_for_tests(&dk, 3, generation, plain);
+    let path = dir.join(DB_FILE);
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(TABLE)
+            .unwrap()
+            .insert(ROW, record.as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
+    record
+}
+
+/// The previous release's store opens with every credential, is rewritten in format 4 at the
+/// next generation, and its format-3 record no longer opens with anything the state
+/// directory holds (its data key is destroyed like any previous record's). The client
+/// certificate comes with the next refresh.
+#[test]
+fn a_format_3_store_opens_and_migrates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = format_3_store(tmp.path(), 7, &v2_plain());
+    let store = Store::open(tmp.path(), key(1)).unwrap();
+    assert_eq!(store.load().unwrap(), sample_v3(1));
+    let record = store.read_record().unwrap().unwrap();
+    assert_eq!(record[0], 4, "format 3 is migrated to 4 on open");
+    assert_eq!(Header::parse(&record).unwrap().generation, 8);
+    drop(store);
+    let data_keys = recoverable_data_keys(tmp.path(), &key(1));
+    assert_eq!(data_keys.len(), 1, "only the new record's key is left");
+    assert!(seal::open(&data_keys[0], &old).is_err());
+    assert!(seal::open(&key(1), &old).is_err());
+    // It keeps working as a format-4 store: a certificate saved is a certificate loaded.
+    let store = Store::open(tmp.path(), key(1)).unwrap();
+    assert_eq!(
+        store.load().unwrap(),
+        sample_v3(1),
+        "opened again: no second migration"
+    );
+    store.save(&sample(2)).unwrap();
+    drop(store);
+    let store = Store::open(tmp.path(), key(1)).unwrap();
+    assert_eq!(store.load().unwrap(), sample(2));
+    drop(store);
+    let err = Store::open(tmp.path(), key(2)).unwrap_err();
+    assert!(matches!(err, StoreError::SealKeyMismatch { .. }), "{err:?}");
 }
 
 /// A migration cut short (the half-built file left behind) changes nothing: the old store
@@ -547,7 +648,7 @@ fn a_half_built_migration_is_discarded() {
     previous_release_store(tmp.path(), 2, 7, &v2_plain());
     fs::write(tmp.path().join(MIGRATE_FILE), b"half a database").unwrap();
     let store = Store::open(tmp.path(), key(1)).unwrap();
-    assert_eq!(store.load().unwrap(), sample(1));
+    assert_eq!(store.load().unwrap(), sample_v3(1));
     assert!(!tmp.path().join(MIGRATE_FILE).exists());
 }
 

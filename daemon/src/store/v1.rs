@@ -2,9 +2,10 @@
 //! only to read stores written by earlier releases and migrate them to the current format.
 
 use octomil_common::Secret;
-use octomil_common::wire::{MqttInfo, RateLimits};
+use octomil_common::wire::RateLimits;
 use serde::Deserialize;
 
+use super::v3::LegacyMqtt;
 use super::{Identity, Revoked};
 
 /// `Persisted` as format 1 wrote it (field order is the layout).
@@ -25,7 +26,7 @@ struct Credentials {
     registered_at_ms: u64,
     last_refresh: Option<u64>,
     revocation_public_key: [u8; 32],
-    mqtt: Option<MqttInfo>,
+    mqtt: Option<LegacyMqtt>,
     rate_limits: RateLimits,
 }
 
@@ -43,7 +44,7 @@ impl From<Persisted> for super::Persisted {
                 registered_at_ms: c.registered_at_ms,
                 last_refresh: c.last_refresh,
                 revocation_public_key: c.revocation_public_key,
-                mqtt: c.mqtt,
+                mqtt: c.mqtt.map(Into::into),
                 rate_limits: c.rate_limits,
                 registration_epoch: 0,
             }),

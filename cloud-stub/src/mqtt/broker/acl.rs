@@ -5,7 +5,11 @@
 //! | identity | publish | subscribe |
 //! |---|---|---|
 //! | device `{id}` | `octomil/v1/devices/{id}/status` (at most [`STATUS_MAX_BYTES`]) | `octomil/v1/devices/{id}/revocation` |
+//! | revoked device `{id}` | nothing (its will is dropped) | `octomil/v1/devices/{id}/revocation` |
 //! | the cloud | `octomil/v1/devices/{any id}/revocation` | any valid filter |
+//!
+//! The same functions answer brokers that ask over HTTP (`api::mqtt_auth`), so the embedded
+//! broker, EMQX and the Mosquitto ACL file (`docs/mosquitto.acl.example`) apply one table.
 
 use octomil_common::DeviceId;
 
@@ -15,6 +19,34 @@ pub enum Identity {
     /// The cloud's own session (and tools holding the cloud's broker secret).
     Cloud,
     Device(DeviceId),
+    /// A revoked device with a certificate that has not expired yet: it may still read its
+    /// own (retained) revocation, so it learns of it even if it missed the push, and nothing
+    /// else.
+    Revoked(DeviceId),
+}
+
+impl Identity {
+    /// Whether `self` and `other` are the same principal, whatever each may do now: a
+    /// device revoked while connected may take over its own session, nobody else's.
+    pub fn same_principal(&self, other: &Identity) -> bool {
+        match (self, other) {
+            (Identity::Cloud, Identity::Cloud) => true,
+            (
+                Identity::Device(a) | Identity::Revoked(a),
+                Identity::Device(b) | Identity::Revoked(b),
+            ) => a == b,
+            _ => false,
+        }
+    }
+
+    /// The client id a connection of this identity must use; `None` for the cloud, whose
+    /// sessions are named `{identity}` or `{identity}:{suffix}` (checked by the caller).
+    pub fn device_id(&self) -> Option<&DeviceId> {
+        match self {
+            Identity::Cloud => None,
+            Identity::Device(id) | Identity::Revoked(id) => Some(id),
+        }
+    }
 }
 
 /// A device's status message may be at most this long. The cloud ignores (and counts)
@@ -55,7 +87,9 @@ pub fn may_subscribe(who: &Identity, filter: &str) -> bool {
     }
     match who {
         Identity::Cloud => true,
-        Identity::Device(id) => device_topic(filter, "revocation") == Some(id.as_str()),
+        Identity::Device(id) | Identity::Revoked(id) => {
+            device_topic(filter, "revocation") == Some(id.as_str())
+        }
     }
 }
 
@@ -124,7 +158,15 @@ mod tests {
     #[test]
     fn the_table() {
         let a = dev("edge-a");
+        let r = Identity::Revoked(DeviceId::parse("edge-r").unwrap());
         let rows: &[(&Identity, &str, PublishRule)] = &[
+            (&r, "octomil/v1/devices/edge-r/status", PublishRule::Denied),
+            (
+                &r,
+                "octomil/v1/devices/edge-r/revocation",
+                PublishRule::Denied,
+            ),
+            (&r, "anything", PublishRule::Denied),
             (&a, "octomil/v1/devices/edge-a/status", PublishRule::Status),
             (&a, "octomil/v1/devices/edge-b/status", PublishRule::Denied),
             (
@@ -170,6 +212,11 @@ mod tests {
         }
         let subs: &[(&Identity, &str, bool)] = &[
             (&a, "octomil/v1/devices/edge-a/revocation", true),
+            (&r, "octomil/v1/devices/edge-r/revocation", true),
+            (&r, "octomil/v1/devices/edge-a/revocation", false),
+            (&r, "octomil/v1/devices/edge-r/status", false),
+            (&r, "octomil/v1/devices/+/revocation", false),
+            (&r, "#", false),
             (&a, "octomil/v1/devices/edge-b/revocation", false),
             (&a, "octomil/v1/devices/+/revocation", false),
             (&a, "octomil/v1/devices/edge-a/status", false),
@@ -186,6 +233,18 @@ mod tests {
                 "{who:?} subscribe {filter}"
             );
         }
+    }
+
+    #[test]
+    fn principals() {
+        let a = dev("edge-a");
+        let ra = Identity::Revoked(DeviceId::parse("edge-a").unwrap());
+        assert!(a.same_principal(&ra) && ra.same_principal(&a));
+        assert!(!a.same_principal(&dev("edge-b")));
+        assert!(!a.same_principal(&Identity::Cloud));
+        assert!(Identity::Cloud.same_principal(&Identity::Cloud));
+        assert_eq!(ra.device_id().map(DeviceId::as_str), Some("edge-a"));
+        assert_eq!(Identity::Cloud.device_id(), None);
     }
 
     #[test]

@@ -73,6 +73,9 @@ async fn serve(stream: TcpStream, peer: SocketAddr, mut slot: Slot) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
+    // The client certificate rustls verified against the MQTT CA (a certificate from any
+    // other CA, or expired, already failed the handshake).
+    let mut cert = None;
     let io: Box<dyn Io> = match &shared.tls {
         None => Box::new(stream),
         Some(acceptor) => {
@@ -81,7 +84,15 @@ async fn serve(stream: TcpStream, peer: SocketAddr, mut slot: Slot) {
                 r = timeout(limits.handshake_timeout, acceptor.accept(stream)) => r,
             };
             match handshake {
-                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Ok(tls)) => {
+                    cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(crate::mqtt::ca::cert_identity);
+                    Box::new(tls)
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed");
                     return;
@@ -106,7 +117,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, mut slot: Slot) {
         () = shared.stop.cancelled() => return,
         r = timeout(limits.connect_timeout, c.read_packet()) => r,
     };
-    let connect = match first {
+    let mut connect = match first {
         Ok(Ok(Packet::Connect(connect))) => connect,
         Ok(Ok(_)) => {
             tracing::debug!(%peer, "MQTT: the first packet is not CONNECT");
@@ -122,7 +133,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, mut slot: Slot) {
             return;
         }
     };
-    let identity = match login(&shared, &connect, peer) {
+    let identity = match login(&shared, &mut connect, peer, cert.as_ref()) {
         Ok(identity) => identity,
         Err(code) => {
             shared.stats.refused_logins.fetch_add(1, Ordering::Relaxed);
@@ -136,7 +147,12 @@ async fn serve(stream: TcpStream, peer: SocketAddr, mut slot: Slot) {
 
 /// Checks a CONNECT: protocol, credentials (the [`crate::mqtt::auth::Authenticator`]), the
 /// client id (a device's must be its own id), and the will (only where it may publish).
-fn login(shared: &Shared, c: &Connect, peer: SocketAddr) -> Result<Identity, ConnectReturnCode> {
+fn login(
+    shared: &Shared,
+    c: &mut Connect,
+    peer: SocketAddr,
+    cert: Option<&crate::mqtt::ca::CertIdentity>,
+) -> Result<Identity, ConnectReturnCode> {
     if c.protocol != Protocol::V4 {
         return Err(ConnectReturnCode::RefusedProtocolVersion);
     }
@@ -147,18 +163,24 @@ fn login(shared: &Shared, c: &Connect, peer: SocketAddr) -> Result<Identity, Con
             username: c.login.as_ref().map(|l| l.username.as_str()),
             password: c.login.as_ref().map(|l| l.password.as_str()),
             peer,
+            cert,
         })
         .map_err(|reason| {
             tracing::debug!(%peer, client_id = %c.client_id, %reason, "MQTT login refused");
             ConnectReturnCode::NotAuthorized
         })?;
-    let id_ok = match &identity {
-        Identity::Device(id) => id.as_str() == c.client_id,
-        Identity::Cloud => !c.client_id.is_empty(),
+    let id_ok = match identity.device_id() {
+        Some(id) => id.as_str() == c.client_id,
+        None => !c.client_id.is_empty(),
     };
     if !id_ok {
         tracing::debug!(%peer, client_id = %c.client_id, "MQTT login refused: client id is not the identity");
         return Err(ConnectReturnCode::BadClientId);
+    }
+    if matches!(identity, Identity::Revoked(_)) {
+        // A revoked device may publish nothing, its will included; the daemon sends one
+        // with every CONNECT, so it is dropped rather than refused.
+        c.last_will = None;
     }
     if let Some(w) = &c.last_will {
         let allowed = match acl::publish_rule(&identity, &w.topic) {

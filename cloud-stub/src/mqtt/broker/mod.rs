@@ -301,6 +301,8 @@ pub struct Plan {
     listener: std::net::TcpListener,
     pub addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
+    /// The CN of the cloud's own certificate.
+    identity: String,
     login: super::auth::CloudLogin,
     limits: Limits,
 }
@@ -316,13 +318,21 @@ impl std::fmt::Debug for Plan {
 
 impl Plan {
     /// Binds `listen` now (port 0: the port is known before anyone is told it). Must run
-    /// inside the tokio runtime.
+    /// inside the tokio runtime. Clients are verified against `mqtt_ca`; `identity` is the
+    /// CN of the cloud's own certificate; `secret` is the legacy password login's.
     pub fn new(
         listen: SocketAddr,
         pki: &crate::tls::Pki,
+        mqtt_ca: &super::ca::MqttCa,
+        identity: &str,
         secret: &octomil_common::Secret<String>,
         limits: Limits,
     ) -> Result<Self, MqttError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(mqtt_ca.der().clone())
+            .map_err(|e| MqttError::Tls(crate::tls::TlsError::Rustls(e)))?;
+        let tls = pki.server_config_verifying_clients(roots)?;
         let err = |source| MqttError::Listen {
             addr: listen,
             source,
@@ -346,7 +356,8 @@ impl Plan {
         Ok(Self {
             listener,
             addr,
-            tls: pki.server_config(&[]),
+            tls,
+            identity: identity.to_owned(),
             login: super::auth::CloudLogin::new(secret),
             limits,
         })
@@ -379,7 +390,7 @@ impl Plan {
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) -> Result<Broker, MqttError> {
-        let auth = super::auth::StoreAuthenticator::new(cloud, self.login);
+        let auth = super::auth::StoreAuthenticator::new(cloud, self.identity, self.login);
         serve(
             self.listener,
             Some(self.tls),

@@ -136,7 +136,7 @@ impl Router {
     ) -> Result<Attached, AttachError> {
         let mut st = self.lock();
         if let Some(old) = st.sessions.get(client_id)
-            && old.identity != *identity
+            && !old.identity.same_principal(identity)
         {
             return Err(AttachError::OtherIdentity);
         }
@@ -150,6 +150,8 @@ impl Router {
             None
         } else {
             st.sessions.get_mut(client_id).map(|s| {
+                // The same principal, perhaps revoked since: the session takes its rights now.
+                s.identity = identity.clone();
                 s.persistent = true;
                 s.link = Some(Link {
                     conn: link.conn,
