@@ -282,7 +282,10 @@ pub async fn revoke(
         ));
     }
     let now_ms = state.clock.now_ms();
-    let (view, sealed) = state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone(), id.clone());
+    let pending = state.store.write(move |m| {
+        let (state, auth, id) = owned;
         let mut d = m
             .devices
             .get(id.as_str())
@@ -317,7 +320,8 @@ pub async fn revoke(
             changes.push(outbox::entry(&id, sealed.clone(), now_ms));
         }
         Ok::<_, ApiError>(((view, sealed), changes))
-    })?;
+    });
+    let (view, sealed) = pending.await?;
     crate::api::metrics::Metrics::add(&state.metrics.revocations, 1);
     tracing::info!(device_id = %id, auth = %auth.subject(), "device revoked");
     let (status, published, ack_ms) = match state.publisher.publish(&id, sealed).await {
@@ -359,25 +363,31 @@ pub async fn delete(
     let id = parse_id(&id)?;
     let now_ms = state.clock.now_ms();
     let durable = state.publisher.durable();
-    state.store.write(|m| match m.devices.get(id.as_str()) {
-        None => Err(ApiError::not_found("device")),
-        Some(d) if d.state != DeviceState::Revoked => Err(ApiError::conflict(
-            codes::CONFLICT,
-            "only a revoked device can be deleted; revoke it first",
-        )),
-        Some(_) => {
-            let mut changes = vec![
-                Change::DeleteDevice(id.as_str().to_owned()),
-                super::audit::change(&auth, now_ms, "device.delete", id.as_str(), None),
-            ];
-            // Clear the retained revocation (replacing any undelivered one), so a
-            // re-provisioned device with this id does not read its predecessor's.
-            if durable {
-                changes.push(outbox::entry(&id, Vec::new(), now_ms));
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (id.clone(), auth.clone());
+    let pending = state
+        .store
+        .write(move |m| match m.devices.get(id.as_str()) {
+            None => Err(ApiError::not_found("device")),
+            Some(d) if d.state != DeviceState::Revoked => Err(ApiError::conflict(
+                codes::CONFLICT,
+                "only a revoked device can be deleted; revoke it first",
+            )),
+            Some(_) => {
+                let mut changes = vec![
+                    Change::DeleteDevice(id.as_str().to_owned()),
+                    super::audit::change(&auth, now_ms, "device.delete", id.as_str(), None),
+                ];
+                // Clear the retained revocation (replacing any undelivered one), so a
+                // re-provisioned device with this id does not read its predecessor's.
+                if durable {
+                    changes.push(outbox::entry(&id, Vec::new(), now_ms));
+                }
+                Ok(((), changes))
             }
-            Ok(((), changes))
-        }
-    })?;
+        });
+    pending.await?;
+    let (id, auth) = owned;
     state.presence.forget(id.as_str());
     tracing::info!(device_id = %id, auth = %auth.subject(), "device deleted");
     // Wait (bounded) for the clear, so a device registered right after starts clean; the

@@ -119,7 +119,10 @@ pub async fn login(
         expires_at,
         mfa: step.is_some(),
     };
-    state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = email.clone();
+    let pending = state.store.write(move |m| {
+        let email = owned;
         let mut changes = Vec::new();
         if let Some(step) = step {
             // Re-checked under the store's lock: two logins racing with one code get one
@@ -148,7 +151,8 @@ pub async fn login(
             &email,
         ));
         Ok::<_, ApiError>(((), changes))
-    })?;
+    });
+    pending.await?;
     state.login_throttle.succeeded(&email, &ip);
     let token = state.sessions.issue(&Claims {
         sub: member.email.clone(),
@@ -167,7 +171,10 @@ pub async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResult<Stat
     let Principal::Session { jti, email, .. } = &auth.0 else {
         return Err(ApiError::forbidden("only a dashboard session may log out"));
     };
-    state.store.write(|_| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone(), email.clone(), jti.clone());
+    let pending = state.store.write(move |_| {
+        let (state, auth, email, jti) = owned;
         let audit = super::audit::change(
             &auth,
             state.clock.now_ms(),
@@ -176,7 +183,8 @@ pub async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResult<Stat
             None,
         );
         Ok::<_, ApiError>(((), vec![Change::DeleteSession(jti.clone()), audit]))
-    })?;
+    });
+    pending.await?;
     tracing::info!(member = %email, "session ended by logout");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -229,7 +237,10 @@ pub async fn change_password(
             ));
         }
     };
-    state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone(), email.clone());
+    let pending = state.store.write(move |m| {
+        let (state, auth, email) = (owned.0, owned.1, &owned.2);
         let mut rec = m
             .members
             .get(email)
@@ -246,7 +257,8 @@ pub async fn change_password(
             None,
         ));
         Ok::<_, ApiError>(((), changes))
-    })?;
+    });
+    pending.await?;
     tracing::info!(member = %email, "password changed; every session of the member ended");
     Ok(StatusCode::NO_CONTENT)
 }

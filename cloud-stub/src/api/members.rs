@@ -130,7 +130,10 @@ pub async fn add(
         totp_secret: Secret::new(session::totp_base32(&totp)),
         otpauth_uri: Secret::new(session::otpauth_uri("Octomil", &rec.email, &totp)),
     };
-    state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (auth.clone(), email.clone());
+    let pending = state.store.write(move |m| {
+        let (auth, email) = owned;
         if m.members.contains_key(&email) {
             return Err(ApiError::conflict(
                 codes::CONFLICT,
@@ -145,7 +148,8 @@ pub async fn add(
             Some(format!("role {}", req.role.as_str())),
         );
         Ok(((), vec![Change::Member(rec), audit]))
-    })?;
+    });
+    pending.await?;
     tracing::info!(member = %email, role = req.role.as_str(), auth = %auth.subject(), "member added");
     Ok((StatusCode::CREATED, Json(answer)))
 }
@@ -157,7 +161,10 @@ pub async fn update(
     Body(req): Body<UpdateMember>,
 ) -> ApiResult<Json<MemberView>> {
     let email = normalize_email(&email)?;
-    let view = state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone(), email.clone());
+    let pending = state.store.write(move |m| {
+        let (state, auth, email) = owned;
         let mut rec = m
             .members
             .get(&email)
@@ -186,7 +193,8 @@ pub async fn update(
             changes.extend(m.end_sessions_of(&email));
         }
         Ok((MemberView::of(&rec), changes))
-    })?;
+    });
+    let view = pending.await?;
     tracing::info!(member = %email, role = req.role.as_str(), auth = %auth.subject(), "member role changed");
     Ok(Json(view))
 }
@@ -197,7 +205,10 @@ pub async fn remove(
     Path(email): Path<String>,
 ) -> ApiResult<StatusCode> {
     let email = normalize_email(&email)?;
-    state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone(), email.clone());
+    let pending = state.store.write(move |m| {
+        let (state, auth, email) = owned;
         let rec = m
             .members
             .get(&email)
@@ -220,7 +231,8 @@ pub async fn remove(
         ];
         changes.extend(m.end_sessions_of(&email));
         Ok(((), changes))
-    })?;
+    });
+    pending.await?;
     tracing::info!(member = %email, auth = %auth.subject(), "member removed");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -46,7 +46,10 @@ pub async fn delete(
     auth: Auth,
     Body(req): Body<DeleteOrg>,
 ) -> ApiResult<StatusCode> {
-    state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone());
+    let pending = state.store.write(move |m| {
+        let (state, auth) = owned;
         let mut o = m
             .org
             .clone()
@@ -66,7 +69,8 @@ pub async fn delete(
             None,
         );
         Ok(((), vec![Change::Org(o), audit]))
-    })?;
+    });
+    pending.await?;
     tracing::warn!(auth = %auth.subject(), "organization deleted; every credential is now refused");
     Ok(StatusCode::NO_CONTENT)
 }

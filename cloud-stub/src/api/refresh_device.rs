@@ -43,7 +43,10 @@ pub async fn refresh(
     // The token is verified before anything is charged: a refresh token is unguessable, so
     // checking it is cheap and safe, and only a verified call spends the device's budget.
     // A token that does not verify is charged to the source address instead.
-    let outcome = state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = state.clone();
+    let outcome = state.store.write(move |m| {
+        let state = owned;
         let invalid = || ApiError::unauthorized(codes::INVALID_REFRESH_TOKEN, "refresh token is not valid for this device");
         if m.org.as_ref().is_none_or(|o| o.deleted) {
             return Err(super::authz::org_deleted());
@@ -85,7 +88,7 @@ pub async fn refresh(
         let env = m.environment();
         let (key, refresh, expires_at) = issue_pair(&mut d, env, now, settings.device_token_expiry_secs);
         Ok((Ok((key, refresh, expires_at)), vec![Change::Device(d)]))
-    });
+    }).await;
     let outcome = match outcome {
         Err(e) if e.code == codes::INVALID_REFRESH_TOKEN => {
             return Err(state.charge_failure(Some(&peer.ip().to_string()), e));

@@ -170,7 +170,10 @@ async fn create(
         created_at: state.clock.now_secs(),
     };
     let view = ResourceView::of(&rec);
-    state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = state.clone();
+    let pending = state.store.write(move |m| {
+        let state = owned;
         if let Some(p) = &parent
             && !m
                 .resources
@@ -186,6 +189,7 @@ async fn create(
             None,
         );
         Ok(((), vec![Change::Resource(rec), audit]))
-    })?;
+    });
+    pending.await?;
     Ok((StatusCode::CREATED, Json(view)))
 }

@@ -101,7 +101,11 @@ pub async fn revoke(
     };
     let now_ms = state.clock.now_ms();
     let durable = state.publisher.durable();
-    let (answer, sealed) = state.store.write(|m| {
+    // Every device of the call is one step of the writer: one durable commit for all of them,
+    // their audit records in the same commit, in order.
+    let owned = (state.clone(), auth.clone());
+    let pending = state.store.write(move |m| {
+        let (state, auth) = owned;
         let mut answer = BulkRevoked {
             revoked: Vec::new(),
             already_revoked: 0,
@@ -177,7 +181,8 @@ pub async fn revoke(
             changes.push(Change::Counter(REVOCATION_SEQ, seq));
         }
         Ok(((answer, sealed), changes))
-    })?;
+    });
+    let (answer, sealed) = pending.await?;
     Metrics::add(&state.metrics.revocations, answer.revoked.len() as u64);
     tracing::info!(
         revoked = answer.revoked.len(),
