@@ -144,3 +144,74 @@ async fn one_call_revokes_200_connected_devices_in_one_commit_and_each_verifies_
     };
     env.handle.shutdown().await;
 }
+
+/// `octomil devices revoke ID ID ...` as the operator runs it, in-process.
+async fn octomil(env: &Env, args: &[&str]) -> (String, String) {
+    let ca = env.dir.path().join("ca-for-cli.pem");
+    std::fs::write(&ca, env.handle.ca_pem.as_bytes()).unwrap();
+    let mut argv = vec![
+        "octomil",
+        "--api-url",
+        &env.handle.http_url,
+        "--api-key",
+        &env.owner_key,
+        "--ca-file",
+        ca.to_str().unwrap(),
+    ];
+    argv.extend_from_slice(args);
+    let cli = <octomil_cloud::cli::Cli as clap::Parser>::try_parse_from(argv).unwrap();
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut out = octomil_cloud::cli::Out::new(&mut stdout, &mut stderr, false, 0);
+    octomil_cloud::cli::run(cli, &mut out).await.unwrap();
+    (
+        String::from_utf8(stdout).unwrap(),
+        String::from_utf8(stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_revokes_several_devices_in_one_call_and_shows_what_was_pushed() {
+    let env = start_with(tempfile::tempdir().unwrap(), |b| {
+        b.mqtt(MqttMode::Embedded {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        })
+    })
+    .await;
+    env.relax_limits().await;
+    for id in ["cli-bulk-1", "cli-bulk-2", "cli-bulk-3"] {
+        Device::new(id).register(&env).await;
+    }
+    let (out, _) = octomil(
+        &env,
+        &[
+            "devices",
+            "revoke",
+            "cli-bulk-1",
+            "cli-bulk-2",
+            "cli-bulk-9",
+            "--reason",
+            "stolen",
+        ],
+    )
+    .await;
+    // The broker normally acknowledges both within the call; the outbox retries any it did not.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0], "revoked: 2 (already revoked: 0, not found: 1)",
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("pushed: ") && lines[1].contains(" of 2 acknowledged by the broker"),
+        "{out}"
+    );
+    assert_eq!(lines[2], "not found: cli-bulk-9", "{out}");
+    // Again: nothing new to revoke, nothing pushed.
+    let (out, _) = octomil(&env, &["devices", "revoke", "cli-bulk-1", "cli-bulk-2"]).await;
+    assert_eq!(out, "revoked: 0 (already revoked: 2, not found: 0)\n");
+    env.handle.cloud.store.read(|m| {
+        assert_eq!(m.devices["cli-bulk-1"].state, DeviceState::Revoked);
+        assert_eq!(m.devices["cli-bulk-2"].state, DeviceState::Revoked);
+        assert_eq!(m.devices["cli-bulk-3"].state, DeviceState::Active);
+    });
+    env.handle.shutdown().await;
+}
