@@ -854,6 +854,10 @@ mod tests {
         let r = store.write(register("b", 2)).await;
         assert_eq!(r, Err(Refused::Store(StoreError::Busy.to_string())));
         assert_eq!(store.write_stats().busy, 1);
+        // Over HTTP that is a 503 with Retry-After, not a 500.
+        let e = crate::error::ApiError::from(StoreError::Busy);
+        assert_eq!(e.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!((e.code, e.retry_after), ("unavailable", Some(1)));
         drop(release);
         held.await.unwrap();
         for t in tasks {
