@@ -2,6 +2,10 @@
 //! loopback, state in redb with a durable commit per call, driven by concurrent clients.
 //!
 //! Run: `cargo bench -p octomil-cloud --bench control_plane` (env: BENCH_N, BENCH_CONCURRENCY).
+//!
+//! During each phase a reader thread times `Store::read` (what every authenticated request
+//! does) every 200 µs, so a read that waits behind a commit shows in its p99 and max; after
+//! each phase the store's write counters give the commits and steps per commit (group commit).
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use octomil_cloud::CloudStub;
+use octomil_cloud::store::WriteStats;
 use octomil_common::proof;
 use octomil_common::wire::{RefreshResponse, RegisterResponse};
 use octomil_testkit::bench::env_or;
@@ -91,6 +96,8 @@ async fn run() {
         "octomil-cloud control-plane benchmark: {n} calls per phase, {conc} concurrent clients, HTTPS on loopback"
     );
     let reg_url = format!("{base}/devices/register");
+    let reads = Reads::start(cloud.cloud.clone());
+    let w0 = cloud.cloud.store.write_stats();
     let regs: Vec<RegisterResponse> = phase("register", &client, conc, bodies, move |c, b| {
         let url = reg_url.clone();
         async move {
@@ -100,6 +107,10 @@ async fn run() {
         }
     })
     .await;
+    reads.report("register");
+    let w1 = cloud.cloud.store.write_stats();
+    print_batching(w0, w1);
+    let reads = Reads::start(cloud.cloud.clone());
     let bodies: Vec<_> = regs
         .iter()
         .map(|r| json!({"device_id": r.device_id, "refresh_token": r.refresh_token.expose()}))
@@ -114,7 +125,58 @@ async fn run() {
         }
     })
     .await;
+    reads.report("refresh");
+    let w2 = cloud.cloud.store.write_stats();
+    print_batching(w1, w2);
     cloud.shutdown().await;
+}
+
+/// Commits and writes (steps) between two snapshots of the store's counters.
+fn print_batching(a: WriteStats, b: WriteStats) {
+    let (commits, steps) = (b.commits - a.commits, b.steps - a.steps);
+    println!(
+        "{:>9}  {commits} commits for {steps} writes ({:.1} writes per commit, largest batch {})",
+        "",
+        steps as f64 / commits.max(1) as f64,
+        b.max_batch
+    );
+}
+
+/// A thread timing `Store::read` while a phase runs.
+struct Reads {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Duration>>,
+}
+
+impl Reads {
+    fn start(cloud: octomil_cloud::AppState) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut lat = Vec::new();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                std::hint::black_box(cloud.store.read(|m| m.devices.len()));
+                lat.push(t.elapsed());
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            lat
+        });
+        Self { stop, thread }
+    }
+
+    fn report(self, name: &str) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut lat = self.thread.join().unwrap();
+        lat.sort();
+        println!(
+            "{name:>9}  reads during it: p50 {:>6.3} ms   p99 {:>6.3} ms   max {:>6.2} ms   ({} reads)",
+            percentile(&lat, 0.50).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3,
+            lat.last().unwrap().as_secs_f64() * 1e3,
+            lat.len()
+        );
+    }
 }
 
 async fn phase<T, F, Fut>(

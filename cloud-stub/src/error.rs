@@ -99,7 +99,18 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        Self::internal(e)
+        match e {
+            // The writer's queue is full: shed load rather than queue without bound.
+            StoreError::Busy => Self {
+                retry_after: Some(1),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    codes::UNAVAILABLE,
+                    "the cloud is busy; retry shortly",
+                )
+            },
+            e => Self::internal(e),
+        }
     }
 }
 

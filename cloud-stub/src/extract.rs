@@ -259,7 +259,7 @@ pub fn source_ip(req: &Request) -> Option<String> {
 
 /// Resolves a bearer to a principal. Keys and refresh tokens are unguessable, so they are
 /// verified first and nothing is charged to anyone before a credential checks out.
-pub fn authenticate(state: &AppState, bearer: &str) -> ApiResult<Principal> {
+pub async fn authenticate(state: &AppState, bearer: &str) -> ApiResult<Principal> {
     let now = state.clock.now_secs();
     let unknown = || ApiError::unauthenticated("unknown or revoked credentials");
     if state
@@ -274,9 +274,10 @@ pub fn authenticate(state: &AppState, bearer: &str) -> ApiResult<Principal> {
             return Err(unknown());
         }
         let h = token::hash(bearer);
-        // Lookup and the rare bookkeeping write happen under one lock, so a key deleted
-        // concurrently can never be written back.
-        return state.store.write(|m| {
+        // Lookup and the rare bookkeeping write happen in one writer step, so a key deleted
+        // concurrently can never be written back. The step is checked against the committed
+        // model first: a call that needs no bookkeeping never waits for the writer.
+        let check = move |m: &crate::store::Model| {
             if let Some(k) = m
                 .api_key_by_hash(&h)
                 .filter(|k| token::hashes_equal(&k.hash, &h))
@@ -337,7 +338,13 @@ pub fn authenticate(state: &AppState, bearer: &str) -> ApiResult<Principal> {
                 environment: d.environment,
             };
             Ok((p, changes))
-        });
+        };
+        match state.store.read(check) {
+            Ok((p, changes)) if changes.is_empty() => return Ok(p),
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        return state.store.write(check).await;
     }
     let claims = state.sessions.verify(bearer, now).map_err(|_| unknown())?;
     // The JWT alone proves nothing once its server-side session is gone (logout, removal,

@@ -45,7 +45,7 @@ impl SecretFiles {
 }
 
 /// Creates the organization and its first credentials if the store has none.
-pub fn provision(
+pub async fn provision(
     store: &Store,
     dir: &Path,
     owner_email: &str,
@@ -84,7 +84,7 @@ pub fn provision(
         &paths.owner_totp_secret,
         session::totp_base32(&totp).as_bytes(),
     )?;
-    store.write(|_| {
+    let pending = store.write(move |_| {
         Ok::<_, CloudError>((
             (),
             vec![
@@ -94,7 +94,8 @@ pub fn provision(
                 Change::Org(org),
             ],
         ))
-    })?;
+    });
+    pending.await?;
     tracing::info!(dir = %dir.display(), "provisioned a new organization; owner credentials are in 0600 files in the state dir");
     Ok(())
 }

@@ -221,7 +221,8 @@ impl Builder {
             &self.owner_email,
             self.environment,
             self.clock.now_secs(),
-        )?;
+        )
+        .await?;
         let owner_email = store
             .read(|m| {
                 m.members

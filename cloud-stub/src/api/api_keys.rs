@@ -220,7 +220,10 @@ pub async fn create(
         created_at: now,
         expires_at,
     };
-    state.store.write(|_| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone());
+    let pending = state.store.write(move |_| {
+        let (state, auth) = owned;
         let audit = super::audit::change(
             &auth,
             state.clock.now_ms(),
@@ -229,7 +232,8 @@ pub async fn create(
             Some(format!("scopes {}", rec.scopes.names().join(","))),
         );
         Ok::<_, ApiError>(((), vec![Change::ApiKey(rec), audit]))
-    })?;
+    });
+    pending.await?;
     tracing::info!(api_key_id = %created.id, auth = %auth.subject(), "API key created");
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -304,7 +308,10 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     let now = state.clock.now_secs();
     let my_role = auth.role().unwrap_or(Role::Member);
-    state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (auth.clone(), id.clone());
+    let pending = state.store.write(move |m| {
+        let (auth, id) = owned;
         let mut k = m
             .api_keys
             .get(&id)
@@ -341,7 +348,8 @@ pub async fn delete(
         ));
         changes.push(Change::ApiKey(k));
         Ok(((), changes))
-    })?;
+    });
+    pending.await?;
     tracing::info!(api_key_id = %id, auth = %auth.subject(), "API key deleted");
     Ok(StatusCode::NO_CONTENT)
 }

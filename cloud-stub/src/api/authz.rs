@@ -293,8 +293,11 @@ async fn decide_and_run(
     if row.access == Access::Public {
         return next.run(req).await;
     }
-    let principal = match bearer(req.headers()).and_then(|b| crate::extract::authenticate(state, b))
-    {
+    let principal = match bearer(req.headers()) {
+        Ok(b) => crate::extract::authenticate(state, b).await,
+        Err(e) => Err(e),
+    };
+    let principal = match principal {
         Ok(p) => p,
         // Failures are charged to the source address, never to a key or a device.
         Err(e) => {

@@ -217,7 +217,10 @@ pub async fn create(
     let (mut rec, secret) = new_bootstrap_token(now, body.max_uses, Some(now.saturating_add(ttl)));
     rec.environment = environment;
     let (id, max_uses, expires_at) = (rec.id.clone(), rec.max_uses, rec.expires_at);
-    state.store.write(|_| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone());
+    let pending = state.store.write(move |_| {
+        let (state, auth) = owned;
         let audit = super::audit::change_in(
             &auth,
             environment,
@@ -227,7 +230,8 @@ pub async fn create(
             None,
         );
         Ok::<_, ApiError>(((), vec![Change::Bootstrap(rec), audit]))
-    })?;
+    });
+    pending.await?;
     tracing::info!(bootstrap_token_id = %id, auth = %auth.subject(), "bootstrap token created");
     Ok((
         StatusCode::CREATED,
@@ -293,7 +297,10 @@ pub async fn update(
         .as_deref()
         .map(|s| positive_secs("expires_in", s).map(|secs| now.saturating_add(secs)))
         .transpose()?;
-    let view = state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (auth.clone(), id.clone());
+    let pending = state.store.write(move |m| {
+        let (auth, id) = owned;
         let mut b = visible(m, &auth, &id)?.clone();
         if b.revoked_at.is_some() {
             return Err(ApiError::conflict(
@@ -333,7 +340,8 @@ pub async fn update(
                 Change::Bootstrap(b),
             ],
         ))
-    })?;
+    });
+    let view = pending.await?;
     tracing::info!(bootstrap_token_id = %id, auth = %auth.subject(), "bootstrap token updated");
     Ok(Json(view))
 }
@@ -346,7 +354,10 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let now = state.clock.now_secs();
-    state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (auth.clone(), id.clone());
+    let pending = state.store.write(move |m| {
+        let (auth, id) = owned;
         let mut b = visible(m, &auth, &id)?.clone();
         if b.revoked_at.is_some() {
             return Ok(((), vec![]));
@@ -363,7 +374,8 @@ pub async fn revoke(
             None,
         );
         Ok::<_, ApiError>(((), vec![Change::Bootstrap(b), audit]))
-    })?;
+    });
+    pending.await?;
     tracing::info!(bootstrap_token_id = %id, auth = %auth.subject(), "bootstrap token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

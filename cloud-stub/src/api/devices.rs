@@ -301,7 +301,10 @@ pub async fn revoke(
         ));
     }
     let now_ms = state.clock.now_ms();
-    let (view, sealed) = state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone(), id.clone());
+    let pending = state.store.write(move |m| {
+        let (state, auth, id) = owned;
         let mut d = visible(m, &auth, id.as_str())?.clone();
         d.kill_credentials();
         d.state = DeviceState::Revoked;
@@ -334,7 +337,8 @@ pub async fn revoke(
             changes.push(outbox::entry(&id, sealed.clone(), now_ms));
         }
         Ok::<_, ApiError>(((view, sealed), changes))
-    })?;
+    });
+    let (view, sealed) = pending.await?;
     crate::api::metrics::Metrics::add(&state.metrics.revocations, 1);
     tracing::info!(device_id = %id, auth = %auth.subject(), "device revoked");
     let (status, published, ack_ms) = match state.publisher.publish(&id, sealed).await {
@@ -378,9 +382,11 @@ pub async fn delete(
     let id = parse_id(&id)?;
     let now_ms = state.clock.now_ms();
     let durable = state.publisher.durable();
-    state
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (id.clone(), auth.clone());
+    let pending = state
         .store
-        .write(|m| match visible(m, &auth, id.as_str()) {
+        .write(move |m| match visible(m, &auth, id.as_str()) {
             Err(e) => Err(e),
             Ok(d) if d.state != DeviceState::Revoked => Err(ApiError::conflict(
                 codes::CONFLICT,
@@ -405,7 +411,9 @@ pub async fn delete(
                 }
                 Ok(((), changes))
             }
-        })?;
+        });
+    pending.await?;
+    let (id, auth) = owned;
     state.presence.forget(id.as_str());
     tracing::info!(device_id = %id, auth = %auth.subject(), "device deleted");
     // Wait (bounded) for the clear, so a device registered right after starts clean; the

@@ -114,34 +114,40 @@ pub async fn totp(
 ) -> ApiResult<Json<TotpAnswer>> {
     let now = state.clock.now_secs();
     let secret = session::new_totp_secret().map_err(ApiError::internal)?;
-    let found = state.store.write(|m| {
-        let Some(mut inv) = find(m, req.token.expose(), now) else {
-            return Ok::<_, ApiError>((None, vec![]));
-        };
-        let preset = m
-            .org
-            .as_ref()
-            .map(|o| o.settings.compliance_preset)
-            .unwrap_or(crate::store::CompliancePreset::None);
-        inv.pending_totp = Some(secret.clone());
-        let answer = TotpAnswer {
-            email: inv.email.clone(),
-            role: inv.role,
-            expires_at: inv.expires_at,
-            mfa_required: preset.requires_mfa(inv.role),
-            totp_secret: Secret::new(session::totp_base32(&secret)),
-            otpauth_uri: Secret::new(session::otpauth_uri("Octomil", &inv.email, &secret)),
-        };
-        let audit = super::audit::from(
-            &ctx,
-            now * 1000,
-            format!("invitation:{}", inv.id),
-            "api",
-            "invitation.totp",
-            &inv.email,
-        );
-        Ok((Some(answer), vec![Change::Invitation(inv), audit]))
-    })?;
+    let found = state
+        .store
+        .write({
+            let ctx = ctx.clone();
+            move |m| {
+                let Some(mut inv) = find(m, req.token.expose(), now) else {
+                    return Ok::<_, ApiError>((None, vec![]));
+                };
+                let preset = m
+                    .org
+                    .as_ref()
+                    .map(|o| o.settings.compliance_preset)
+                    .unwrap_or(crate::store::CompliancePreset::None);
+                inv.pending_totp = Some(secret.clone());
+                let answer = TotpAnswer {
+                    email: inv.email.clone(),
+                    role: inv.role,
+                    expires_at: inv.expires_at,
+                    mfa_required: preset.requires_mfa(inv.role),
+                    totp_secret: Secret::new(session::totp_base32(&secret)),
+                    otpauth_uri: Secret::new(session::otpauth_uri("Octomil", &inv.email, &secret)),
+                };
+                let audit = super::audit::from(
+                    &ctx,
+                    now * 1000,
+                    format!("invitation:{}", inv.id),
+                    "api",
+                    "invitation.totp",
+                    &inv.email,
+                );
+                Ok((Some(answer), vec![Change::Invitation(inv), audit]))
+            }
+        })
+        .await?;
     found
         .map(Json)
         .ok_or_else(|| state.charge_failure(ctx.source.as_deref(), invalid()))
@@ -241,62 +247,68 @@ pub async fn accept(
         (Vec::new(), Vec::new())
     };
     let email = inv.email.clone();
-    let answer = state.store.write(|m| {
-        // Re-checked under the store's lock: two accepts racing with one token make one
-        // member between them.
-        let inv = find(m, req.token.expose(), now)
-            .filter(|i| i.id == inv.id)
-            .ok_or_else(invalid)?;
-        if m.members.contains_key(&inv.email) {
-            return Err(ApiError::conflict(
-                codes::CONFLICT,
-                "a member with this email exists",
-            ));
-        }
-        let rec = MemberRecord {
-            email: inv.email.clone(),
-            role: inv.role,
-            password_hash: hash,
-            totp_secret: enrol.as_ref().map(|(s, _)| s.clone()),
-            created_at: now,
-            last_totp_step: enrol.as_ref().map(|(_, step)| *step),
-            pending_totp: None,
-            recovery_codes: code_hashes,
-        };
-        let mut audit = super::audit::from(
-            &ctx,
-            now * 1000,
-            format!("invitation:{}", inv.id),
-            "api",
-            "invitation.accept",
-            &inv.email,
-        );
-        if let Change::Audit(r) = &mut audit {
-            r.reason = Some(format!(
-                "role {}, totp {}",
-                inv.role.as_str(),
-                if enrol.is_some() {
-                    "enrolled"
-                } else {
-                    "not enrolled"
+    let answer = state
+        .store
+        .write({
+            let ctx = ctx.clone();
+            move |m| {
+                // Re-checked under the store's lock: two accepts racing with one token make one
+                // member between them.
+                let inv = find(m, req.token.expose(), now)
+                    .filter(|i| i.id == inv.id)
+                    .ok_or_else(invalid)?;
+                if m.members.contains_key(&inv.email) {
+                    return Err(ApiError::conflict(
+                        codes::CONFLICT,
+                        "a member with this email exists",
+                    ));
                 }
-            ));
-        }
-        let answer = AcceptAnswer {
-            email: rec.email.clone(),
-            role: rec.role,
-            mfa_enrolled: rec.has_mfa(),
-            recovery_codes: codes_shown,
-        };
-        Ok((
-            answer,
-            vec![
-                Change::Member(rec),
-                Change::DeleteInvitation(inv.id.clone()),
-                audit,
-            ],
-        ))
-    })?;
+                let rec = MemberRecord {
+                    email: inv.email.clone(),
+                    role: inv.role,
+                    password_hash: hash,
+                    totp_secret: enrol.as_ref().map(|(s, _)| s.clone()),
+                    created_at: now,
+                    last_totp_step: enrol.as_ref().map(|(_, step)| *step),
+                    pending_totp: None,
+                    recovery_codes: code_hashes,
+                };
+                let mut audit = super::audit::from(
+                    &ctx,
+                    now * 1000,
+                    format!("invitation:{}", inv.id),
+                    "api",
+                    "invitation.accept",
+                    &inv.email,
+                );
+                if let Change::Audit(r) = &mut audit {
+                    r.reason = Some(format!(
+                        "role {}, totp {}",
+                        inv.role.as_str(),
+                        if enrol.is_some() {
+                            "enrolled"
+                        } else {
+                            "not enrolled"
+                        }
+                    ));
+                }
+                let answer = AcceptAnswer {
+                    email: rec.email.clone(),
+                    role: rec.role,
+                    mfa_enrolled: rec.has_mfa(),
+                    recovery_codes: codes_shown,
+                };
+                Ok((
+                    answer,
+                    vec![
+                        Change::Member(rec),
+                        Change::DeleteInvitation(inv.id.clone()),
+                        audit,
+                    ],
+                ))
+            }
+        })
+        .await?;
     tracing::info!(member = %email, "invitation accepted; member enrolled");
     Ok((StatusCode::CREATED, Json(answer)))
 }

@@ -162,7 +162,10 @@ pub async fn login(
         enrolment_only: enrol,
     };
     let answer_expiry = session.expires_at;
-    state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = email.clone();
+    let pending = state.store.write(move |m| {
+        let email = owned;
         let mut changes = Vec::new();
         match &second {
             Second::Totp(step) => {
@@ -221,7 +224,8 @@ pub async fn login(
             &email,
         ));
         Ok::<_, ApiError>(((), changes))
-    })?;
+    });
+    pending.await?;
     state.login_throttle.succeeded(&email, &ip);
     let token = state.sessions.issue(&Claims {
         sub: member.email.clone(),
@@ -284,38 +288,49 @@ pub async fn step_up(
             "the MFA code is wrong or was already used",
         )
     };
-    let r = state.store.write(|m| {
-        let mut rec = m
-            .members
-            .get(email)
-            .cloned()
-            .ok_or_else(|| ApiError::unauthenticated("unknown or revoked credentials"))?;
-        let Some(secret) = &rec.totp_secret else {
-            return Err(ApiError::conflict(
-                MFA_NOT_ENROLLED,
-                "you have no TOTP enrolled: POST /auth/mfa/totp, then /auth/mfa/confirm",
-            ));
-        };
-        let step = session::totp_step(secret, &req.code, now)
-            .filter(|step| rec.last_totp_step.is_none_or(|last| *step > last))
-            .ok_or_else(bad)?;
-        rec.last_totp_step = Some(step);
-        let mut s = m
-            .sessions
-            .get(jti)
-            .cloned()
-            .ok_or_else(|| ApiError::unauthenticated("unknown or revoked credentials"))?;
-        s.second_factor_at = Some(now);
-        s.mfa = true;
-        Ok::<_, ApiError>((
-            (),
-            vec![
-                Change::Member(rec),
-                Change::Session(s),
-                super::audit::change(&auth, now * 1000, "session.step_up", email.to_owned(), None),
-            ],
-        ))
-    });
+    let r = state
+        .store
+        .write({
+            let (email, jti, auth) = (email.to_owned(), jti.to_owned(), auth.clone());
+            move |m| {
+                let (email, jti) = (email.as_str(), jti.as_str());
+                let mut rec =
+                    m.members.get(email).cloned().ok_or_else(|| {
+                        ApiError::unauthenticated("unknown or revoked credentials")
+                    })?;
+                let Some(secret) = &rec.totp_secret else {
+                    return Err(ApiError::conflict(
+                        MFA_NOT_ENROLLED,
+                        "you have no TOTP enrolled: POST /auth/mfa/totp, then /auth/mfa/confirm",
+                    ));
+                };
+                let step = session::totp_step(secret, &req.code, now)
+                    .filter(|step| rec.last_totp_step.is_none_or(|last| *step > last))
+                    .ok_or_else(bad)?;
+                rec.last_totp_step = Some(step);
+                let mut s =
+                    m.sessions.get(jti).cloned().ok_or_else(|| {
+                        ApiError::unauthenticated("unknown or revoked credentials")
+                    })?;
+                s.second_factor_at = Some(now);
+                s.mfa = true;
+                Ok::<_, ApiError>((
+                    (),
+                    vec![
+                        Change::Member(rec),
+                        Change::Session(s),
+                        super::audit::change(
+                            &auth,
+                            now * 1000,
+                            "session.step_up",
+                            email.to_owned(),
+                            None,
+                        ),
+                    ],
+                ))
+            }
+        })
+        .await;
     match r {
         Ok(()) => {
             state.login_throttle.succeeded(email, &ip);
@@ -342,32 +357,38 @@ pub struct TotpOffer {
 pub async fn mfa_totp(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<TotpOffer>> {
     let (email, _) = session_of(&auth)?;
     let secret = session::new_totp_secret().map_err(ApiError::internal)?;
-    let offer = state.store.write(|m| {
-        let mut rec = m
-            .members
-            .get(email)
-            .cloned()
-            .ok_or_else(|| ApiError::unauthenticated("unknown or revoked credentials"))?;
-        if rec.has_mfa() {
-            return Err(ApiError::conflict(
-                MFA_ALREADY_ENROLLED,
-                "TOTP is already enrolled; an owner or admin can reset it",
-            ));
-        }
-        rec.pending_totp = Some(secret.clone());
-        let offer = TotpOffer {
-            totp_secret: Secret::new(session::totp_base32(&secret)),
-            otpauth_uri: Secret::new(session::otpauth_uri("Octomil", email, &secret)),
-        };
-        let audit = super::audit::change(
-            &auth,
-            state.clock.now_ms(),
-            "member.mfa_offer",
-            email.to_owned(),
-            None,
-        );
-        Ok::<_, ApiError>((offer, vec![Change::Member(rec), audit]))
-    })?;
+    let offer = state
+        .store
+        .write({
+            let (email, auth, state) = (email.to_owned(), auth.clone(), state.clone());
+            move |m| {
+                let email = email.as_str();
+                let mut rec =
+                    m.members.get(email).cloned().ok_or_else(|| {
+                        ApiError::unauthenticated("unknown or revoked credentials")
+                    })?;
+                if rec.has_mfa() {
+                    return Err(ApiError::conflict(
+                        MFA_ALREADY_ENROLLED,
+                        "TOTP is already enrolled; an owner or admin can reset it",
+                    ));
+                }
+                rec.pending_totp = Some(secret.clone());
+                let offer = TotpOffer {
+                    totp_secret: Secret::new(session::totp_base32(&secret)),
+                    otpauth_uri: Secret::new(session::otpauth_uri("Octomil", email, &secret)),
+                };
+                let audit = super::audit::change(
+                    &auth,
+                    state.clock.now_ms(),
+                    "member.mfa_offer",
+                    email.to_owned(),
+                    None,
+                );
+                Ok::<_, ApiError>((offer, vec![Change::Member(rec), audit]))
+            }
+        })
+        .await?;
     Ok(Json(offer))
 }
 
@@ -390,60 +411,64 @@ pub async fn mfa_confirm(
     let (email, jti) = session_of(&auth)?;
     let now = state.clock.now_secs();
     let (codes_shown, hashes) = session::new_recovery_codes();
-    let expires_at = state.store.write(|m| {
-        let mut rec = m
-            .members
-            .get(email)
-            .cloned()
-            .ok_or_else(|| ApiError::unauthenticated("unknown or revoked credentials"))?;
-        if rec.has_mfa() {
-            return Err(ApiError::conflict(
-                MFA_ALREADY_ENROLLED,
-                "TOTP is already enrolled; an owner or admin can reset it",
-            ));
-        }
-        let secret = rec.pending_totp.take().ok_or_else(|| {
-            ApiError::bad_request(
-                codes::INVALID_ARGUMENT,
-                "no TOTP secret was offered: POST /auth/mfa/totp first",
-            )
-        })?;
-        let step = session::totp_step(&secret, &req.code, now).ok_or_else(|| {
-            ApiError::unauthorized(
-                codes::INVALID_CREDENTIALS,
-                "the MFA code does not match the offered secret",
-            )
-        })?;
-        rec.totp_secret = Some(secret);
-        rec.last_totp_step = Some(step);
-        rec.recovery_codes = hashes;
-        let mut s = m
-            .sessions
-            .get(jti)
-            .cloned()
-            .ok_or_else(|| ApiError::unauthenticated("unknown or revoked credentials"))?;
-        if s.enrolment_only {
-            s.expires_at = s.created_at + SESSION_TTL_SECS;
-        }
-        s.enrolment_only = false;
-        s.mfa = true;
-        s.second_factor_at = Some(now);
-        let expires_at = s.expires_at;
-        Ok::<_, ApiError>((
-            expires_at,
-            vec![
-                Change::Member(rec),
-                Change::Session(s),
-                super::audit::change(
-                    &auth,
-                    now * 1000,
-                    "member.mfa_enrol",
-                    email.to_owned(),
-                    None,
-                ),
-            ],
-        ))
-    })?;
+    let expires_at =
+        state
+            .store
+            .write({
+                let (email, jti, auth) = (email.to_owned(), jti.to_owned(), auth.clone());
+                move |m| {
+                    let (email, jti) = (email.as_str(), jti.as_str());
+                    let mut rec = m.members.get(email).cloned().ok_or_else(|| {
+                        ApiError::unauthenticated("unknown or revoked credentials")
+                    })?;
+                    if rec.has_mfa() {
+                        return Err(ApiError::conflict(
+                            MFA_ALREADY_ENROLLED,
+                            "TOTP is already enrolled; an owner or admin can reset it",
+                        ));
+                    }
+                    let secret = rec.pending_totp.take().ok_or_else(|| {
+                        ApiError::bad_request(
+                            codes::INVALID_ARGUMENT,
+                            "no TOTP secret was offered: POST /auth/mfa/totp first",
+                        )
+                    })?;
+                    let step = session::totp_step(&secret, &req.code, now).ok_or_else(|| {
+                        ApiError::unauthorized(
+                            codes::INVALID_CREDENTIALS,
+                            "the MFA code does not match the offered secret",
+                        )
+                    })?;
+                    rec.totp_secret = Some(secret);
+                    rec.last_totp_step = Some(step);
+                    rec.recovery_codes = hashes;
+                    let mut s = m.sessions.get(jti).cloned().ok_or_else(|| {
+                        ApiError::unauthenticated("unknown or revoked credentials")
+                    })?;
+                    if s.enrolment_only {
+                        s.expires_at = s.created_at + SESSION_TTL_SECS;
+                    }
+                    s.enrolment_only = false;
+                    s.mfa = true;
+                    s.second_factor_at = Some(now);
+                    let expires_at = s.expires_at;
+                    Ok::<_, ApiError>((
+                        expires_at,
+                        vec![
+                            Change::Member(rec),
+                            Change::Session(s),
+                            super::audit::change(
+                                &auth,
+                                now * 1000,
+                                "member.mfa_enrol",
+                                email.to_owned(),
+                                None,
+                            ),
+                        ],
+                    ))
+                }
+            })
+            .await?;
     tracing::info!(member = %email, "TOTP enrolled; recovery codes issued");
     Ok(Json(Enrolled {
         recovery_codes: codes_shown,
@@ -456,7 +481,10 @@ pub async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResult<Stat
     let Principal::Session { jti, email, .. } = &auth.0 else {
         return Err(ApiError::forbidden("only a dashboard session may log out"));
     };
-    state.store.write(|_| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone(), email.clone(), jti.clone());
+    let pending = state.store.write(move |_| {
+        let (state, auth, email, jti) = owned;
         let audit = super::audit::change(
             &auth,
             state.clock.now_ms(),
@@ -465,7 +493,8 @@ pub async fn logout(State(state): State<AppState>, auth: Auth) -> ApiResult<Stat
             None,
         );
         Ok::<_, ApiError>(((), vec![Change::DeleteSession(jti.clone()), audit]))
-    })?;
+    });
+    pending.await?;
     tracing::info!(member = %email, "session ended by logout");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -518,7 +547,10 @@ pub async fn change_password(
             ));
         }
     };
-    state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone(), email.clone());
+    let pending = state.store.write(move |m| {
+        let (state, auth, email) = (owned.0, owned.1, &owned.2);
         let mut rec = m
             .members
             .get(email)
@@ -535,7 +567,8 @@ pub async fn change_password(
             None,
         ));
         Ok::<_, ApiError>(((), changes))
-    })?;
+    });
+    pending.await?;
     tracing::info!(member = %email, "password changed; every session of the member ended");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -208,7 +208,10 @@ pub async fn add(
         created_at: now,
         expires_at: inv.expires_at,
     };
-    state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (auth.clone(), email.clone());
+    let pending = state.store.write(move |m| {
+        let (auth, email) = owned;
         if m.members.contains_key(&email) {
             return Err(ApiError::conflict(
                 codes::CONFLICT,
@@ -236,7 +239,8 @@ pub async fn add(
         ));
         changes.push(Change::Invitation(inv));
         Ok(((), changes))
-    })?;
+    });
+    pending.await?;
     tracing::info!(member = %email, role = req.role.as_str(), auth = %auth.subject(), "member invited");
     Ok((StatusCode::CREATED, Json(answer)))
 }
@@ -263,33 +267,39 @@ pub async fn mfa_reset(
 ) -> ApiResult<StatusCode> {
     let email = normalize_email(&email)?;
     session::require_recent_second_factor(&state, &auth)?;
-    state.store.write(|m| {
-        let mut rec = m
-            .members
-            .get(&email)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found("member"))?;
-        if rec.role == Role::Owner && auth.role() < Some(Role::Owner) {
-            return Err(ApiError::forbidden(
-                "only an owner may reset an owner's MFA",
-            ));
-        }
-        rec.totp_secret = None;
-        rec.pending_totp = None;
-        rec.recovery_codes.clear();
-        let mut changes = vec![
-            Change::Member(rec),
-            super::audit::change(
-                &auth,
-                state.clock.now_ms(),
-                "member.mfa_reset",
-                email.clone(),
-                None,
-            ),
-        ];
-        changes.extend(m.end_sessions_of(&email));
-        Ok(((), changes))
-    })?;
+    state
+        .store
+        .write({
+            let (email, auth, state) = (email.clone(), auth.clone(), state.clone());
+            move |m| {
+                let mut rec = m
+                    .members
+                    .get(&email)
+                    .cloned()
+                    .ok_or_else(|| ApiError::not_found("member"))?;
+                if rec.role == Role::Owner && auth.role() < Some(Role::Owner) {
+                    return Err(ApiError::forbidden(
+                        "only an owner may reset an owner's MFA",
+                    ));
+                }
+                rec.totp_secret = None;
+                rec.pending_totp = None;
+                rec.recovery_codes.clear();
+                let mut changes = vec![
+                    Change::Member(rec),
+                    super::audit::change(
+                        &auth,
+                        state.clock.now_ms(),
+                        "member.mfa_reset",
+                        email.clone(),
+                        None,
+                    ),
+                ];
+                changes.extend(m.end_sessions_of(&email));
+                Ok(((), changes))
+            }
+        })
+        .await?;
     tracing::info!(member = %email, auth = %auth.subject(), "member MFA reset; sessions ended");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -302,7 +312,10 @@ pub async fn update(
 ) -> ApiResult<Json<MemberView>> {
     let email = normalize_email(&email)?;
     session::require_recent_second_factor(&state, &auth)?;
-    let view = state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone(), email.clone());
+    let pending = state.store.write(move |m| {
+        let (state, auth, email) = owned;
         let mut rec = m
             .members
             .get(&email)
@@ -331,7 +344,8 @@ pub async fn update(
             changes.extend(m.end_sessions_of(&email));
         }
         Ok((MemberView::of(&rec), changes))
-    })?;
+    });
+    let view = pending.await?;
     tracing::info!(member = %email, role = req.role.as_str(), auth = %auth.subject(), "member role changed");
     Ok(Json(view))
 }
@@ -343,7 +357,10 @@ pub async fn remove(
 ) -> ApiResult<StatusCode> {
     let email = normalize_email(&email)?;
     session::require_recent_second_factor(&state, &auth)?;
-    state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone(), email.clone());
+    let pending = state.store.write(move |m| {
+        let (state, auth, email) = owned;
         // A pending invitation is withdrawn the same way.
         let pending: Vec<Change> = m
             .invitations
@@ -384,7 +401,8 @@ pub async fn remove(
         changes.extend(m.end_sessions_of(&email));
         changes.extend(pending);
         Ok(((), changes))
-    })?;
+    });
+    pending.await?;
     tracing::info!(member = %email, auth = %auth.subject(), "member removed");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -48,7 +48,10 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     // A destructive call: a session needs a second factor from the last 10 minutes.
     crate::session::require_recent_second_factor(&state, &auth)?;
-    state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone());
+    let pending = state.store.write(move |m| {
+        let (state, auth) = owned;
         let mut o = m
             .org
             .clone()
@@ -68,7 +71,8 @@ pub async fn delete(
             None,
         );
         Ok(((), vec![Change::Org(o), audit]))
-    })?;
+    });
+    pending.await?;
     tracing::warn!(auth = %auth.subject(), "organization deleted; every credential is now refused");
     Ok(StatusCode::NO_CONTENT)
 }

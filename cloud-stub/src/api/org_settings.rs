@@ -127,7 +127,10 @@ pub async fn update(
             ))
         })
         .transpose()?;
-    let view = state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), auth.clone());
+    let pending = state.store.write(move |m| {
+        let (state, auth) = owned;
         let mut o = m
             .org
             .clone()
@@ -183,7 +186,8 @@ pub async fn update(
         ];
         changes.extend(ended);
         Ok::<_, ApiError>((SettingsView::of(&o), changes))
-    })?;
+    });
+    let view = pending.await?;
     tracing::info!(auth = %auth.subject(), "organization settings changed");
     Ok(Json(view))
 }

@@ -41,12 +41,15 @@ pub async fn refresh(
     // The token is verified before anything is charged: a refresh token is unguessable, so
     // checking it is cheap and safe, and only a verified call spends the device's budget.
     // A token that does not verify is charged to the source address instead.
-    let outcome = state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = (state.clone(), req.device_id.clone());
+    let outcome = state.store.write(move |m| {
+        let (state, device_id) = owned;
         let invalid = || ApiError::unauthorized(codes::INVALID_REFRESH_TOKEN, "refresh token is not valid for this device");
         if m.org.as_ref().is_none_or(|o| o.deleted) {
             return Err(super::authz::org_deleted());
         }
-        let mut d = m.devices.get(req.device_id.as_str()).cloned().ok_or_else(invalid)?;
+        let mut d = m.devices.get(device_id.as_str()).cloned().ok_or_else(invalid)?;
         if d.state == DeviceState::Revoked {
             return Err(ApiError::device_revoked());
         }
@@ -57,7 +60,7 @@ pub async fn refresh(
             None => false,
         };
         if valid {
-            state.take_permit_under(Surface::ControlPlane, req.device_id.as_str(), Some(settings.rate_limits))?;
+            state.take_permit_under(Surface::ControlPlane, device_id.as_str(), Some(settings.rate_limits))?;
         }
         match current {
             Some(cur) if is(&cur.refresh_hash) => {
@@ -84,7 +87,7 @@ pub async fn refresh(
         let (key, refresh, expires_at) = issue_pair(&mut d, env, now, settings.device_token_expiry_secs);
         let public_key = d.public_key;
         Ok((Ok((key, refresh, expires_at, public_key)), vec![Change::Device(d)]))
-    });
+    }).await;
     let outcome = match outcome {
         Err(e) if e.code == codes::INVALID_REFRESH_TOKEN => {
             return Err(state.charge_failure(ctx.source.as_deref(), e));

@@ -113,7 +113,10 @@ pub async fn register(
 
     let settings = state.settings();
     let expiry = settings.device_token_expiry_secs;
-    let (api_key, refresh_token, expires_at, epoch) = state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = req.clone();
+    let pending = state.store.write(move |m| {
+        let req = owned;
         let invalid = || {
             ApiError::unauthorized(
                 codes::INVALID_BOOTSTRAP_TOKEN,
@@ -134,7 +137,9 @@ pub async fn register(
             return Err(invalid());
         }
         let mut device = match m.devices.get(req.device_id.as_str()) {
-            Some(d) if d.state == DeviceState::Revoked => return Err(ApiError::device_revoked()),
+            Some(d) if d.state == DeviceState::Revoked => {
+                return Err(ApiError::device_revoked());
+            }
             Some(d) if d.public_key != *public_key.as_bytes() => {
                 return Err(ApiError::conflict(
                     codes::DEVICE_ID_TAKEN,
@@ -200,7 +205,8 @@ pub async fn register(
                 audit,
             ],
         ))
-    })?;
+    });
+    let (api_key, refresh_token, expires_at, epoch) = pending.await?;
 
     tracing::info!(device_id = %req.device_id, epoch, "device registered");
     let mqtt = match &state.mqtt_url {

@@ -269,7 +269,10 @@ async fn create(
         environment,
     };
     let view = ResourceView::of(&rec);
-    state.store.write(|m| {
+    // The step runs on the writer thread: it owns what it uses.
+    let owned = state.clone();
+    let pending = state.store.write(move |m| {
+        let state = owned;
         // A version lives in its model's environment.
         if let Some(p) = &parent
             && !model_visible(m, env_scope::Scope::only(environment), p)
@@ -285,6 +288,7 @@ async fn create(
             None,
         );
         Ok(((), vec![Change::Resource(rec), audit]))
-    })?;
+    });
+    pending.await?;
     Ok((StatusCode::CREATED, Json(view)))
 }

@@ -112,7 +112,11 @@ pub async fn revoke(
     let scope = super::env_scope::scope(&auth, req.environment)?;
     let now_ms = state.clock.now_ms();
     let durable = state.publisher.durable();
-    let (answer, sealed) = state.store.write(|m| {
+    // Every device of the call is one step of the writer: one durable commit for all of them,
+    // their audit records in the same commit, in order.
+    let owned = (state.clone(), auth.clone());
+    let pending = state.store.write(move |m| {
+        let (state, auth) = owned;
         let mut answer = BulkRevoked {
             revoked: Vec::new(),
             already_revoked: 0,
@@ -199,7 +203,8 @@ pub async fn revoke(
             changes.push(Change::Counter(REVOCATION_SEQ, seq));
         }
         Ok(((answer, sealed), changes))
-    })?;
+    });
+    let (answer, sealed) = pending.await?;
     Metrics::add(&state.metrics.revocations, answer.revoked.len() as u64);
     tracing::info!(
         revoked = answer.revoked.len(),

@@ -20,13 +20,27 @@ pub enum DevicesCmd {
         #[arg(value_parser = parse_device_id)]
         id: DeviceId,
     },
-    /// Revoke a device: its keys die and the revocation is pushed to it
+    /// Revoke devices: their keys die and each is pushed a signed revocation. Several ids,
+    /// --bootstrap-token or --all revoke in one call (one commit) and show progress
     Revoke {
-        #[arg(value_parser = parse_device_id)]
-        id: DeviceId,
+        #[arg(value_parser = parse_device_id, required_unless_present_any = ["bootstrap_token", "all"])]
+        ids: Vec<DeviceId>,
         /// Why, for the audit trail and the device's log
         #[arg(long, value_parser = parse_text)]
         reason: Option<String>,
+        /// Revoke every device whose latest registration used this bootstrap token
+        #[arg(long, value_name = "TOKEN_ID", conflicts_with_all = ["ids", "all"])]
+        bootstrap_token: Option<String>,
+        /// Revoke every device of the organization (owner only; give --confirm ORG_ID)
+        #[arg(long, requires = "confirm", conflicts_with = "ids")]
+        all: bool,
+        /// With --all: the organization id, as confirmation
+        #[arg(long, value_name = "ORG_ID")]
+        confirm: Option<String>,
+        /// Bulk: then wait up to this many seconds for the devices to report themselves
+        /// revoked, showing how many have
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
     },
     /// Delete a revoked device so its id can be provisioned again
     Delete {
@@ -165,7 +179,30 @@ pub async fn run(client: &ApiClient, cmd: DevicesCmd, out: &mut Out<'_>) -> Resu
             let answer = client.get(&["devices", id.as_str()]).await?;
             show(&answer, out)
         }
-        DevicesCmd::Revoke { id, reason } => {
+        DevicesCmd::Revoke {
+            ids,
+            reason,
+            bootstrap_token,
+            all,
+            confirm,
+            wait,
+        } => {
+            let [id] = ids.as_slice() else {
+                let body = BulkBody {
+                    device_ids: (!ids.is_empty())
+                        .then(|| ids.iter().map(DeviceId::as_str).collect()),
+                    bootstrap_token_id: bootstrap_token.as_deref(),
+                    all,
+                    confirm: confirm.as_deref(),
+                    reason: reason.as_deref(),
+                };
+                return bulk_revoke(client, &body, wait, out).await;
+            };
+            if bootstrap_token.is_some() || all {
+                return Err(CliError::Usage(
+                    "give device ids, --bootstrap-token or --all, not several".into(),
+                ));
+            }
             let body = RevokeBody {
                 reason: reason.as_deref(),
             };
@@ -189,6 +226,112 @@ pub async fn run(client: &ApiClient, cmd: DevicesCmd, out: &mut Out<'_>) -> Resu
             ))
         }
     }
+}
+
+/// The body of `POST /revocations`.
+#[derive(Debug, Serialize)]
+struct BulkBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_ids: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bootstrap_token_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    all: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    confirm: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+/// The answer of `POST /revocations`.
+#[derive(Debug, Deserialize)]
+struct BulkAnswer {
+    revoked: Vec<String>,
+    already_revoked: u64,
+    #[serde(default)]
+    not_found: Vec<String>,
+    published: u64,
+}
+
+/// One bulk call (one commit for every device), then what happened to the pushes, then (with
+/// `wait`) how many devices report themselves revoked, polled until all do or time is up.
+async fn bulk_revoke(
+    client: &ApiClient,
+    body: &BulkBody<'_>,
+    wait: Option<u64>,
+    out: &mut Out<'_>,
+) -> Result<(), CliError> {
+    let answer = client.post(&["revocations"], body).await?;
+    if out.json {
+        return out.json_value(answer.body.as_ref());
+    }
+    let b: BulkAnswer = answer.parse()?;
+    out.print(&bulk_summary(&b))?;
+    let Some(secs) = wait.filter(|_| !b.revoked.is_empty()) else {
+        return Ok(());
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let wanted: std::collections::BTreeSet<&str> = b.revoked.iter().map(String::as_str).collect();
+    let mut last = None;
+    loop {
+        let confirmed = reported_revoked(client, &wanted).await?;
+        if last != Some(confirmed) {
+            out.note(&format!(
+                "acknowledged by the devices: {confirmed} of {}",
+                wanted.len()
+            ))?;
+            last = Some(confirmed);
+        }
+        if confirmed == wanted.len() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return out.note(
+                "not every device has reported yet (offline devices learn of it when they \
+                 reconnect or refresh)",
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+fn bulk_summary(b: &BulkAnswer) -> String {
+    let n = b.revoked.len() as u64;
+    let mut s = format!(
+        "revoked: {n} (already revoked: {}, not found: {})\n",
+        b.already_revoked,
+        b.not_found.len()
+    );
+    if n > 0 {
+        s.push_str(&format!(
+            "pushed: {} of {n} acknowledged by the broker{}\n",
+            b.published,
+            if b.published < n {
+                "; the cloud keeps retrying the rest"
+            } else {
+                ""
+            }
+        ));
+    }
+    for id in &b.not_found {
+        s.push_str(&format!("not found: {}\n", super::output::clean(id)));
+    }
+    s
+}
+
+/// How many of `wanted` the cloud has seen report themselves revoked (their presence).
+async fn reported_revoked(
+    client: &ApiClient,
+    wanted: &std::collections::BTreeSet<&str>,
+) -> Result<usize, CliError> {
+    let raw = super::pages::fetch(client, &["devices"], "devices", &[], None, PAGE_MAX).await?;
+    let devices: Vec<Device> = super::pages::parse("devices", &raw)?;
+    Ok(devices
+        .iter()
+        .filter(|d| {
+            wanted.contains(d.device_id.as_str()) && d.reported_state.as_deref() == Some("revoked")
+        })
+        .count())
 }
 
 fn show(answer: &super::client::Answer, out: &mut Out<'_>) -> Result<(), CliError> {
@@ -425,6 +568,33 @@ mod tests {
         }));
         assert!(push_outcome(&pending, 202, 0).contains("keeps retrying"));
         assert!(push_outcome(&pending, 200, 0).contains("no broker"));
+    }
+
+    #[test]
+    fn bulk_summary_counts_revoked_pushed_and_not_found() {
+        let b = BulkAnswer {
+            revoked: vec!["a".into(), "b".into(), "c".into()],
+            already_revoked: 2,
+            not_found: vec!["zz".into()],
+            published: 2,
+        };
+        assert_eq!(
+            bulk_summary(&b),
+            "revoked: 3 (already revoked: 2, not found: 1)\n\
+             pushed: 2 of 3 acknowledged by the broker; the cloud keeps retrying the rest\n\
+             not found: zz\n"
+        );
+        let body = BulkBody {
+            device_ids: Some(vec!["a", "b"]),
+            bootstrap_token_id: None,
+            all: false,
+            confirm: None,
+            reason: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"device_ids":["a","b"]}"#
+        );
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub(super) async fn write_acks(cloud: AppState, mut acks: mpsc::UnboundedReceive
         while let Ok(m) = acks.try_recv() {
             batch.push(m);
         }
-        let r = cloud.store.write(|model| {
+        let pending = cloud.store.write(move |model| {
             let changes = batch
                 .iter()
                 .filter_map(|m| {
@@ -67,6 +67,7 @@ pub(super) async fn write_acks(cloud: AppState, mut acks: mpsc::UnboundedReceive
                 .collect();
             Ok::<_, StoreError>(((), changes))
         });
+        let r = pending.await;
         if let Err(e) = r {
             // The entry stays; the retry loop sends it again and the next PUBACK deletes it.
             tracing::warn!(error = %e, "could not delete acknowledged outbox entries");

@@ -1,18 +1,24 @@
 //! Durable state: an in-memory model for reads, written through to redb (postcard values) for
 //! every change. A change is applied to memory only after its redb transaction committed, so
 //! what a caller was told always survives a restart.
+//!
+//! Writes go through one writer thread with group commit (see [`writer`]): callers queue a
+//! check-and-change step, the writer runs every queued step in order against its working copy
+//! of the model, commits the whole batch in one redb transaction (one fsync), applies it to
+//! the read model and answers each caller. Reads never wait on a commit.
 
 pub mod audit;
 mod counters;
 pub mod migrate;
 pub mod records;
 mod v1;
-mod v2_to_v3;
 mod v2_env;
+mod v2_to_v3;
+mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
@@ -22,6 +28,7 @@ pub use audit::{AuditRecord, Checkpoint};
 pub use counters::{REGISTRATION_EPOCH, REVOCATION_SEQ};
 pub use migrate::FORMAT_VERSION;
 pub use records::*;
+pub use writer::{MAX_BATCH, QUEUE_CAP, WriteStats};
 
 const ORG: TableDefinition<&str, &[u8]> = TableDefinition::new("org");
 const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys");
@@ -44,7 +51,7 @@ const CHECKPOINT_KEY: &str = "checkpoint";
 /// Pruning runs once the oldest record is this far past the retention.
 const PRUNE_SLACK_MS: u64 = 86_400_000;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("state database: {0}")]
     Db(String),
@@ -54,6 +61,12 @@ pub enum StoreError {
         "the state was written by a newer octomil-cloud (format version {0}; this build knows {FORMAT_VERSION})"
     )]
     TooNew(u64),
+    /// The writer's queue is full: the caller should retry shortly (HTTP 503, Retry-After).
+    #[error("the state writer is busy; retry shortly")]
+    Busy,
+    /// The writer stopped (the store is shutting down, or a step panicked).
+    #[error("the state writer stopped")]
+    WriterGone,
 }
 
 macro_rules! db_err {
@@ -101,7 +114,7 @@ pub enum Change {
 }
 
 /// Everything the cloud knows, with the hash indexes that make bearer lookups O(1).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Model {
     pub org: Option<OrgRecord>,
     pub api_keys: BTreeMap<String, ApiKeyRecord>,
@@ -169,7 +182,7 @@ impl Model {
         format!("{kind}/{}/{id}", parent.unwrap_or(""))
     }
 
-    fn apply(&mut self, change: Change) {
+    pub(crate) fn apply(&mut self, change: Change) {
         match change {
             Change::Org(o) => self.org = Some(o),
             Change::ApiKey(k) => {
@@ -258,11 +271,13 @@ impl Model {
     }
 }
 
-/// The cloud's state: one redb file plus its in-memory mirror.
+/// The cloud's state: one redb file plus its in-memory mirror, written by one writer thread.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
-    model: Mutex<Model>,
+    db: Arc<Database>,
+    /// The committed model: what reads see. Only the writer changes it, after a commit.
+    model: Arc<RwLock<Model>>,
+    writer: writer::Handle,
 }
 
 impl Store {
@@ -342,59 +357,52 @@ impl Store {
                 None => read_checkpoint(&tx)?,
             };
         }
-        Ok(Self {
-            db,
-            model: Mutex::new(model),
-        })
+        let db = Arc::new(db);
+        let working = model.clone();
+        let model = Arc::new(RwLock::new(model));
+        let writer = writer::Handle::start(db.clone(), model.clone(), working)?;
+        Ok(Self { db, model, writer })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Model> {
+    fn lock(&self) -> RwLockReadGuard<'_, Model> {
         // A panic while holding the lock cannot leave the model half-changed: changes are
         // applied only after commit, one whole record at a time.
-        self.model.lock().unwrap_or_else(|p| p.into_inner())
+        self.model.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads the model.
+    /// Reads the committed model. Never waits on a commit: the writer holds this lock only
+    /// to apply an already committed batch in memory.
     pub fn read<R>(&self, f: impl FnOnce(&Model) -> R) -> R {
         f(&self.lock())
     }
 
-    /// Computes changes from the model, commits them durably, then applies them. `f` runs
-    /// under the store's lock, so read-check-write sequences are atomic.
-    pub fn write<R, E>(&self, f: impl FnOnce(&Model) -> Result<(R, Vec<Change>), E>) -> Result<R, E>
+    /// Counters of the write path (commits, steps, queue refusals), for metrics and benches.
+    pub fn write_stats(&self) -> WriteStats {
+        self.writer.stats()
+    }
+
+    /// Queues `f` to the writer, which runs it against the model as it stands after every
+    /// write queued before it (including those in the same batch), commits its changes with
+    /// the rest of its batch in one durable transaction, applies them to the read model, and
+    /// only then answers. A step that fails changes nothing; a commit that fails fails every
+    /// step of its batch and changes nothing. A full queue answers [`StoreError::Busy`] at
+    /// once. `f` runs on the writer thread (no async runtime there) and must be quick.
+    pub async fn write<R, E, F>(&self, f: F) -> Result<R, E>
     where
-        E: From<StoreError>,
+        F: FnOnce(&Model) -> Result<(R, Vec<Change>), E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
     {
-        let mut model = self.lock();
-        let (out, mut changes) = f(&model)?;
-        if !changes.is_empty() {
-            // Link audit records into the chain, in order, after the current head.
-            let mut head = model.audit_head;
-            let mut audited = None;
-            for c in &mut changes {
-                if let Change::Audit(r) = c {
-                    r.seal(head);
-                    head = Checkpoint {
-                        seq: r.seq,
-                        hash: r.hash,
-                    };
-                    audited = Some(r.at_ms);
-                }
-            }
-            self.commit(&changes)?;
-            for c in changes {
-                model.apply(c);
-            }
-            if let Some(now_ms) = audited {
-                self.prune_if_due(&mut model, now_ms)?;
-            }
+        let rx = self.writer.submit(f).map_err(E::from)?;
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(E::from(StoreError::WriterGone)),
         }
-        Ok(out)
     }
 
     /// Drops audit records past the compliance preset's retention, leaving a checkpoint, once
     /// the oldest record is a day past it (so this runs about once a day at most).
-    fn prune_if_due(&self, model: &mut Model, now_ms: u64) -> Result<(), StoreError> {
+    fn prune_if_due(db: &Database, model: &mut Model, now_ms: u64) -> Result<(), StoreError> {
         let preset = model
             .org
             .as_ref()
@@ -407,7 +415,7 @@ impl Store {
         {
             return Ok(());
         }
-        let tx = self.db.begin_write()?;
+        let tx = db.begin_write()?;
         let oldest = {
             let mut t = tx.open_table(AUDIT)?;
             let mut checkpoint = None;
@@ -465,8 +473,9 @@ impl Store {
         Ok((out, more, read_checkpoint(&tx)?))
     }
 
-    fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
+    /// Writes `changes` (in order) in one durable transaction.
+    fn commit(db: &Database, changes: &[Change]) -> Result<(), StoreError> {
+        let tx = db.begin_write()?;
         for c in changes {
             match c {
                 Change::Org(o) => put(&tx, ORG, ORG_KEY, o)?,
@@ -608,8 +617,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn changes_survive_reopen_and_indexes_are_rebuilt() {
+    #[tokio::test]
+    async fn changes_survive_reopen_and_indexes_are_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cloud.redb");
         {
@@ -621,9 +630,11 @@ mod tests {
                         vec![Change::ApiKey(key("a", 1)), Change::ApiKey(key("b", 2))],
                     ))
                 })
+                .await
                 .unwrap();
             store
                 .write(|_| Ok::<_, StoreError>(((), vec![Change::DeleteApiKey("a".into())])))
+                .await
                 .unwrap();
         }
         let store = Store::open(&path).unwrap();
@@ -636,12 +647,250 @@ mod tests {
         });
     }
 
-    #[test]
-    fn a_failed_computation_changes_nothing() {
+    #[tokio::test]
+    async fn a_failed_computation_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let r: Result<(), StoreError> = store.write(|_| Err(StoreError::Db("nope".into())));
+        let r: Result<(), StoreError> = store.write(|_| Err(StoreError::Db("nope".into()))).await;
         assert!(r.is_err());
         store.read(|m| assert!(m.api_keys.is_empty()));
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Refused {
+        Taken,
+        Failed,
+        Store(String),
+    }
+
+    impl From<StoreError> for Refused {
+        fn from(e: StoreError) -> Self {
+            Self::Store(e.to_string())
+        }
+    }
+
+    /// A registration step as the handler does it: refused if the id is taken.
+    fn register(
+        id: &'static str,
+        hash: u8,
+    ) -> impl FnOnce(&Model) -> Result<((), Vec<Change>), Refused> + Send + 'static {
+        move |m| {
+            if m.api_keys.contains_key(id) {
+                return Err(Refused::Taken);
+            }
+            let mut audit = AuditRecord::new(1, "system".into(), "system", "key.create", id);
+            audit.source = Some(format!("{hash}"));
+            Ok((
+                (),
+                vec![Change::ApiKey(key(id, hash)), Change::Audit(audit)],
+            ))
+        }
+    }
+
+    /// Holds the writer inside a step until the returned sender is dropped, so the steps
+    /// queued meanwhile form one batch.
+    async fn hold_writer(
+        store: &Arc<Store>,
+    ) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (entered_tx, entered) = tokio::sync::oneshot::channel();
+        let s = store.clone();
+        let task = tokio::spawn(async move {
+            s.write(move |_| {
+                let _ = entered_tx.send(());
+                let _ = held.recv();
+                Ok::<_, StoreError>(((), vec![]))
+            })
+            .await
+            .unwrap();
+        });
+        entered.await.unwrap();
+        (release, task)
+    }
+
+    /// Spawns each step as its own caller and waits until all are queued behind the held
+    /// writer.
+    async fn queue_all<F>(
+        store: &Arc<Store>,
+        steps: Vec<F>,
+    ) -> Vec<tokio::task::JoinHandle<Result<(), Refused>>>
+    where
+        F: FnOnce(&Model) -> Result<((), Vec<Change>), Refused> + Send + 'static,
+    {
+        let mut tasks = Vec::new();
+        for (n, step) in steps.into_iter().enumerate() {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move { s.write(step).await }));
+            // Queue in order: wait for this one to be in before the next.
+            octomil_testkit::poll::eventually(
+                std::time::Duration::from_secs(5),
+                "step queued",
+                || {
+                    let s = store.clone();
+                    async move { (s.writer.queued() > n).then_some(()) }
+                },
+            )
+            .await;
+        }
+        tasks
+    }
+
+    async fn results(
+        tasks: Vec<tokio::task::JoinHandle<Result<(), Refused>>>,
+    ) -> Vec<Result<(), Refused>> {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+
+    fn audit_chain(store: &Store) -> Vec<AuditRecord> {
+        let (records, more, checkpoint) = store.audit_page(0, 1000, |_| true).unwrap();
+        assert!(!more);
+        audit::verify(checkpoint, &records).unwrap();
+        records
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_sees_its_earlier_steps_so_one_of_two_registrations_of_an_id_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Arc::new(Store::open(&path).unwrap());
+        let (release, held) = hold_writer(&store).await;
+        let commits_before = store.write_stats().commits;
+        let tasks = queue_all(&store, vec![register("dup", 1), register("dup", 2)]).await;
+        drop(release);
+        held.await.unwrap();
+        assert_eq!(results(tasks).await, vec![Ok(()), Err(Refused::Taken)]);
+        // Both ran in one batch, committed once.
+        assert_eq!(store.write_stats().commits, commits_before + 1);
+        store.read(|m| assert_eq!(m.api_keys["dup"].hash, [1; 32]));
+        let chain = audit_chain(&store);
+        assert_eq!(chain.len(), 1);
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        store.read(|m| assert_eq!(m.api_keys["dup"].hash, [1; 32]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_step_in_a_batch_changes_nothing_and_the_others_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Arc::new(Store::open(&path).unwrap());
+        let (release, held) = hold_writer(&store).await;
+        type Step = Box<dyn FnOnce(&Model) -> Result<((), Vec<Change>), Refused> + Send>;
+        let steps: Vec<Step> = vec![
+            Box::new(register("a", 1)),
+            // Fails after "looking": its changes must not land, and "c" must not see them.
+            Box::new(|m: &Model| {
+                assert!(
+                    m.api_keys.contains_key("a"),
+                    "a later step sees an earlier one"
+                );
+                Err(Refused::Failed)
+            }),
+            Box::new(|m: &Model| -> Result<((), Vec<Change>), Refused> {
+                assert!(m.api_keys.contains_key("a"));
+                panic!("a step that panics changes nothing either");
+            }),
+            Box::new(register("c", 3)),
+        ];
+        let tasks = queue_all(&store, steps).await;
+        drop(release);
+        held.await.unwrap();
+        let r = results(tasks).await;
+        assert_eq!(r[0], Ok(()));
+        assert_eq!(r[1], Err(Refused::Failed));
+        assert!(matches!(r[2], Err(Refused::Store(_))), "{:?}", r[2]);
+        assert_eq!(r[3], Ok(()));
+        store.read(|m| {
+            assert_eq!(m.api_keys.keys().collect::<Vec<_>>(), ["a", "c"]);
+        });
+        // The audit chain links a and c in order, with nothing of the failed steps.
+        let chain = audit_chain(&store);
+        assert_eq!(
+            chain.iter().map(|r| r.target.as_str()).collect::<Vec<_>>(),
+            ["a", "c"]
+        );
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        store.read(|m| assert_eq!(m.api_keys.len(), 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_fails_every_step_of_the_batch_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Arc::new(Store::open(&path).unwrap());
+        store.write(register("before", 9)).await.unwrap();
+        let head = store.read(|m| m.audit_head);
+        let (release, held) = hold_writer(&store).await;
+        store.writer.fail_next_commits(1);
+        let tasks = queue_all(
+            &store,
+            vec![register("x", 1), register("y", 2), register("x", 3)],
+        )
+        .await;
+        drop(release);
+        held.await.unwrap();
+        let r = results(tasks).await;
+        assert!(matches!(r[0], Err(Refused::Store(_))), "{r:?}");
+        assert!(matches!(r[1], Err(Refused::Store(_))), "{r:?}");
+        // Refused by its own check (x was taken earlier in the batch): its own answer.
+        assert_eq!(r[2], Err(Refused::Taken));
+        store.read(|m| {
+            assert_eq!(m.api_keys.keys().collect::<Vec<_>>(), ["before"]);
+            assert!(m.api_key_by_hash(&[1; 32]).is_none());
+            assert_eq!(m.audit_head, head);
+        });
+        assert_eq!(store.write_stats().failed_commits, 1);
+        // The writer's working copy was rolled back too: x registers now, and the chain
+        // continues from the committed head.
+        store.write(register("x", 4)).await.unwrap();
+        store.read(|m| assert_eq!(m.api_keys["x"].hash, [4; 32]));
+        let chain = audit_chain(&store);
+        assert_eq!(
+            chain.iter().map(|r| r.target.as_str()).collect::<Vec<_>>(),
+            ["before", "x"]
+        );
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        store.read(|m| assert_eq!(m.api_keys.len(), 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_is_refused_at_once_and_reads_do_not_wait_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("s.redb")).unwrap());
+        store.write(register("a", 1)).await.unwrap();
+        let (release, held) = hold_writer(&store).await;
+        // While the writer is stuck (as in a slow fsync), reads still answer.
+        assert!(store.read(|m| m.api_keys.contains_key("a")));
+        let mut tasks = Vec::new();
+        for _ in 0..QUEUE_CAP {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.write(|_| Ok::<_, StoreError>(((), vec![]))).await
+            }));
+        }
+        octomil_testkit::poll::eventually(std::time::Duration::from_secs(5), "queue full", || {
+            let s = store.clone();
+            async move { (s.writer.queued() == QUEUE_CAP).then_some(()) }
+        })
+        .await;
+        let r = store.write(register("b", 2)).await;
+        assert_eq!(r, Err(Refused::Store(StoreError::Busy.to_string())));
+        assert_eq!(store.write_stats().busy, 1);
+        // Over HTTP that is a 503 with Retry-After, not a 500.
+        let e = crate::error::ApiError::from(StoreError::Busy);
+        assert_eq!(e.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!((e.code, e.retry_after), ("unavailable", Some(1)));
+        drop(release);
+        held.await.unwrap();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        store.write(register("b", 2)).await.unwrap();
     }
 }
