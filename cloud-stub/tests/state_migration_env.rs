@@ -41,7 +41,7 @@ fn fixture(name: &str) -> (tempfile::TempDir, PathBuf, Value) {
 
 #[test]
 fn every_record_takes_the_organizations_environment() {
-    assert_eq!(FORMAT_VERSION, 3);
+    assert_eq!(FORMAT_VERSION, 4);
     for (name, env) in [
         ("state-v2-env", Environment::Live),
         ("state-v2-env-sandbox", Environment::Test),
