@@ -235,6 +235,13 @@ async fn fleet_run(
         a.connect_concurrency,
         rss.map_or("?".into(), |m| m.to_string())
     );
+    if up < n {
+        println!(
+            "  {} sessions did not come up (a broker's connection cap? the cloud's own session \
+             takes a place on its embedded broker); the scenarios use the {up} that did",
+            n - up
+        );
+    }
     println!("@ready {up}");
 
     let mut results = Vec::new();
@@ -303,13 +310,17 @@ async fn register_fleet(
     Ok(all)
 }
 
-/// Waits until every session reported SUBACK (or the deadline); marks them up.
+/// Waits until every session reported SUBACK, the deadline, or [`STALLED`] without one more
+/// (a broker over its connection cap refuses the rest for as long as the fleet is up);
+/// marks them up.
 async fn wait_up(fleet: &mut Fleet, timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     let n = fleet.devices.len();
     let (mut up, mut problems) = (0usize, 0usize);
+    let mut progress = Instant::now();
     while up < n {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let until = deadline.min(progress + STALLED);
+        let left = until.saturating_duration_since(Instant::now());
         let Ok(Some(r)) = tokio::time::timeout(left, fleet.reports.recv()).await else {
             break;
         };
@@ -317,6 +328,7 @@ async fn wait_up(fleet: &mut Fleet, timeout: Duration) -> usize {
             Report::Up(i, _) if !fleet.up[i] => {
                 fleet.up[i] = true;
                 up += 1;
+                progress = Instant::now();
             }
             Report::Problem(i, why) => {
                 problems += 1;
@@ -329,6 +341,9 @@ async fn wait_up(fleet: &mut Fleet, timeout: Duration) -> usize {
     }
     up
 }
+
+/// While the fleet comes up: give up on the rest after this long without one more session.
+const STALLED: Duration = Duration::from_secs(20);
 
 /// Hands the fleet's logins to a password-file broker through `cmd`.
 fn enrol(cmd: &str, devices: &[Arc<Device>]) -> anyhow::Result<()> {
