@@ -228,13 +228,15 @@ impl Cloud {
         .map(drop)
     }
 
-    /// `POST /revocations` for `ids`: (revoked, published), and when the answer came.
-    pub async fn bulk_revoke(&self, ids: &[String]) -> Result<(usize, usize, Instant), CloudError> {
+    /// `POST /revocations` for every device enrolled with bootstrap token `token_id` (what an
+    /// operator does when a token leaks; one small body whatever the fleet's size): (revoked,
+    /// published), and when the answer came.
+    pub async fn bulk_revoke(&self, token_id: &str) -> Result<(usize, usize, Instant), CloudError> {
         let v = self
             .call(
                 "POST /revocations",
                 self.admin(reqwest::Method::POST, "/revocations")
-                    .json(&json!({"device_ids": ids, "reason": "fleet simulator"})),
+                    .json(&json!({"bootstrap_token_id": token_id, "reason": "fleet simulator"})),
             )
             .await?;
         let revoked = v["revoked"].as_array().map_or(0, Vec::len);

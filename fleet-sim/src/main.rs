@@ -222,6 +222,7 @@ async fn fleet_run(
         up: vec![false; n],
         reports: rx,
         http: a.http_connections.max(1),
+        bootstrap_token_id: boot_id,
     };
     let up = wait_up(
         &mut fleet,

@@ -9,12 +9,9 @@ use octomil_common::backoff::unit_random;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::cloud::{Cloud, CloudError, Device};
+use crate::cloud::{Cloud, Device};
 use crate::fleet::Report;
 use crate::stats::{self, Summary, ms};
-
-/// Most device ids one bulk revocation call may carry (the cloud's `MAX_IDS`).
-const BULK_MAX_IDS: usize = 10_000;
 
 /// The fleet under test, connected.
 pub struct Fleet {
@@ -25,6 +22,8 @@ pub struct Fleet {
     pub reports: mpsc::UnboundedReceiver<Report>,
     /// HTTP requests in flight at most (and the pool's size).
     pub http: usize,
+    /// The bootstrap token the fleet enrolled with: a bulk revocation names it.
+    pub bootstrap_token_id: String,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -36,14 +35,6 @@ impl std::fmt::Debug for Fleet {
 }
 
 impl Fleet {
-    fn up_ids(&self) -> Vec<String> {
-        self.devices
-            .iter()
-            .filter(|d| self.up[d.idx])
-            .map(|d| d.id.clone())
-            .collect()
-    }
-
     fn n_up(&self) -> usize {
         self.up.iter().filter(|u| **u).count()
     }
@@ -63,18 +54,6 @@ impl Fleet {
     }
 }
 
-/// Revokes `ids` in calls of at most [`BULK_MAX_IDS`]: (revoked, published, answered at).
-async fn revoke_all(cloud: &Cloud, ids: &[String]) -> Result<(usize, usize, Instant), CloudError> {
-    let (mut revoked, mut published, mut at) = (0, 0, Instant::now());
-    for chunk in ids.chunks(BULK_MAX_IDS) {
-        let (r, p, a) = cloud.bulk_revoke(chunk).await?;
-        revoked += r;
-        published += p;
-        at = a;
-    }
-    Ok((revoked, published, at))
-}
-
 fn note_problem(problems: &mut usize, idx: usize, why: &str) {
     *problems += 1;
     if *problems <= 3 {
@@ -86,12 +65,13 @@ fn note_problem(problems: &mut usize, idx: usize, why: &str) {
 /// envelope.
 pub async fn bulk_revoke(fleet: &mut Fleet) -> Value {
     fleet.drain();
-    let ids = fleet.up_ids();
-    let n = ids.len();
-    println!("\n== bulk-revoke: one POST /revocations for {n} connected devices");
-    let cloud = fleet.cloud.clone();
+    let n = fleet.n_up();
+    println!(
+        "\n== bulk-revoke: one POST /revocations (the fleet's bootstrap token) with {n} devices connected"
+    );
+    let (cloud, token) = (fleet.cloud.clone(), fleet.bootstrap_token_id.clone());
     let t0 = Instant::now();
-    let call = tokio::spawn(async move { revoke_all(&cloud, &ids).await });
+    let call = tokio::spawn(async move { cloud.bulk_revoke(&token).await });
     let deadline = t0 + Duration::from_secs(60) + Duration::from_millis(n as u64);
     let mut verified = vec![None; fleet.devices.len()];
     let (mut told, mut problems) = (0usize, 0usize);
@@ -168,9 +148,8 @@ pub async fn reconnect_storm(
             break;
         }
         if revoke_while_down && revoke.is_none() && n_down >= n {
-            let ids = fleet.up_ids();
             let t = Instant::now();
-            let r = revoke_all(&fleet.cloud, &ids).await;
+            let r = fleet.cloud.bulk_revoke(&fleet.bootstrap_token_id).await;
             let v = match r {
                 Ok((revoked, published, at)) => {
                     println!(

@@ -71,10 +71,11 @@ impl Cloud {
                     "octomil-cloud".into(),
                     "--mqtt-password-file".into(),
                     file.display().to_string(),
-                    // A revoke made while the broker is away answers after this per envelope
-                    // batch; the outbox delivers it when the broker is back.
+                    // A bulk revoke made while the broker is away waits this long for each
+                    // envelope, 32 at a time (10,000 x 5 s / 32 = 26 min with the default);
+                    // the outbox delivers them when the broker is back.
                     "--mqtt-ack-timeout-ms".into(),
-                    "1000".into(),
+                    "100".into(),
                 ]);
                 mosq = Some(m);
             }
