@@ -71,6 +71,9 @@ pub fn login(
     Ok(o)
 }
 
+// At the merge with certs-cloud: `with_client_cert` is `octomil_common::tls::
+// client_config_with_cert` there (same code, plus a key-match check); use that one.
+
 /// The fixed prefix of a PKCS#8 v1 `PrivateKeyInfo` holding an Ed25519 seed (RFC 8410).
 const ED25519_PKCS8_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,

@@ -195,6 +195,14 @@ async fn fleet_run(
         "registered {n} devices ({prefix}-00000...) with real proofs in {reg_s:.1} s: {reg_rate:.0} registrations/s, {} requests in flight",
         a.http_connections
     );
+    let with_cert = devices
+        .iter()
+        .filter(|d| d.mqtt.client_cert.is_some())
+        .count();
+    println!(
+        "MQTT login: {with_cert} devices with their client certificate, {} with their key as password",
+        n - with_cert
+    );
     if let Some(cmd) = &a.enrol_command {
         enrol(cmd, &devices)?;
     }

@@ -36,6 +36,9 @@ fn the_fleet_simulator_refreshes_and_bulk_revokes_50_devices() {
         stdout.contains("raised the org's registration limit"),
         "{stdout}"
     );
+    // Every device logs in one way or the other (with a cloud that hands out MQTT client
+    // certificates: "50 devices with their client certificate").
+    assert!(stdout.contains("MQTT login: "), "{stdout}");
     let owner = read_trimmed(&cloud.info.owner_api_key_file);
     assert!(
         !stdout.contains(&owner) && !stderr.contains(&owner),
