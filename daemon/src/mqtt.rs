@@ -30,12 +30,25 @@ use crate::metrics::Metrics;
 use crate::state::{MqttParams, Phase, Snapshot, SnapshotRx, SnapshotTx};
 use octomil_common::backoff::{Backoff, Jitter, unit_random};
 
-/// Reconnects back off from 1 s up to this.
-const RECONNECT: Backoff = Backoff {
-    base: Duration::from_secs(1),
+/// Reconnects back off from 3 s up to a minute, full jitter. The base sets how a fleet that
+/// lost its broker at once comes back: the first attempts spread over `FLOOR..FLOOR + base`,
+/// so 10,000 devices arrive at about a third per second instead of all within one second
+/// (`octomil-fleet-sim jitter`, BENCHMARKS.md "Fleet scale").
+pub const RECONNECT: Backoff = Backoff {
+    base: Duration::from_secs(3),
     cap: Duration::from_secs(60),
     jitter: Jitter::FULL,
 };
+/// Every reconnect waits at least this, added to the draw (a floor applied with `max` would
+/// pile every draw below it onto the same instant).
+pub const RECONNECT_FLOOR: Duration = Duration::from_millis(200);
+
+/// The wait before reconnect attempt `failures` (0 = the first after a session dropped), with
+/// `unit` a uniform draw in `[0, 1)`. Public so the fleet simulator and its benchmark use
+/// exactly the daemon's spread.
+pub fn reconnect_delay(failures: u32, unit: f64) -> Duration {
+    RECONNECT_FLOOR + RECONNECT.delay(failures, unit, None)
+}
 /// After this many failed connects in a row, ask the refresh loop to check with the cloud (a
 /// revoked device's key no longer logs in to the broker, and the push cannot reach it)...
 const CHECK_AFTER_FAILURES: u32 = 2;
@@ -289,7 +302,7 @@ impl Session {
                             last_check = Some(tokio::time::Instant::now());
                             let _ = self.commands.try_send(Command::Check);
                         }
-                        let delay = RECONNECT.delay(failures, unit_random(), None).max(Duration::from_millis(200));
+                        let delay = reconnect_delay(failures, unit_random());
                         failures = failures.saturating_add(1);
                         tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "revocation session down; reconnecting");
                         tokio::select! {

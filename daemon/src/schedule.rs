@@ -21,11 +21,22 @@ pub fn refresh_in(lifetime: Duration, unit: f64) -> Duration {
     target.clamp(MIN_WAIT.min(latest), latest)
 }
 
+/// A key loaded past its refresh point is refreshed within this much (jittered, and within a
+/// quarter of what is left of it), so a fleet that boots together (a site's power returns)
+/// does not refresh in the same second.
+pub const OVERDUE_SPREAD: Duration = Duration::from_secs(60);
+
 /// The refresh delay of a key that was loaded from disk: `remaining` of its `lifetime` is
-/// left. Zero when the refresh point has already passed (refresh now).
+/// left. Past the refresh point: soon, spread by `unit` over [`OVERDUE_SPREAD`] or a quarter
+/// of `remaining`, whichever is less (an expired key: now).
 pub fn refresh_in_remaining(lifetime: Duration, remaining: Duration, unit: f64) -> Duration {
     let elapsed = lifetime.saturating_sub(remaining);
-    refresh_in(lifetime, unit).saturating_sub(elapsed)
+    match refresh_in(lifetime, unit).checked_sub(elapsed) {
+        Some(d) if !d.is_zero() => d,
+        _ => OVERDUE_SPREAD
+            .min(remaining / 4)
+            .mul_f64(unit.clamp(0.0, 1.0)),
+    }
 }
 
 #[cfg(test)]
@@ -88,10 +99,20 @@ mod tests {
             refresh_in_remaining(l, Duration::from_secs(23 * H), 0.5),
             Duration::from_secs(64_800 - 3_600)
         );
-        // Past the refresh point: refresh now.
+        // Past the refresh point: soon, spread over a minute (a fleet booting together).
         assert_eq!(
             refresh_in_remaining(l, Duration::from_secs(H), 0.5),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            refresh_in_remaining(l, Duration::from_secs(H), 0.0),
             Duration::ZERO
         );
+        // Little left: within a quarter of it. Expired: now.
+        assert_eq!(
+            refresh_in_remaining(l, Duration::from_secs(40), 0.5),
+            Duration::from_secs(5)
+        );
+        assert_eq!(refresh_in_remaining(l, Duration::ZERO, 0.9), Duration::ZERO);
     }
 }

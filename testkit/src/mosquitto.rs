@@ -195,6 +195,12 @@ impl Mosquitto {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The broker's process id (to signal it from a script, e.g. SIGHUP after editing the
+    /// password file).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self) -> String {
         format!("mqtts://127.0.0.1:{}", self.port)
     }
