@@ -12,9 +12,21 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, Ctx};
 use crate::store::{AuditRecord, Change, Checkpoint};
 
-/// A record of a change made by `auth` (an API key or a session, over the API).
+tokio::task_local! {
+    /// The surface a change came through when it is not the API: the dashboard runs the API's
+    /// handlers inside `ORIGIN.scope("dashboard", ..)`, so their records say so.
+    pub static ORIGIN: &'static str;
+}
+
+/// `api`, or the surface set by [`ORIGIN`].
+pub fn origin() -> &'static str {
+    ORIGIN.try_with(|o| *o).unwrap_or("api")
+}
+
+/// A record of a change made by `auth` (an API key or a session, over the API or the
+/// dashboard).
 pub fn by(auth: &Auth, now_ms: u64, action: &str, target: impl Into<String>) -> AuditRecord {
-    let mut r = AuditRecord::new(now_ms, auth.subject(), "api", action, target);
+    let mut r = AuditRecord::new(now_ms, auth.subject(), origin(), action, target);
     r.source = auth.1.source.clone();
     r.request_id = auth.1.request_id.clone();
     r

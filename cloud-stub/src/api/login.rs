@@ -143,7 +143,7 @@ pub async fn login(
             &ctx,
             now * 1000,
             format!("session:{email}"),
-            "api",
+            super::audit::origin(),
             "session.login",
             &email,
         ));
