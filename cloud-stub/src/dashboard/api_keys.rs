@@ -3,7 +3,6 @@
 
 use askama::Template;
 use axum::extract::{Path, Request, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::format::opt_time;
@@ -27,11 +26,11 @@ pub struct KeyRow {
     pub can_revoke: bool,
 }
 
-/// A key just created: shown on this one answer, never again.
+/// A key just created: shown on the next page load, never again.
 #[derive(Debug)]
 pub struct Created {
     pub name: String,
-    pub key: String,
+    pub key: octomil_common::Secret<String>,
 }
 
 #[derive(Template)]
@@ -97,7 +96,12 @@ async fn keys_page(
 /// `GET /dashboard/api-keys`.
 pub async fn list(State(state): State<DashState>, req: Request) -> Result<Response, Refusal> {
     let viewer = super::viewer(&state, req.headers(), super::peer_of(&req))?;
-    keys_page(&state, &viewer, None, None).await
+    let created = state
+        .flash
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(viewer.session_id());
+    keys_page(&state, &viewer, created, None).await
 }
 
 /// `POST /dashboard/api-keys`: fields `name`, `scope` (repeated), `environment` (`live`,
@@ -130,11 +134,14 @@ pub async fn create(State(state): State<DashState>, req: Request) -> Result<Resp
         Ok((_, axum::Json(k))) => {
             let created = Created {
                 name: k.name.clone(),
-                key: k.key.expose().clone(),
+                key: k.key,
             };
-            let mut r = keys_page(&state, &viewer, Some(created), None).await?;
-            *r.status_mut() = StatusCode::CREATED;
-            Ok(r)
+            state
+                .flash
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(viewer.session_id().to_owned(), created);
+            Ok(Redirect::to("/dashboard/api-keys").into_response())
         }
         Err(e) => {
             let mut r = keys_page(&state, &viewer, None, Some(e.message)).await?;

@@ -267,7 +267,10 @@ async fn device_page(
         state: state_s,
         online: v.online,
         registered_at: time(v.registered_at),
-        last_seen: format!("{} ({})", ago(v.last_seen, now), opt_time(v.last_seen)),
+        last_seen: match v.last_seen {
+            Some(t) => format!("{} ({})", ago(Some(t), now), time(t)),
+            None => "never".into(),
+        },
         last_refresh: opt_time(v.last_refresh_at),
         key_expires: opt_time(v.key_expires_at),
         version: v.daemon_version.clone().unwrap_or_else(|| "-".into()),

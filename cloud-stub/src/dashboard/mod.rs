@@ -60,6 +60,10 @@ base-uri 'none'";
 pub struct Dashboard {
     pub cloud: AppState,
     last_seen: Mutex<HashMap<String, u64>>,
+    /// A just-created API key per session (by `jti`), shown by the next page load and then
+    /// forgotten: the form redirects (so a reload cannot post it twice) and the key is still
+    /// shown exactly once.
+    flash: Mutex<HashMap<String, api_keys::Created>>,
 }
 
 pub type DashState = Arc<Dashboard>;
@@ -69,6 +73,7 @@ pub fn router(cloud: AppState) -> Router {
     let state = Arc::new(Dashboard {
         cloud,
         last_seen: Mutex::new(HashMap::new()),
+        flash: Mutex::new(HashMap::new()),
     });
     Router::new()
         .route("/", get(|| async { Redirect::to("/dashboard/") }))
@@ -147,6 +152,14 @@ impl Viewer {
         authz::decide(self.auth.0.facts(org_env), row, org_env)
             .map_err(|d: Denial| ApiError::from(d))?;
         Ok(self.auth.clone())
+    }
+
+    /// The session's id (its `jti`).
+    pub fn session_id(&self) -> &str {
+        match &self.auth.0 {
+            Principal::Session { jti, .. } => jti,
+            _ => "",
+        }
     }
 
     /// What the page header shows.
