@@ -585,3 +585,72 @@ async fn htmx_and_its_licence_are_served_from_the_binary() {
     let api = env.call(Method::GET, "/nope", None, None).await;
     assert_eq!(api.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_audit_page_filters_and_exports_csv_for_admins_only() {
+    let env = support::start().await;
+    register_with(&env, "dev-a", json!({})).await;
+    let revoked = env
+        .owner(
+            Method::POST,
+            "/devices/dev-a/revoke",
+            Some(json!({"reason": "=HYPERLINK(\"http://x\") <i>"})),
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    let mut b = owner_browser(&env).await;
+    let page = b.get("/dashboard/audit?action=device.").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("device.revoke") && page.body.contains("dev-a"));
+    assert!(
+        !page.body.contains("session.login"),
+        "the action filter applies"
+    );
+    assert!(!page.body.contains("<i>"), "reasons are text");
+    assert!(
+        page.body
+            .contains("href=\"/dashboard/audit.csv?action=device.\"")
+    );
+    let bad = b.get("/dashboard/audit?from=yesterday").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let today = b
+        .get("/dashboard/audit?from=1970-01-01&to=2999-12-31&target=dev-a")
+        .await;
+    assert!(today.body.contains("device.revoke"));
+
+    let csv = b.get("/dashboard/audit.csv?action=device.revoke").await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert!(
+        csv.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert!(
+        csv.headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment")
+    );
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert!(lines[0].starts_with("seq,time_utc,actor,origin,action,target,reason"));
+    assert_eq!(lines.len(), 2, "{}", csv.body);
+    // A formula in a reason is defused for spreadsheets, quotes doubled.
+    assert!(
+        lines[1].contains("\"'=HYPERLINK(\"\"http://x\"\") <i>\""),
+        "{}",
+        lines[1]
+    );
+
+    let mut m = member_browser(&env, "mo@example.com", "member").await;
+    assert_eq!(
+        m.get("/dashboard/audit").await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        m.get("/dashboard/audit.csv").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let nav = m.get("/dashboard/devices").await;
+    assert!(!nav.body.contains("/dashboard/audit"));
+}

@@ -59,3 +59,39 @@ mod tests {
         assert_eq!(ago(None, 1), "never");
     }
 }
+
+/// `YYYY-MM-DD` to Unix seconds at 00:00 UTC.
+pub fn parse_day(s: &str) -> Option<u64> {
+    let mut it = s.split('-');
+    let (y, m, d) = (
+        it.next()?.parse::<i64>().ok()?,
+        it.next()?.parse::<i64>().ok()?,
+        it.next()?.parse::<i64>().ok()?,
+    );
+    if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days).ok().map(|d| d * 86_400)
+}
+
+#[cfg(test)]
+mod day_tests {
+    use super::*;
+
+    #[test]
+    fn days_round_trip() {
+        assert_eq!(parse_day("1970-01-01"), Some(0));
+        assert_eq!(parse_day("2000-02-29"), Some(951_782_400));
+        assert_eq!(time(parse_day("2026-11-30").unwrap()), "2026-11-30 00:00Z");
+        assert_eq!(parse_day("2026-13-01"), None);
+        assert_eq!(parse_day("yesterday"), None);
+    }
+}

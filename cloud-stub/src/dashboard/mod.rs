@@ -11,6 +11,7 @@
 
 mod api_keys;
 mod assets;
+mod audit;
 mod devices;
 mod format;
 mod login;
@@ -89,6 +90,8 @@ pub fn router(cloud: AppState) -> Router {
             get(api_keys::list).post(api_keys::create),
         )
         .route("/dashboard/api-keys/{id}/revoke", post(api_keys::revoke))
+        .route("/dashboard/audit", get(audit::list))
+        .route("/dashboard/audit.csv", get(audit::csv))
         .route("/dashboard/assets/{name}", get(assets::serve))
         // Unknown dashboard paths get a page; everything else is the API's 404 (its fallback).
         .route(
@@ -169,6 +172,7 @@ impl Viewer {
             role: self.role.as_str(),
             csrf: self.csrf.clone(),
             api_keys: self.may(state, "GET", "/api-keys"),
+            audit: self.may(state, "GET", "/audit"),
         }
     }
 }
@@ -180,6 +184,7 @@ pub struct Nav {
     pub role: &'static str,
     pub csrf: String,
     pub api_keys: bool,
+    pub audit: bool,
 }
 
 /// The CSRF token of a session: a hash of its (secret, HttpOnly) token under a label. It
