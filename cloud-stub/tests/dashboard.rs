@@ -654,3 +654,95 @@ async fn the_audit_page_filters_and_exports_csv_for_admins_only() {
     let nav = m.get("/dashboard/devices").await;
     assert!(!nav.body.contains("/dashboard/audit"));
 }
+
+#[tokio::test]
+async fn members_page_changes_roles_with_a_fresh_code_and_protects_the_last_owner() {
+    let env = support::start().await;
+    let mut admin = member_browser(&env, "ada@example.com", "admin").await;
+    let page = admin.get("/dashboard/members").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("ada@example.com") && page.body.contains("(you)"));
+    assert!(
+        !page.body.contains("Change role"),
+        "an Admin may not change roles"
+    );
+    let csrf = page.csrf();
+    let forged = admin
+        .post(
+            "/dashboard/members",
+            &[
+                ("csrf", &csrf),
+                ("email", "ada@example.com"),
+                ("action", "role"),
+                ("role", "owner"),
+                ("totp", "000000"),
+            ],
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+
+    env.clock.advance(Duration::from_secs(30));
+    let mut b = owner_browser(&env).await;
+    let page = b.get("/dashboard/members").await;
+    assert!(page.body.contains("Change role"));
+    let csrf = page.csrf();
+    let secret = env.handle.owner_totp_secret().unwrap();
+    let code = env.totp_code(&secret);
+    let no_code = b
+        .post(
+            "/dashboard/members",
+            &[
+                ("csrf", &csrf),
+                ("email", "ada@example.com"),
+                ("action", "role"),
+                ("role", "member"),
+            ],
+        )
+        .await;
+    assert_eq!(no_code.status, StatusCode::UNAUTHORIZED);
+    let done = b
+        .post(
+            "/dashboard/members",
+            &[
+                ("csrf", &csrf),
+                ("email", "ada@example.com"),
+                ("action", "role"),
+                ("role", "member"),
+                ("totp", &code),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    let after = b.get("/dashboard/members").await;
+    assert!(after.body.contains("ada@example.com"));
+    // The demoted admin's session ended with the role change.
+    assert_eq!(
+        admin.get("/dashboard/members").await.location(),
+        "/dashboard/login"
+    );
+    // The last Owner cannot remove themself: the API's refusal is shown.
+    let owner = env.handle.info.owner_email.clone();
+    let last = b
+        .post(
+            "/dashboard/members",
+            &[
+                ("csrf", &csrf),
+                ("email", &owner),
+                ("action", "remove"),
+                ("totp", &code),
+            ],
+        )
+        .await;
+    assert!(last.status.is_client_error(), "{}", last.status);
+    assert!(last.body.contains("role=\"alert\""));
+    let records = env
+        .owner(Method::GET, "/audit?target=ada@example.com", None)
+        .await;
+    let r = records.body["records"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(r["origin"], "dashboard");
+}

@@ -15,6 +15,7 @@ mod audit;
 mod devices;
 mod format;
 mod login;
+mod members;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -91,6 +92,10 @@ pub fn router(cloud: AppState) -> Router {
         )
         .route("/dashboard/api-keys/{id}/revoke", post(api_keys::revoke))
         .route("/dashboard/audit", get(audit::list))
+        .route(
+            "/dashboard/members",
+            get(members::list).post(members::change),
+        )
         .route("/dashboard/audit.csv", get(audit::csv))
         .route("/dashboard/assets/{name}", get(assets::serve))
         // Unknown dashboard paths get a page; everything else is the API's 404 (its fallback).
@@ -173,6 +178,7 @@ impl Viewer {
             csrf: self.csrf.clone(),
             api_keys: self.may(state, "GET", "/api-keys"),
             audit: self.may(state, "GET", "/audit"),
+            members: self.may(state, "GET", "/org/members"),
         }
     }
 }
@@ -185,6 +191,7 @@ pub struct Nav {
     pub csrf: String,
     pub api_keys: bool,
     pub audit: bool,
+    pub members: bool,
 }
 
 /// The CSRF token of a session: a hash of its (secret, HttpOnly) token under a label. It
