@@ -746,3 +746,76 @@ async fn members_page_changes_roles_with_a_fresh_code_and_protects_the_last_owne
         .clone();
     assert_eq!(r["origin"], "dashboard");
 }
+
+#[tokio::test]
+async fn bootstrap_tokens_are_created_shown_once_listed_and_revoked() {
+    let env = support::start().await;
+    let mut b = owner_browser(&env).await;
+    let page = b.get("/dashboard/bootstrap-tokens").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let csrf = page.csrf();
+    let bad = b
+        .post(
+            "/dashboard/bootstrap-tokens",
+            &[("csrf", &csrf), ("max_uses", "lots")],
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let made = b
+        .post(
+            "/dashboard/bootstrap-tokens",
+            &[("csrf", &csrf), ("max_uses", "3"), ("expires_in", "1d")],
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::SEE_OTHER, "{}", made.body);
+    let shown = b.get("/dashboard/bootstrap-tokens").await;
+    let marker = "id=\"new-token\">";
+    let at = shown.body.find(marker).expect("the token, once");
+    let token: String = shown.body[at + marker.len()..]
+        .chars()
+        .take_while(|c| *c != '<')
+        .collect();
+    assert!(token.len() > 20);
+    let title = "id=\"created-title\">Token ";
+    let at = shown.body.find(title).unwrap() + title.len();
+    let id: String = shown.body[at..].chars().take_while(|c| *c != ' ').collect();
+    assert!(shown.body.contains("0 of 3"));
+    let again = b.get("/dashboard/bootstrap-tokens").await;
+    assert!(!again.body.contains(&token));
+    // It enrols a device; the list links to the devices it enrolled.
+    let d = Device::new("boot-1");
+    let body = d.register_body(&env, &token).await;
+    let a = env
+        .call(Method::POST, "/devices/register", None, Some(body))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let listed = b.get("/dashboard/bootstrap-tokens").await;
+    assert!(listed.body.contains("1 of 3"));
+    let i = listed
+        .body
+        .find("/dashboard/devices?bootstrap_token=")
+        .unwrap();
+    let rest = &listed.body[i..];
+    let link = rest[..rest.find('"').unwrap()].to_owned();
+    assert!(b.get(&link).await.body.contains("boot-1"));
+    // Revoke: CSRF first, then no registration with it.
+    let action = format!("/dashboard/bootstrap-tokens/{id}/revoke");
+    assert!(listed.body.contains(&action));
+    assert_eq!(b.post(&action, &[]).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        b.post(&action, &[("csrf", &csrf)]).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let d2 = Device::new("boot-2");
+    let body = d2.register_body(&env, &token).await;
+    let a = env
+        .call(Method::POST, "/devices/register", None, Some(body))
+        .await;
+    assert!(a.status.is_client_error());
+    // A Member has no access.
+    let mut m = member_browser(&env, "mo@example.com", "member").await;
+    assert_eq!(
+        m.get("/dashboard/bootstrap-tokens").await.status,
+        StatusCode::FORBIDDEN
+    );
+}

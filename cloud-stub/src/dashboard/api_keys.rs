@@ -12,6 +12,9 @@ use crate::extract::Body;
 use crate::scope::Scope;
 use crate::store::Environment;
 
+/// The flash slot of this page (see [`super::Dashboard`]).
+const FLASH: &str = "api-keys";
+
 #[derive(Debug)]
 pub struct KeyRow {
     pub id: String,
@@ -96,11 +99,7 @@ async fn keys_page(
 /// `GET /dashboard/api-keys`.
 pub async fn list(State(state): State<DashState>, req: Request) -> Result<Response, Refusal> {
     let viewer = super::viewer(&state, req.headers(), super::peer_of(&req))?;
-    let created = state
-        .flash
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(viewer.session_id());
+    let created = state.take_flash(FLASH, &viewer);
     keys_page(&state, &viewer, created, None).await
 }
 
@@ -136,11 +135,7 @@ pub async fn create(State(state): State<DashState>, req: Request) -> Result<Resp
                 name: k.name.clone(),
                 key: k.key,
             };
-            state
-                .flash
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(viewer.session_id().to_owned(), created);
+            state.put_flash(FLASH, &viewer, created);
             Ok(Redirect::to("/dashboard/api-keys").into_response())
         }
         Err(e) => {

@@ -12,6 +12,7 @@
 mod api_keys;
 mod assets;
 mod audit;
+mod bootstrap_tokens;
 mod devices;
 mod format;
 mod login;
@@ -62,10 +63,26 @@ base-uri 'none'";
 pub struct Dashboard {
     pub cloud: AppState,
     last_seen: Mutex<HashMap<String, u64>>,
-    /// A just-created API key per session (by `jti`), shown by the next page load and then
-    /// forgotten: the form redirects (so a reload cannot post it twice) and the key is still
-    /// shown exactly once.
+    /// A just-created secret (API key, bootstrap token) per page and session (`page:jti`),
+    /// shown by the next load of that page and then forgotten: the form redirects (so a
+    /// reload cannot post it twice) and the secret is still shown exactly once.
     flash: Mutex<HashMap<String, api_keys::Created>>,
+}
+
+impl Dashboard {
+    fn put_flash(&self, page: &str, viewer: &Viewer, created: api_keys::Created) {
+        self.flash
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(format!("{page}:{}", viewer.session_id()), created);
+    }
+
+    fn take_flash(&self, page: &str, viewer: &Viewer) -> Option<api_keys::Created> {
+        self.flash
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&format!("{page}:{}", viewer.session_id()))
+    }
 }
 
 pub type DashState = Arc<Dashboard>;
@@ -91,6 +108,14 @@ pub fn router(cloud: AppState) -> Router {
             get(api_keys::list).post(api_keys::create),
         )
         .route("/dashboard/api-keys/{id}/revoke", post(api_keys::revoke))
+        .route(
+            "/dashboard/bootstrap-tokens",
+            get(bootstrap_tokens::list).post(bootstrap_tokens::create),
+        )
+        .route(
+            "/dashboard/bootstrap-tokens/{id}/revoke",
+            post(bootstrap_tokens::revoke),
+        )
         .route("/dashboard/audit", get(audit::list))
         .route(
             "/dashboard/members",
@@ -179,6 +204,7 @@ impl Viewer {
             api_keys: self.may(state, "GET", "/api-keys"),
             audit: self.may(state, "GET", "/audit"),
             members: self.may(state, "GET", "/org/members"),
+            bootstrap: self.may(state, "GET", "/bootstrap-tokens"),
         }
     }
 }
@@ -192,6 +218,7 @@ pub struct Nav {
     pub api_keys: bool,
     pub audit: bool,
     pub members: bool,
+    pub bootstrap: bool,
 }
 
 /// The CSRF token of a session: a hash of its (secret, HttpOnly) token under a label. It
