@@ -78,6 +78,12 @@ cat <<MSG
 Both are still running (logs: $tmp/cloud.log, $tmp/octomild.log). From another shell:
   export OCTOMIL_API_URL=$OCTOMIL_API_URL OCTOMIL_CA_FILE=$OCTOMIL_CA_FILE
   export OCTOMIL_API_KEY=\$(cat $(json owner_api_key_file)) OCTOMIL_SOCKET=$OCTOMIL_SOCKET
+
+The dashboard (docs/dashboard.md): $OCTOMIL_API_URL/dashboard/
+  (the certificate is signed by the local CA $OCTOMIL_CA_FILE: trust it, or accept the warning)
+  email:    $(json owner_email)
+  password: $(cat "$(json owner_password_file)")
+  TOTP secret (add it to an authenticator app): $(cat "$(json owner_totp_secret_file)")
 Press Ctrl-C to stop.
 MSG
 wait

@@ -160,6 +160,10 @@ pub struct Ctx {
     /// organization's for a session (and for unauthenticated calls). Audit records take it
     /// unless the handler names the environment of what it changed.
     pub environment: Environment,
+    /// The surface the request came through when it is not the API (`Some("dashboard")`);
+    /// audit records say so. Carried here, not in a task-local: the audit record is built on
+    /// the store's writer thread.
+    pub origin: Option<&'static str>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Ctx {
@@ -177,6 +181,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
                     .map(|c| c.0.ip().to_string()),
                 request_id: None,
                 environment: Environment::default(),
+                origin: None,
             }))
     }
 }

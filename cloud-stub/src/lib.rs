@@ -6,6 +6,7 @@ pub mod api;
 pub mod app;
 pub mod challenge;
 pub mod cli;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 #[cfg(feature = "faults")]
@@ -314,7 +315,7 @@ impl Builder {
         };
         let http_url = format!("https://{host}:{}", addr.port());
         let shutdown = CancellationToken::new();
-        let router = api::router(cloud.clone());
+        let router = api::router(cloud.clone()).merge(dashboard::router(cloud.clone()));
         let task = tokio::spawn(serve::serve_https(
             listener,
             pki.server_config(&[b"h2", b"http/1.1"]),

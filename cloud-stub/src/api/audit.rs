@@ -14,10 +14,16 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, Ctx};
 use crate::store::{AuditRecord, Change, Checkpoint, Environment};
 
-/// A record of a change made by `auth` (an API key or a session, over the API), in the
-/// environment `auth` acts in (see [`Ctx::environment`]).
+/// A record of a change made by `auth` (an API key or a session, over the API or the
+/// dashboard), in the environment `auth` acts in (see [`Ctx::environment`]).
 pub fn by(auth: &Auth, now_ms: u64, action: &str, target: impl Into<String>) -> AuditRecord {
-    let mut r = AuditRecord::new(now_ms, auth.subject(), "api", action, target);
+    let mut r = AuditRecord::new(
+        now_ms,
+        auth.subject(),
+        auth.1.origin.unwrap_or("api"),
+        action,
+        target,
+    );
     r.source = auth.1.source.clone();
     r.request_id = auth.1.request_id.clone();
     r.environment = auth.1.environment;

@@ -264,6 +264,7 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
         source: crate::proxy::source(&state.trusted_proxies, &req),
         request_id: Some(request_id.clone()),
         environment: org_env,
+        origin: None,
     };
     req.extensions_mut().insert(ctx.clone());
     let route = format!("{} {path}", req.method());

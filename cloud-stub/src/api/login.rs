@@ -215,7 +215,7 @@ pub async fn login(
             &ctx,
             now * 1000,
             format!("session:{email}"),
-            "api",
+            ctx.origin.unwrap_or("api"),
             if enrol {
                 "session.login_enrolment"
             } else {
