@@ -61,41 +61,22 @@ pub fn login(
     if !is_tls {
         return Err(LoginError::NotTls);
     }
-    let tls = match &device.mqtt.client_cert {
-        Some(cert) => with_client_cert(ca_pem, cert.as_bytes(), &device.key.to_bytes())?,
-        None => tls.clone(),
-    };
     let mut o = MqttOptions::new(device.id.as_str(), host, port);
-    o.set_credentials(device.mqtt.username.clone(), device.api_key())
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    // By certificate when the cloud issued one (the device key then never reaches the
+    // broker); by password only against a cloud from before client certificates.
+    let tls = match &device.mqtt.client_cert {
+        Some(cert) => octomil_common::tls::client_config_with_cert(
+            ca_pem,
+            cert.as_bytes(),
+            &device.key.to_bytes(),
+        )?,
+        None => {
+            o.set_credentials(device.mqtt.username.clone(), device.api_key());
+            tls.clone()
+        }
+    };
+    o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     Ok(o)
-}
-
-// At the merge with certs-cloud: `with_client_cert` is `octomil_common::tls::
-// client_config_with_cert` there (same code, plus a key-match check); use that one.
-
-/// The fixed prefix of a PKCS#8 v1 `PrivateKeyInfo` holding an Ed25519 seed (RFC 8410).
-const ED25519_PKCS8_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
-
-/// A client config trusting `ca_pem` that presents `cert_pem` (device certificate, then its
-/// CA) with the device's Ed25519 key as PKCS#8.
-fn with_client_cert(
-    ca_pem: &[u8],
-    cert_pem: &[u8],
-    seed: &[u8; 32],
-) -> Result<Arc<rustls::ClientConfig>, LoginError> {
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    let chain = octomil_common::tls::ca_certificates(cert_pem)?;
-    let mut der = ED25519_PKCS8_PREFIX.to_vec();
-    der.extend_from_slice(seed);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(octomil_common::tls::ca_roots(ca_pem)?)
-        .with_client_auth_cert(chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)))?;
-    Ok(Arc::new(config))
 }
 
 /// The options every session shares with the daemon's: persistent session, keep-alive, and
