@@ -184,8 +184,7 @@ impl Pki {
     /// A server config presenting the server certificate that also asks every client for a
     /// certificate and verifies any it gets against `client_roots` (the MQTT CA: rustls'
     /// `WebPkiClientVerifier`, ring, which also refuses an expired one). A client without a
-    /// certificate still completes the handshake (the broker's legacy password login; delete
-    /// `allow_unauthenticated` with it at merge).
+    /// certificate is refused at the handshake: the embedded broker has no password login.
     pub fn server_config_verifying_clients(
         &self,
         client_roots: RootCertStore,
@@ -195,7 +194,6 @@ impl Pki {
             Arc::new(client_roots),
             Arc::clone(&provider),
         )
-        .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
         let mut config = ServerConfig::builder_with_provider(provider)

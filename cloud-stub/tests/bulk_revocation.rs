@@ -18,7 +18,7 @@ use octomil_common::{envelope, proof};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use support::mqtt::{Login, TestClient, start_with};
+use support::mqtt::{TestClient, device_session, start_with, tls_of};
 use support::{Device, Env};
 
 const N: usize = 200;
@@ -26,19 +26,8 @@ const N: usize = 200;
 /// connections per address).
 const PARALLEL: usize = 16;
 
-async fn session(env: &Env, id: &str, key: &str) -> TestClient {
-    let url = env.handle.info.mqtt_url.clone().unwrap();
-    let mut c = TestClient::connect(Login {
-        url: &url,
-        ca_pem: Some(&env.handle.ca_pem),
-        client_id: id,
-        username: id,
-        password: key,
-        will: None,
-        clean: false,
-    })
-    .await
-    .unwrap();
+async fn session(env: &Env, id: &str, tls: std::sync::Arc<rustls::ClientConfig>) -> TestClient {
+    let mut c = device_session(env, id, tls, None, false).await.unwrap();
     c.subscribe(&format!("octomil/v1/devices/{id}/revocation"))
         .await;
     c
@@ -65,7 +54,7 @@ async fn one_call_revokes_200_connected_devices_in_one_commit_and_each_verifies_
             let _permit = gate.acquire().await.unwrap();
             let d = Device::new(&id);
             let reg = d.register(&env).await;
-            let c = session(&env, &id, reg.api_key.expose()).await;
+            let c = session(&env, &id, tls_of(&env, &d, &reg)).await;
             (id, c)
         });
     }

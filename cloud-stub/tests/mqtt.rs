@@ -18,7 +18,9 @@ use reqwest::{Method, StatusCode};
 use rumqttc::{LastWill, QoS};
 use serde_json::Value;
 
-use support::mqtt::{Login, TestClient, eventually, free_port, plain_broker, start_with};
+use support::mqtt::{
+    Login, TestClient, eventually, free_port, observer, plain_broker, start_with, tls_of,
+};
 use support::{Device, Env};
 
 fn embedded() -> MqttMode {
@@ -40,39 +42,19 @@ fn mqtt_url(env: &Env) -> String {
     env.handle.info.mqtt_url.clone().unwrap()
 }
 
-/// Logs in as a registered device: client id = username = device id, password = its key.
+/// Logs in as a registered device: its certificate, client id = device id, a persistent session.
 async fn device_session(
     env: &Env,
-    id: &str,
-    key: &str,
+    d: &Device,
+    reg: &octomil_common::wire::RegisterResponse,
     will: Option<LastWill>,
 ) -> Result<TestClient, String> {
-    TestClient::connect(Login {
-        url: &mqtt_url(env),
-        ca_pem: Some(&env.handle.ca_pem),
-        client_id: id,
-        username: id,
-        password: key,
-        will,
-        clean: false,
-    })
-    .await
+    support::mqtt::device_session(env, &d.id, tls_of(env, d, reg), will, false).await
 }
 
-/// Logs in to the embedded broker with the cloud's own credentials (an observer).
+/// An observer with the cloud's identity on the embedded broker.
 async fn cloud_session(env: &Env) -> TestClient {
-    let secret = std::fs::read_to_string(env.handle.state_dir.join("mqtt_cloud_password")).unwrap();
-    TestClient::connect(Login {
-        url: &mqtt_url(env),
-        ca_pem: Some(&env.handle.ca_pem),
-        client_id: "test-observer",
-        username: "octomil-cloud",
-        password: &secret,
-        will: None,
-        clean: true,
-    })
-    .await
-    .unwrap()
+    observer(env, "test-observer").await
 }
 
 async fn revoke(env: &Env, id: &str) -> (StatusCode, Value) {
@@ -104,9 +86,7 @@ async fn a_subscribed_device_receives_a_verifiable_revocation_after_the_puback()
     assert_eq!(info.username, d.id);
     assert_eq!(info.topic, "octomil/v1/devices/edge-mqtt-1/revocation");
 
-    let mut dev = device_session(&env, &d.id, reg.api_key.expose(), None)
-        .await
-        .unwrap();
+    let mut dev = device_session(&env, &d, &reg, None).await.unwrap();
     dev.subscribe(&info.topic).await;
 
     let (status, body) = revoke(&env, &d.id).await;
@@ -123,33 +103,24 @@ async fn a_subscribed_device_receives_a_verifiable_revocation_after_the_puback()
     })
     .await;
 
-    // The revoked key no longer opens a session.
-    drop(dev);
-    let again = device_session(&env, &d.id, reg.api_key.expose(), None).await;
-    assert!(again.is_err(), "a revoked device's key must be refused");
+    // A revoked device's certificate still opens a session, to read its revocation only
+    // (mqtt_client_certs: a_revoked_device_reads_its_revocation_and_nothing_else).
     env.handle.shutdown().await;
 }
 
 #[tokio::test]
-async fn the_broker_refuses_wrong_credentials() {
+async fn the_broker_refuses_a_client_without_a_certificate_or_with_anothers() {
     let env = start_with(tempfile::tempdir().unwrap(), |b| b.mqtt(embedded())).await;
     let d = Device::new("edge-mqtt-2");
     let reg = d.register(&env).await;
     let other = Device::new("edge-mqtt-3");
     let other_reg = other.register(&env).await;
-    let wrong_key = octomil_common::token::generate(octomil_common::TokenKind::Live);
 
+    // No certificate: refused at the TLS handshake, whatever the CONNECT would have said (a
+    // device key, or the cloud's name, as the password logins of old clouds did).
     let refused = [
-        (d.id.as_str(), d.id.as_str(), wrong_key.expose().as_str()),
-        // Another device's key, under this device's name.
-        (
-            d.id.as_str(),
-            d.id.as_str(),
-            other_reg.api_key.expose().as_str(),
-        ),
-        // Right key, but a client id that is not the username.
-        ("someone-else", d.id.as_str(), reg.api_key.expose().as_str()),
-        ("x", "octomil-cloud", "not-the-secret"),
+        (d.id.as_str(), d.id.as_str(), reg.api_key.expose().as_str()),
+        ("octomil-cloud:x", "octomil-cloud", "any-secret"),
         ("x", "no such/user", "x"),
     ];
     for (client_id, username, password) in refused {
@@ -165,18 +136,23 @@ async fn the_broker_refuses_wrong_credentials() {
         .await;
         assert!(r.is_err(), "{client_id}/{username} must be refused");
     }
-    assert!(
-        device_session(&env, &d.id, reg.api_key.expose(), None)
-            .await
-            .is_ok()
+    // Refused before any CONNECT was read: no login was even attempted.
+    let stats = env.handle.broker().unwrap().stats();
+    assert_eq!(
+        stats
+            .refused_logins
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
     );
-    // An expired key is refused too.
-    env.clock.advance(Duration::from_secs(25 * 3600));
+    // Another device's certificate under this device's client id.
+    let wrong =
+        support::mqtt::device_session(&env, &d.id, tls_of(&env, &other, &other_reg), None, true)
+            .await;
     assert!(
-        device_session(&env, &d.id, reg.api_key.expose(), None)
-            .await
-            .is_err()
+        wrong.is_err(),
+        "another device's certificate must be refused"
     );
+    assert!(device_session(&env, &d, &reg, None).await.is_ok());
     // The cloud's own name is not available as a device id.
     let a = Device::new("octomil-cloud").try_register(&env).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{:?}", a.body);
@@ -205,9 +181,7 @@ async fn presence_shows_online_and_then_offline_by_last_will() {
         QoS::AtLeastOnce,
         true,
     );
-    let mut dev = device_session(&env, &d.id, reg.api_key.expose(), Some(will))
-        .await
-        .unwrap();
+    let mut dev = device_session(&env, &d, &reg, Some(will)).await.unwrap();
     let online = Presence {
         online: true,
         state: "active".into(),

@@ -15,7 +15,9 @@ use octomil_cloud::{ExternalBroker, MqttMode};
 use reqwest::StatusCode;
 use rumqttc::{QoS, SubscribeReasonCode};
 
-use support::mqtt::{Login, TestClient, eventually, free_port, start_with};
+use support::mqtt::{
+    TestClient, device_session, eventually, free_port, observer, start_with, tls_of,
+};
 use support::{Device, Env};
 
 fn embedded() -> MqttMode {
@@ -32,31 +34,18 @@ fn status(id: &str) -> String {
     format!("octomil/v1/devices/{id}/status")
 }
 
-async fn login(env: &Env, client_id: &str, user: &str, key: &str) -> Result<TestClient, String> {
-    TestClient::connect(Login {
-        url: env.handle.info.mqtt_url.as_deref().unwrap(),
-        ca_pem: Some(&env.handle.ca_pem),
-        client_id,
-        username: user,
-        password: key,
-        will: None,
-        clean: true,
-    })
-    .await
+type Tls = std::sync::Arc<rustls::ClientConfig>;
+
+async fn login(env: &Env, client_id: &str, tls: Tls) -> Result<TestClient, String> {
+    device_session(env, client_id, tls, None, true).await
 }
 
-/// A registered, connected device.
-async fn device(env: &Env, id: &str) -> (TestClient, String) {
+/// A registered device connected with its certificate, and that certificate's TLS config.
+async fn device(env: &Env, id: &str) -> (TestClient, Tls) {
     let d = Device::new(id);
     let reg = d.register(env).await;
-    let key = reg.api_key.expose().clone();
-    (login(env, id, id, &key).await.unwrap(), key)
-}
-
-/// The cloud's own credentials, as an observer that may read everything.
-async fn observer(env: &Env, name: &str) -> TestClient {
-    let secret = std::fs::read_to_string(env.handle.state_dir.join("mqtt_cloud_password")).unwrap();
-    login(env, name, "octomil-cloud", &secret).await.unwrap()
+    let tls = tls_of(env, &d, &reg);
+    (login(env, id, tls.clone()).await.unwrap(), tls)
 }
 
 #[tokio::test]
@@ -135,13 +124,13 @@ async fn a_device_cannot_publish_on_another_devices_topics_nor_clear_a_revocatio
 #[tokio::test]
 async fn a_client_id_other_than_the_identity_is_refused_and_no_session_is_taken_over() {
     let env = start_with(tempfile::tempdir().unwrap(), |b| b.mqtt(embedded())).await;
-    let (_a, a_key) = device(&env, "edge-acl-e").await;
+    let (_a, a_tls) = device(&env, "edge-acl-e").await;
     let (mut b, _) = device(&env, "edge-acl-f").await;
     b.subscribe(&revocation("edge-acl-f")).await;
-    // A's valid key under B's client id, and under a made-up one.
+    // A's valid certificate under B's client id, and under made-up ones.
     for client_id in ["edge-acl-f", "edge-acl-x", "octomil-cloud:x"] {
         assert!(
-            login(&env, client_id, "edge-acl-e", &a_key).await.is_err(),
+            login(&env, client_id, a_tls.clone()).await.is_err(),
             "{client_id}"
         );
     }

@@ -9,11 +9,13 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use octomil_cloud::mqtt::broker::Limits;
 use octomil_cloud::{CloudInfo, MqttMode};
+use octomil_common::wire::RegisterResponse;
 use reqwest::{Method, StatusCode};
 use rumqttc::{Connect, LastWill, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,7 +24,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use support::Device;
-use support::mqtt::{DEADLINE, Login, TestClient, eventually, start_with};
+use support::mqtt::{CertLogin, DEADLINE, Login, TestClient, device_tls, eventually, start_with};
 
 /// How long a device may take to connect while the broker is under attack (the benchmark
 /// reports the real figure).
@@ -46,20 +48,19 @@ async fn tcp_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
     s.connect(to).await.unwrap()
 }
 
-async fn tls(stream: TcpStream, ca_pem: &str) -> TlsStream<TcpStream> {
-    let cfg = octomil_cloud::tls::client_config_from_ca_pem(ca_pem.as_bytes()).unwrap();
+async fn tls(stream: TcpStream, cfg: Arc<rustls::ClientConfig>) -> TlsStream<TcpStream> {
     TlsConnector::from(cfg)
         .connect("localhost".try_into().unwrap(), stream)
         .await
         .unwrap()
 }
 
-/// CONNECT bytes for a device session as the daemon sends it (persistent, with a will).
-fn connect_bytes(id: &str, password: &str) -> Vec<u8> {
+/// CONNECT bytes for a device session as the daemon sends it (persistent, with a will; the
+/// identity is the TLS client certificate).
+fn connect_bytes(id: &str) -> Vec<u8> {
     let mut c = Connect::new(id);
     c.clean_session = false;
     c.keep_alive = 30;
-    c.set_login(id, password);
     c.last_will = Some(LastWill::new(
         format!("octomil/v1/devices/{id}/status"),
         br#"{"online":false,"state":"offline"}"#.to_vec(),
@@ -71,13 +72,18 @@ fn connect_bytes(id: &str, password: &str) -> Vec<u8> {
     out.to_vec()
 }
 
-async fn device_login(url: &str, ca_pem: &str, id: &str, key: &str) -> Result<TestClient, String> {
-    TestClient::connect(Login {
+/// A device session with the certificate of its registration answer.
+async fn device_login(
+    url: &str,
+    ca_pem: &str,
+    d: &Device,
+    reg: &RegisterResponse,
+) -> Result<TestClient, String> {
+    let cert = reg.mqtt.as_ref().unwrap().client_cert.as_deref().unwrap();
+    TestClient::connect_cert(CertLogin {
         url,
-        ca_pem: Some(ca_pem),
-        client_id: id,
-        username: id,
-        password: key,
+        client_id: &d.id,
+        tls: device_tls(ca_pem, cert, &d.key),
         will: None,
         clean: false,
     })
@@ -143,9 +149,10 @@ async fn fifty_connects_reset_before_the_connack_leave_the_cloud_serving() {
         .json()
         .await
         .unwrap();
-    let body = Device::new(id)
-        .register_body_with(bootstrap.trim(), challenge["challenge"].as_str().unwrap());
-    let reg: serde_json::Value = http
+    let device = Device::new(id);
+    let body =
+        device.register_body_with(bootstrap.trim(), challenge["challenge"].as_str().unwrap());
+    let reg: RegisterResponse = http
         .post(format!("{}/api/v1/devices/register", info.http_url))
         .json(&body)
         .send()
@@ -156,22 +163,23 @@ async fn fifty_connects_reset_before_the_connack_leave_the_cloud_serving() {
         .json()
         .await
         .unwrap();
-    let api_key = reg["api_key"].as_str().unwrap().to_owned();
     let url = info.mqtt_url.clone().unwrap();
+    let cert = reg.mqtt.as_ref().unwrap().client_cert.clone().unwrap();
+    let dev_tls = device_tls(&ca_pem, &cert, &device.key);
     let addr = broker_addr(&url);
 
     // A power cut right after CONNECT, fifty times, with valid credentials, a will and a
     // persistent session (rumqttd 0.20 aborted the cloud on the second one).
-    let connect = connect_bytes(id, &api_key);
+    let connect = connect_bytes(id);
     for _ in 0..50 {
-        let mut s = tls(tcp_from(Ipv4Addr::LOCALHOST, addr).await, &ca_pem).await;
+        let mut s = tls(tcp_from(Ipv4Addr::LOCALHOST, addr).await, dev_tls.clone()).await;
         s.write_all(&connect).await.unwrap();
         s.flush().await.unwrap();
         s.get_ref().0.set_zero_linger().unwrap();
         drop(s);
     }
 
-    let mut dev = device_login(&url, &ca_pem, id, &api_key)
+    let mut dev = device_login(&url, &ca_pem, &device, &reg)
         .await
         .expect("a normal connect after the resets");
     dev.subscribe(&format!("octomil/v1/devices/{id}/revocation"))
@@ -211,15 +219,11 @@ async fn clients_over_the_connection_cap_are_refused_and_the_sessions_carry_on()
     let a_reg = a.register(&env).await;
     let b = Device::new("edge-cap-b");
     let b_reg = b.register(&env).await;
-    let mut a_dev = device_login(&url, &ca, &a.id, a_reg.api_key.expose())
-        .await
-        .unwrap();
+    let mut a_dev = device_login(&url, &ca, &a, &a_reg).await.unwrap();
     a_dev
         .subscribe(&format!("octomil/v1/devices/{}/revocation", a.id))
         .await;
-    let mut b_dev = device_login(&url, &ca, &b.id, b_reg.api_key.expose())
-        .await
-        .unwrap();
+    let mut b_dev = device_login(&url, &ca, &b, &b_reg).await.unwrap();
     b_dev
         .subscribe(&format!("octomil/v1/devices/{}/revocation", b.id))
         .await;
@@ -232,7 +236,7 @@ async fn clients_over_the_connection_cap_are_refused_and_the_sessions_carry_on()
         stormers.push(tokio::spawn(async move {
             let mut refused = 0;
             for _ in 0..15 {
-                match device_login(&url, &ca, &d.id, reg.api_key.expose()).await {
+                match device_login(&url, &ca, &d, &reg).await {
                     Ok(c) => drop(c),
                     Err(_) => refused += 1,
                 }
@@ -285,7 +289,7 @@ async fn idle_sockets_and_half_hellos_from_many_addresses_do_not_keep_a_device_o
         held.push(s);
     }
     let start = Instant::now();
-    let dev = device_login(&url, &env.handle.ca_pem, &d.id, reg.api_key.expose()).await;
+    let dev = device_login(&url, &env.handle.ca_pem, &d, &reg).await;
     let took = start.elapsed();
     assert!(dev.is_ok(), "{:?}", dev.err());
     assert!(
@@ -326,12 +330,10 @@ async fn silent_connections_are_closed_at_the_handshake_and_connect_deadlines() 
     let mut half = tcp_from(Ipv4Addr::LOCALHOST, addr).await;
     half.write_all(&half_hello()).await.unwrap();
     closed_by_server(half).await;
-    // TLS done, then no CONNECT: the server ends the session (EOF or close_notify).
-    let mut s = tls(
-        tcp_from(Ipv4Addr::LOCALHOST, addr).await,
-        &env.handle.ca_pem,
-    )
-    .await;
+    // TLS done (with a valid client certificate), then no CONNECT: the server ends the
+    // session (EOF or close_notify).
+    let cert = support::mqtt::cloud_tls(&env.handle.state_dir, &env.handle.ca_pem, "octomil-cloud");
+    let mut s = tls(tcp_from(Ipv4Addr::LOCALHOST, addr).await, cert).await;
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
         .await
@@ -365,11 +367,7 @@ async fn unauthenticated_connections_are_capped_per_address_and_devices_are_not(
     for i in 0..8 {
         let d = Device::new(&format!("edge-nat-{i}"));
         let reg = d.register(&env).await;
-        sessions.push(
-            device_login(&url, &ca, &d.id, reg.api_key.expose())
-                .await
-                .unwrap(),
-        );
+        sessions.push(device_login(&url, &ca, &d, &reg).await.unwrap());
     }
     // Five idle sockets from 127.0.0.9 fill its quota; the sixth is closed at once.
     let mut idle = Vec::new();
@@ -389,11 +387,7 @@ async fn unauthenticated_connections_are_capped_per_address_and_devices_are_not(
     // Another address is not affected.
     let d = Device::new("edge-nat-late");
     let reg = d.register(&env).await;
-    assert!(
-        device_login(&url, &ca, &d.id, reg.api_key.expose())
-            .await
-            .is_ok()
-    );
+    assert!(device_login(&url, &ca, &d, &reg).await.is_ok());
     drop(idle);
     env.handle.shutdown().await;
 }

@@ -1,9 +1,8 @@
 //! A real Mosquitto for interop tests and benchmarks, started per test on a free port and
 //! killed on drop. [`Mosquitto::start_with_client_certs`] runs exactly
 //! `docs/mosquitto.conf.example` and `docs/mosquitto.acl.example` (client certificates from
-//! the cloud's MQTT CA; only paths, the port and the run-as user are substituted).
-//! [`Mosquitto::start`] is the older password-file setup the e2e daemon tests use until the
-//! daemon presents certificates (LEGACY: delete at the merge of issue 9's two branches).
+//! the cloud's MQTT CA; only paths, the port and the run-as user are substituted). There is
+//! no password file: every client, the cloud included, logs in by certificate.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,10 +16,10 @@ pub fn find(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Whether both binaries the harness needs are installed (if not, the caller reports it
-/// through [`crate::skip::missing_dependency`]).
+/// Whether the broker binary is installed (if not, the caller reports it through
+/// [`crate::skip::missing_dependency`]).
 pub fn available() -> bool {
-    find("mosquitto").is_some() && find("mosquitto_passwd").is_some()
+    find("mosquitto").is_some()
 }
 
 /// A free loopback port (bound and released: another process may take it in between).
@@ -108,44 +107,6 @@ impl Mosquitto {
         Self::spawn(conf, dir, port, log)
     }
 
-    /// Starts Mosquitto in `dir` on `port`, serving TLS with `state_dir/server.{pem,key}`
-    /// (the cloud's certificate, so devices trust it with the cloud's CA).
-    pub fn start(dir: &Path, state_dir: &Path, port: u16) -> Self {
-        std::fs::create_dir_all(dir).expect("mosquitto dir");
-        let passwd = dir.join("passwd");
-        if !passwd.exists() {
-            std::fs::write(&passwd, "").expect("passwd");
-        }
-        let acl = dir.join("acl");
-        std::fs::write(
-            &acl,
-            "user octomil-cloud\n\
-             topic write octomil/v1/devices/+/revocation\n\
-             topic read octomil/v1/devices/+/status\n\
-             \n\
-             pattern read octomil/v1/devices/%u/revocation\n\
-             pattern write octomil/v1/devices/%u/status\n",
-        )
-        .expect("acl");
-        let log = dir.join("mosquitto.log");
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "user root\npersistence false\nlog_dest file {log}\nallow_anonymous false\n\
-                 set_tcp_nodelay true\n\
-                 password_file {passwd}\nacl_file {acl}\nmax_keepalive 3600\n\
-                 listener {port} 127.0.0.1\ncertfile {state}/server.pem\nkeyfile {state}/server.key\n",
-                log = log.display(),
-                passwd = passwd.display(),
-                acl = acl.display(),
-                state = state_dir.display(),
-            ),
-        )
-        .expect("conf");
-        Self::spawn(conf, dir, port, log)
-    }
-
     fn spawn(conf: PathBuf, dir: &Path, port: u16, log: PathBuf) -> Self {
         let child = Command::new(find("mosquitto").expect("mosquitto"))
             .arg("-c")
@@ -169,26 +130,6 @@ impl Mosquitto {
             port,
             log,
         }
-    }
-
-    /// Adds (or replaces) a login and makes the running broker reload its password file.
-    pub fn add_user(&self, user: &str, password: &str) {
-        let ok = Command::new(find("mosquitto_passwd").expect("mosquitto_passwd"))
-            .arg("-b")
-            .arg(self.dir.join("passwd"))
-            .args([user, password])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("mosquitto_passwd");
-        assert!(ok.success(), "mosquitto_passwd failed");
-        // SIGHUP: Mosquitto re-reads its password file.
-        let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .expect("signal mosquitto to reload");
     }
 
     pub fn log_text(&self) -> String {

@@ -1,6 +1,6 @@
 //! Connect time of a device on the embedded broker while 100 idle TCP connections and 100
 //! half TLS hellos (from 127.0.0.2 and up) are held open (issue 9, point 2): TCP connect, TLS
-//! handshake, CONNECT with the device's key, CONNACK, measured against the real
+//! handshake with the device's client certificate, CONNECT, CONNACK, measured against the real
 //! `octomil-cloud` process, first with no load and then under it.
 //!
 //! ```text
@@ -81,12 +81,14 @@ async fn main() {
     let id = "bench-connect-1";
     let api = format!("{}/api/v1", cloud.info.http_url);
     let challenge = octomil_e2e::fetch_challenge(&http, &api, id).await;
+    let key = octomil_common::proof::generate_signing_key();
     let reg: serde_json::Value = http
         .post(format!("{api}/devices/register"))
-        .json(&octomil_e2e::register_request(
+        .json(&octomil_e2e::register_request_with_key(
             &cloud.bootstrap_token(),
             id,
             &challenge,
+            &key,
         ))
         .send()
         .await
@@ -98,13 +100,16 @@ async fn main() {
         .unwrap();
     let mut c = Connect::new(id);
     c.keep_alive = 60;
-    c.set_login(id, reg["api_key"].as_str().unwrap());
     let mut packet = bytes::BytesMut::new();
     Packet::Connect(c).write(&mut packet, 64 * 1024).unwrap();
     let url = cloud.info.mqtt_url.clone().unwrap();
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let tls = TlsConnector::from(octomil_cloud::tls::client_config_from_ca_pem(&ca_pem).unwrap());
+    let cert = reg["mqtt"]["client_cert"].as_str().unwrap();
+    let tls = TlsConnector::from(
+        octomil_common::tls::client_config_with_cert(&ca_pem, cert.as_bytes(), &key.to_bytes())
+            .unwrap(),
+    );
 
     let mut quiet = Vec::with_capacity(n);
     for _ in 0..n {

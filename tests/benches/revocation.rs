@@ -228,12 +228,8 @@ async fn latency(
         next += ids.len();
         let mut daemons = Vec::with_capacity(ids.len());
         for id in &ids {
-            // One at a time: with Mosquitto the key must be enrolled before the daemon's
-            // second connect attempt, or it asks the cloud for a fresh key (see
-            // `wait_connected`).
             let d = DaemonProcess::start(&tmp.path().join(id), &daemon_options(&cloud, id));
             d.wait_state("active", Duration::from_secs(30)).await;
-            cloud.enrol(id, &d.token().await);
             daemons.push(d);
         }
         for (id, d) in ids.iter().zip(&daemons) {
@@ -284,9 +280,8 @@ pub fn daemon_options(cloud: &Cloud, id: &str) -> DaemonOptions {
     o
 }
 
-/// Waits for `mqtt_connected` in the daemon's status. With Mosquitto, a daemon refused twice
-/// asks the cloud for a fresh key, which the password file does not know yet: enrol that one
-/// (the daemon's reconnect backoff may then take a while).
+/// Waits for `mqtt_connected` in the daemon's status (it logs in with the certificate its
+/// registration answer carried, on either broker).
 pub async fn wait_connected(cloud: &Cloud, id: &str, d: &DaemonProcess) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -294,7 +289,6 @@ pub async fn wait_connected(cloud: &Cloud, id: &str, d: &DaemonProcess) {
         if s["mqtt_connected"] == true {
             return;
         }
-        cloud.enrol(id, &d.token().await);
         assert!(
             Instant::now() < deadline,
             "{id}: no MQTT session: {s}\n{}\nbroker log (tail):\n{}",

@@ -178,12 +178,23 @@ pub async fn fetch_challenge(http: &reqwest::Client, api: &str, id: &str) -> Str
 
 /// A `POST /devices/register` body for `id`: a fresh device key and a proof over `challenge`.
 pub fn register_request(bootstrap_token: &str, id: &str, challenge: &str) -> serde_json::Value {
+    let key = octomil_common::proof::generate_signing_key();
+    register_request_with_key(bootstrap_token, id, challenge, &key)
+}
+
+/// [`register_request`] with the caller's device key (which then logs in to the broker with
+/// the certificate the answer carries, as `mqtt.client_cert`).
+pub fn register_request_with_key(
+    bootstrap_token: &str,
+    id: &str,
+    challenge: &str,
+    key: &ed25519_dalek::SigningKey,
+) -> serde_json::Value {
     use octomil_common::proof;
-    let key = proof::generate_signing_key();
     let pk = proof::encode_public_key(&key.verifying_key());
     let boot = proof::bootstrap_hash(bootstrap_token);
     let sig = proof::sign(
-        &key,
+        key,
         &proof::Statement {
             challenge,
             device_id: id,

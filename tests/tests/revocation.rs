@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use octomil_cloud::{CloudStub, ExternalBroker, MqttMode};
 use octomil_common::envelope::{self, Revocation};
-use octomil_common::{Secret, token};
 use octomil_e2e::mosquitto::{self, Mosquitto};
 use octomil_e2e::proxy::Proxy;
 use octomil_e2e::{DaemonOptions, DaemonProcess, TestCloud};
@@ -147,15 +146,24 @@ async fn a_device_whose_broker_link_was_cut_during_the_revoke_ends_revoked() {
     assert_eq!(d.get("/v1/token").await.0, 403);
 }
 
-/// Publishes raw payloads on a device's revocation topic as the cloud's own broker user.
+/// Publishes raw payloads on a device's revocation topic as the cloud's own broker identity:
+/// a certificate for its CN from the cloud's MQTT CA, under a client id of its own (the
+/// embedded broker admits `octomil-cloud:{suffix}`, so the cloud's session is not kicked).
 async fn publish_raw(c: &TestCloud, device: &str, payloads: Vec<Vec<u8>>) {
     let state = &c.handle.state_dir;
-    let secret = std::fs::read_to_string(state.join("mqtt_cloud_password")).unwrap();
     let url = c.handle.info.mqtt_url.clone().unwrap();
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    let mut o = MqttOptions::new("test-forger", "127.0.0.1", port);
-    o.set_credentials("octomil-cloud", secret.trim());
-    let tls = octomil_common::tls::client_config(c.handle.ca_pem.as_bytes()).unwrap();
+    let mut o = MqttOptions::new("octomil-cloud:test-forger", "127.0.0.1", port);
+    let cert = octomil_cloud::mqtt::ca::MqttCa::load_or_create(state)
+        .unwrap()
+        .issue_cloud("octomil-cloud")
+        .unwrap();
+    let tls = octomil_cloud::tls::client_config_with_cert(
+        c.handle.ca_pem.as_bytes(),
+        cert.chain,
+        cert.key,
+    )
+    .unwrap();
     o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     let (client, mut ev) = AsyncClient::new(o, 64);
     let n = payloads.len();
@@ -319,20 +327,20 @@ async fn the_same_revocation_flows_through_a_real_mosquitto() {
     install();
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("cloud");
-    // The cloud's PKI first: Mosquitto serves the cloud's own server certificate.
+    // The cloud's CAs first: Mosquitto serves the cloud's server certificate and verifies
+    // client certificates (the cloud's and the daemon's) against its MQTT CA.
     octomil_cloud::tls::Pki::load_or_create(&state, &[]).unwrap();
-    let broker = Mosquitto::start(
+    octomil_cloud::mqtt::ca::MqttCa::load_or_create(&state).unwrap();
+    let broker = Mosquitto::start_with_client_certs(
         &tmp.path().join("mosquitto"),
         &state,
         mosquitto::free_port(),
     );
-    let cloud_secret = token::random_base62(32);
-    broker.add_user("octomil-cloud", cloud_secret.expose());
     let handle = CloudStub::builder(&state)
         .mqtt(MqttMode::External(ExternalBroker {
             url: broker.url(),
-            username: Some("octomil-cloud".into()),
-            password: Some(Secret::new(cloud_secret.expose().clone())),
+            username: None,
+            password: None,
             ca_file: None,
         }))
         .spawn()
@@ -341,9 +349,7 @@ async fn the_same_revocation_flows_through_a_real_mosquitto() {
     let c = TestCloud::wrap(handle);
     let d = DaemonProcess::start(&tmp.path().join("d"), &opts(&c, "mosq-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
-    // A static password file cannot follow key rotation: the test enrols the device's current
-    // key, as an auth plugin calling the cloud would (docs/mqtt.md).
-    broker.add_user("mosq-1", &d.token().await);
+    // The daemon logs in with the certificate its registration answer carried.
     wait_mqtt(&d).await;
     let t0 = Instant::now();
     let (code, body) = revoke(&c, "mosq-1").await;

@@ -5,22 +5,17 @@
 //! client presents a certificate from the cloud's MQTT CA ([`super::ca`]); the identity is its
 //! CN: the cloud's configured MQTT identity, or a registered device whose record holds the
 //! certified key ([`check_cert`]). A revoked device still logs in, as [`Identity::Revoked`].
-//!
-//! LEGACY (delete at merge, once the daemon presents certificates): without a certificate,
-//! username = device id and password = a current device key, or the cloud's name and its
-//! password file ([`check`]). The e2e daemon tests still log in that way until then.
+//! There is no password login: the TLS layer refuses a client without a certificate.
 
 use std::net::SocketAddr;
 use std::sync::Weak;
 
-use octomil_common::token::{self, TokenKind};
-use octomil_common::{DeviceId, Secret};
+use octomil_common::DeviceId;
 
-use super::CLOUD_USERNAME;
 pub use super::broker::acl::Identity;
 use super::ca::CertIdentity;
 use crate::app::Cloud;
-use crate::store::{DeviceState, Hash, Model};
+use crate::store::{DeviceState, Model};
 
 /// What a CONNECT presents. Credentials never reach a log line or `Debug`.
 pub struct Login<'a> {
@@ -54,14 +49,13 @@ pub trait Authenticator: Send + Sync + 'static {
     fn authenticate(&self, login: &Login<'_>) -> Result<Identity, Refused>;
 }
 
-/// The cloud's authenticator: [`check_cert`] (or the legacy [`check`]) against the live
+/// The cloud's authenticator: [`check_cert`] against the live
 /// store; a device's login counts as presence activity. Holds the cloud weakly, so a stopped
 /// cloud refuses every login.
 pub struct StoreAuthenticator {
     cloud: Weak<Cloud>,
     /// The CN of the cloud's own certificate.
     identity: String,
-    login: CloudLogin,
 }
 
 impl std::fmt::Debug for StoreAuthenticator {
@@ -71,12 +65,8 @@ impl std::fmt::Debug for StoreAuthenticator {
 }
 
 impl StoreAuthenticator {
-    pub fn new(cloud: Weak<Cloud>, identity: String, login: CloudLogin) -> Self {
-        Self {
-            cloud,
-            identity,
-            login,
-        }
+    pub fn new(cloud: Weak<Cloud>, identity: String) -> Self {
+        Self { cloud, identity }
     }
 }
 
@@ -86,20 +76,14 @@ impl Authenticator for StoreAuthenticator {
             return Err(Refused("the cloud is stopping"));
         };
         let now = cloud.clock.now_secs();
-        let verdict = match login.cert {
-            Some(cert) => cloud
-                .store
-                .read(|m| check_cert(m, &self.identity, login.client_id, cert)),
-            // LEGACY (delete at merge): the password login.
-            None => {
-                let (Some(user), Some(pass)) = (login.username, login.password) else {
-                    return Err(Refused("no client certificate"));
-                };
-                cloud
-                    .store
-                    .read(|m| check(m, now, &self.login, login.client_id, user, pass))
-            }
+        // The TLS layer requires a certificate; a connection without one (a broker served
+        // without TLS, in tests) has no identity.
+        let Some(cert) = login.cert else {
+            return Err(Refused("no client certificate"));
         };
+        let verdict = cloud
+            .store
+            .read(|m| check_cert(m, &self.identity, login.client_id, cert));
         match verdict {
             Verdict::Cloud => Ok(Identity::Cloud),
             Verdict::Device(id) => {
@@ -175,79 +159,6 @@ pub enum Verdict {
     Device(DeviceId),
     Revoked(DeviceId),
     Refused(&'static str),
-}
-
-/// LEGACY (delete at merge): the cloud's password login, kept as a hash so the check is a constant-time compare.
-pub struct CloudLogin {
-    hash: Hash,
-}
-
-impl std::fmt::Debug for CloudLogin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CloudLogin(***)")
-    }
-}
-
-impl CloudLogin {
-    pub fn new(secret: &Secret<String>) -> Self {
-        Self {
-            hash: token::hash(secret.expose()),
-        }
-    }
-}
-
-/// LEGACY (delete at merge): checks a password CONNECT: the cloud logs in as [`CLOUD_USERNAME`] with its secret; a device logs
-/// in with client id = username = its device id and password = a device key that belongs to
-/// that device, has not expired, and whose device is not revoked. Reasons never quote input.
-pub fn check(
-    model: &Model,
-    now: u64,
-    cloud: &CloudLogin,
-    client_id: &str,
-    username: &str,
-    password: &str,
-) -> Verdict {
-    if username == CLOUD_USERNAME {
-        return if token::hashes_equal(&token::hash(password), &cloud.hash) {
-            Verdict::Cloud
-        } else {
-            Verdict::Refused("wrong cloud password")
-        };
-    }
-    let Ok(id) = DeviceId::parse(username) else {
-        return Verdict::Refused("username is not a device id");
-    };
-    if client_id != username {
-        return Verdict::Refused("client id differs from the username");
-    }
-    if !matches!(
-        token::parse(password),
-        Ok(TokenKind::Live | TokenKind::Test)
-    ) {
-        return Verdict::Refused("password is not a device key");
-    }
-    if model.org.as_ref().is_none_or(|o| o.deleted) {
-        return Verdict::Refused("organization deleted");
-    }
-    let h = token::hash(password);
-    let Some(device) = model
-        .device_by_key_hash(&h)
-        .filter(|d| d.device_id == id.as_str())
-    else {
-        return Verdict::Refused("unknown key for this device");
-    };
-    if device.state != DeviceState::Active {
-        return Verdict::Refused("device revoked");
-    }
-    match device
-        .keys
-        .iter()
-        .find(|k| token::hashes_equal(&k.hash, &h))
-    {
-        Some(k) if k.expires_at > now => Verdict::Device(id),
-        Some(_) => Verdict::Refused("device key expired"),
-        None => Verdict::Refused("unknown key for this device"),
-    }
 }
 
 #[cfg(test)]

@@ -30,10 +30,9 @@ use crate::tls::{self, Pki, TlsError};
 /// of its client certificate (devices use their id, which the register endpoint refuses to
 /// hand out under this name).
 pub const CLOUD_USERNAME: &str = "octomil-cloud";
-/// LEGACY (delete at merge): the cloud's embedded-broker password, random, 0600 in the state
-/// dir; only the e2e tests' observers still log in with it.
+/// The embedded broker's password file of clouds before certificate logins (removed at start).
 #[cfg(feature = "embedded-broker")]
-const CLOUD_SECRET_FILE: &str = "mqtt_cloud_password";
+const OLD_CLOUD_SECRET_FILE: &str = "mqtt_cloud_password";
 /// How long `POST /devices/{id}/revoke` waits for the broker's PUBACK before answering 202.
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keep-alive of the cloud's session: how soon it notices a dead broker.
@@ -272,8 +271,15 @@ pub(crate) fn prepare(
         MqttMode::Disabled => Ok(None),
         #[cfg(feature = "embedded-broker")]
         MqttMode::Embedded { listen } => {
-            let secret = cloud_secret(dir)?;
-            let plan = broker::Plan::new(*listen, pki, mqtt_ca, &identity, &secret, limits)?;
+            // Clouds before certificate logins kept a broker password here; nothing reads
+            // it any more, so no stale secret is left lying in the state dir.
+            match std::fs::remove_file(dir.join(OLD_CLOUD_SECRET_FILE)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(error = %e, "cannot remove the old mqtt_cloud_password file");
+                }
+                _ => {}
+            }
+            let plan = broker::Plan::new(*listen, pki, mqtt_ca, &identity, limits)?;
             let local = plan.local_addr();
             let url = BrokerUrl {
                 tls: true,
@@ -336,20 +342,6 @@ fn client_options(
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     }
     options
-}
-
-/// The cloud's password on the embedded broker, created on first start.
-#[cfg(feature = "embedded-broker")]
-fn cloud_secret(dir: &Path) -> Result<Secret<String>, MqttError> {
-    let path = dir.join(CLOUD_SECRET_FILE);
-    match crate::files::read_secret_string(&path) {
-        Ok(s) if !s.expose().is_empty() => Ok(s),
-        _ => {
-            let secret = token::random_base62(32);
-            crate::files::write_private(&path, secret.expose().as_bytes())?;
-            Ok(secret)
-        }
-    }
 }
 
 /// Device id named by a `octomil/v1/devices/{id}/{leaf}` topic.

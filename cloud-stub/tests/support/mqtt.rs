@@ -97,6 +97,45 @@ pub fn cloud_tls(
     octomil_cloud::tls::client_config_with_cert(ca_pem.as_bytes(), cert.chain, cert.key).unwrap()
 }
 
+/// The TLS config a registered device presents: the certificate of its registration answer
+/// (`mqtt.client_cert`) with its key.
+pub fn tls_of(
+    env: &Env,
+    d: &super::Device,
+    reg: &octomil_common::wire::RegisterResponse,
+) -> Arc<rustls::ClientConfig> {
+    let cert = reg.mqtt.as_ref().unwrap().client_cert.as_deref().unwrap();
+    device_tls(&env.handle.ca_pem, cert, &d.key)
+}
+
+/// A device session on the cloud's broker with the TLS config `tls` (see [`tls_of`]).
+pub async fn device_session(
+    env: &Env,
+    client_id: &str,
+    tls: Arc<rustls::ClientConfig>,
+    will: Option<LastWill>,
+    clean: bool,
+) -> Result<TestClient, String> {
+    TestClient::connect_cert(CertLogin {
+        url: env.handle.info.mqtt_url.as_deref().unwrap(),
+        client_id,
+        tls,
+        will,
+        clean,
+    })
+    .await
+}
+
+/// An observer that may read everything: the cloud's identity (a certificate for CN
+/// `octomil-cloud` from the cloud's MQTT CA) under its own client id `octomil-cloud:{name}`,
+/// so the cloud's own session is not taken over.
+pub async fn observer(env: &Env, name: &str) -> TestClient {
+    let tls = cloud_tls(&env.handle.state_dir, &env.handle.ca_pem, "octomil-cloud");
+    device_session(env, &format!("octomil-cloud:{name}"), tls, None, true)
+        .await
+        .unwrap()
+}
+
 impl TestClient {
     /// Connects over TLS with a client certificate and no password; like [`Self::connect`].
     pub async fn connect_cert(login: CertLogin<'_>) -> Result<Self, String> {

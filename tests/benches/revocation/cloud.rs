@@ -1,13 +1,11 @@
 //! The cloud under benchmark: a release `octomil-cloud serve` process with its embedded broker
 //! or pointed at a Mosquitto started here, plus the HTTP calls the benchmark makes to it.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use octomil_cloud::CloudInfo;
 use octomil_common::proof;
 use octomil_common::wire::RegisterResponse;
@@ -46,8 +44,6 @@ pub struct Cloud {
     /// The key that signs revocation envelopes, as devices pin it.
     pub revocation_key: VerifyingKey,
     pub mosquitto: Option<Mosquitto>,
-    /// The key each device has in Mosquitto's password file.
-    enrolled: Mutex<HashMap<String, String>>,
 }
 
 /// What a revoke call answered.
@@ -71,21 +67,17 @@ impl Cloud {
         args.push(state.display().to_string());
         let mut mosq = None;
         if broker == Broker::Mosquitto {
-            // The cloud's PKI first: Mosquitto serves the cloud's own server certificate.
+            // The cloud's CAs first: Mosquitto serves the cloud's server certificate and
+            // verifies every client's certificate (the cloud's, the devices') against its
+            // MQTT CA (docs/mosquitto.conf.example).
             octomil_cloud::tls::Pki::load_or_create(&state, &[]).unwrap();
-            let m = Mosquitto::start(&dir.join("mosquitto"), &state, mosquitto::free_port());
-            let secret = octomil_common::token::random_base62(32);
-            m.add_user("octomil-cloud", secret.expose());
-            let file = dir.join("mqtt_password");
-            std::fs::write(&file, secret.expose()).unwrap();
-            args.extend([
-                "--mqtt-broker".into(),
-                m.url(),
-                "--mqtt-username".into(),
-                "octomil-cloud".into(),
-                "--mqtt-password-file".into(),
-                file.display().to_string(),
-            ]);
+            octomil_cloud::mqtt::ca::MqttCa::load_or_create(&state).unwrap();
+            let m = Mosquitto::start_with_client_certs(
+                &dir.join("mosquitto"),
+                &state,
+                mosquitto::free_port(),
+            );
+            args.extend(["--mqtt-broker".into(), m.url()]);
             mosq = Some(m);
         }
         let log = dir.join("cloud.log");
@@ -129,7 +121,6 @@ impl Cloud {
             http,
             ca_pem,
             mosquitto: mosq,
-            enrolled: Mutex::default(),
         };
         let big = json!({"limit": 1_000_000, "period_secs": 60});
         let r = me
@@ -168,45 +159,6 @@ impl Cloud {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
-    /// Lets a device log in to Mosquitto with `key`, unless it already can (a static password
-    /// file cannot follow key rotation; docs/mqtt.md). The embedded broker checks keys against
-    /// the cloud itself.
-    pub fn enrol(&self, id: &str, key: &str) {
-        let Some(m) = &self.mosquitto else { return };
-        let mut enrolled = self.enrolled.lock().unwrap();
-        if enrolled.get(id).is_some_and(|k| k == key) {
-            return;
-        }
-        m.add_user(id, key);
-        enrolled.insert(id.to_owned(), key.to_owned());
-    }
-
-    /// Enrols many devices with one `mosquitto_passwd -U` (hashing a plain file in place) and
-    /// one reload, instead of a process and a SIGHUP each.
-    pub fn enrol_many(&self, logins: &[(String, String)]) {
-        let (Some(m), Some(((first, first_key), rest))) = (&self.mosquitto, logins.split_first())
-        else {
-            return;
-        };
-        let plain = m.dir.join("bulk");
-        let text: String = rest.iter().map(|(u, p)| format!("{u}:{p}\n")).collect();
-        std::fs::write(&plain, text).unwrap();
-        let ok = Command::new(mosquitto::find("mosquitto_passwd").unwrap())
-            .arg("-U")
-            .arg(&plain)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mosquitto_passwd -U failed");
-        let hashed = std::fs::read_to_string(&plain).unwrap();
-        let passwd = m.dir.join("passwd");
-        let mut all = std::fs::read_to_string(&passwd).unwrap();
-        all.push_str(&hashed);
-        std::fs::write(&passwd, all).unwrap();
-        // `enrol` appends the first one and makes the broker reload the whole file.
-        self.enrolled.lock().unwrap().extend(rest.iter().cloned());
-        self.enrol(first, first_key);
-    }
-
     /// A cheap authenticated call, so the next one reuses a warm TLS connection.
     pub async fn warm(&self, id: &str) {
         let r = self
@@ -231,8 +183,9 @@ impl Cloud {
         assert!(r.status().is_success(), "deleting {id}: {}", r.status());
     }
 
-    /// Registers `id` as a device would (fresh Ed25519 key, proof, bootstrap token).
-    pub async fn register(&self, id: &str) -> RegisterResponse {
+    /// Registers `id` as a device would (fresh Ed25519 key, proof, bootstrap token); the key
+    /// presents the answer's MQTT client certificate.
+    pub async fn register(&self, id: &str) -> (RegisterResponse, SigningKey) {
         register(&self.http, &self.api, &self.bootstrap, id).await
     }
 }
@@ -262,9 +215,10 @@ pub async fn register(
     api: &str,
     bootstrap: &str,
     id: &str,
-) -> RegisterResponse {
+) -> (RegisterResponse, SigningKey) {
     let challenge = octomil_e2e::fetch_challenge(http, api, id).await;
-    let body = octomil_e2e::register_request(bootstrap, id, &challenge);
+    let key = octomil_common::proof::generate_signing_key();
+    let body = octomil_e2e::register_request_with_key(bootstrap, id, &challenge, &key);
     let r = http
         .post(format!("{api}/devices/register"))
         .json(&body)
@@ -272,7 +226,7 @@ pub async fn register(
         .await
         .unwrap();
     assert!(r.status().is_success(), "registering {id}: {}", r.status());
-    r.json().await.unwrap()
+    (r.json().await.unwrap(), key)
 }
 
 /// `POST /devices/{id}/revoke`, read to the end.

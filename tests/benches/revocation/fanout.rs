@@ -64,7 +64,8 @@ impl Fanout {
 struct Sim {
     idx: usize,
     id: String,
-    key: String,
+    /// Trusts the cloud's CA and presents the answer's certificate with the device key.
+    tls: Arc<rustls::ClientConfig>,
     url: String,
 }
 
@@ -87,13 +88,9 @@ pub async fn run(broker: Broker, fleet: usize, revoke_conc: usize, connect_conc:
         "  registered {sims} devices over HTTP in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let logins: Vec<(String, String)> =
-        regs.iter().map(|s| (s.id.clone(), s.key.clone())).collect();
-    cloud.enrol_many(&logins);
 
     let t = Instant::now();
     let (told_tx, mut told_rx) = mpsc::unbounded_channel::<Told>();
-    let tls = octomil_common::tls::client_config(cloud.ca_pem.as_bytes()).unwrap();
     let gate = Arc::new(Semaphore::new(connect_conc));
     let mut sessions = tokio::task::JoinSet::new();
     let mut readies = Vec::with_capacity(sims);
@@ -103,7 +100,6 @@ pub async fn run(broker: Broker, fleet: usize, revoke_conc: usize, connect_conc:
         readies.push(ready_rx);
         sessions.spawn(device(
             sim,
-            tls.clone(),
             cloud.revocation_key,
             permit,
             ready_tx,
@@ -142,7 +138,6 @@ pub async fn run(broker: Broker, fleet: usize, revoke_conc: usize, connect_conc:
         &daemon_options(&cloud, daemon_id),
     );
     d.wait_state("active", Duration::from_secs(30)).await;
-    cloud.enrol(daemon_id, &d.token().await);
     wait_connected(&cloud, daemon_id, &d).await;
     // Let the tail of the connect storm (presence, acks) settle before the clock starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -293,10 +288,11 @@ async fn register_fleet(cloud: &Cloud, n: usize) -> Vec<Sim> {
     let mut workers = Vec::new();
     for _ in 0..REGISTER_CONCURRENCY {
         let next = next.clone();
-        let (http, api, boot) = (
+        let (http, api, boot, ca_pem) = (
             cloud.http.clone(),
             cloud.api.clone(),
             cloud.bootstrap.clone(),
+            cloud.ca_pem.clone(),
         );
         workers.push(tokio::spawn(async move {
             let mut out = Vec::new();
@@ -306,13 +302,22 @@ async fn register_fleet(cloud: &Cloud, n: usize) -> Vec<Sim> {
                     return out;
                 }
                 let id = format!("fan-{idx:04}");
-                let r = cloud::register(&http, &api, &boot, &id).await;
-                let url = r.mqtt.expect("the cloud has a broker").url;
+                let (r, key) = cloud::register(&http, &api, &boot, &id).await;
+                let mqtt = r.mqtt.expect("the cloud has a broker");
+                let cert = mqtt
+                    .client_cert
+                    .expect("the cloud issues MQTT certificates");
+                let tls = octomil_common::tls::client_config_with_cert(
+                    ca_pem.as_bytes(),
+                    cert.as_bytes(),
+                    &key.to_bytes(),
+                )
+                .unwrap();
                 out.push(Sim {
                     idx,
                     id,
-                    key: r.api_key.expose().clone(),
-                    url,
+                    tls,
+                    url: mqtt.url,
                 });
             }
         }));
@@ -325,13 +330,12 @@ async fn register_fleet(cloud: &Cloud, n: usize) -> Vec<Sim> {
     all
 }
 
-/// A simulated device: one MQTT session (TLS with the cloud's CA, id = username = device
-/// id, password = device key, persistent session like the daemon's), subscribed at QoS 1 to
+/// A simulated device: one MQTT session (TLS with the cloud's CA and the device's client
+/// certificate, client id = device id, persistent session like the daemon's), subscribed at QoS 1 to
 /// its own revocation topic. Reports SUBACK on `ready` (and frees its connect slot), then
 /// every envelope it receives, verified, on `told`. Runs until aborted.
 async fn device(
     sim: Sim,
-    tls: Arc<rustls::ClientConfig>,
     key: VerifyingKey,
     permit: OwnedSemaphorePermit,
     ready: oneshot::Sender<Result<(), String>>,
@@ -339,10 +343,11 @@ async fn device(
 ) {
     let (_, host, port) = octomild::mqtt::parse_url(&sim.url).unwrap();
     let mut o = MqttOptions::new(sim.id.clone(), host, port);
-    o.set_credentials(sim.id.clone(), sim.key)
-        .set_keep_alive(Duration::from_secs(60))
+    o.set_keep_alive(Duration::from_secs(60))
         .set_clean_session(false)
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            sim.tls,
+        )));
     let (client, mut eventloop) = AsyncClient::new(o, 10);
     let mut net = NetworkOptions::new();
     net.set_tcp_nodelay(true);

@@ -16,7 +16,7 @@ use octomil_common::DeviceId;
 /// Who a connection authenticated as (see `auth::Authenticator`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Identity {
-    /// The cloud's own session (and tools holding the cloud's broker secret).
+    /// The cloud's own session (and tools presenting a certificate for the cloud's CN).
     Cloud,
     Device(DeviceId),
     /// A revoked device with a certificate that has not expired yet: it may still read its

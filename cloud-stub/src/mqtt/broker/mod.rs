@@ -303,7 +303,6 @@ pub struct Plan {
     tls: Arc<rustls::ServerConfig>,
     /// The CN of the cloud's own certificate.
     identity: String,
-    login: super::auth::CloudLogin,
     limits: Limits,
 }
 
@@ -319,13 +318,13 @@ impl std::fmt::Debug for Plan {
 impl Plan {
     /// Binds `listen` now (port 0: the port is known before anyone is told it). Must run
     /// inside the tokio runtime. Clients are verified against `mqtt_ca`; `identity` is the
-    /// CN of the cloud's own certificate; `secret` is the legacy password login's.
+    /// CN of the cloud's own certificate. A client without a certificate from `mqtt_ca` is
+    /// refused at the handshake.
     pub fn new(
         listen: SocketAddr,
         pki: &crate::tls::Pki,
         mqtt_ca: &super::ca::MqttCa,
         identity: &str,
-        secret: &octomil_common::Secret<String>,
         limits: Limits,
     ) -> Result<Self, MqttError> {
         let mut roots = rustls::RootCertStore::empty();
@@ -358,7 +357,6 @@ impl Plan {
             addr,
             tls,
             identity: identity.to_owned(),
-            login: super::auth::CloudLogin::new(secret),
             limits,
         })
     }
@@ -390,7 +388,7 @@ impl Plan {
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) -> Result<Broker, MqttError> {
-        let auth = super::auth::StoreAuthenticator::new(cloud, self.identity, self.login);
+        let auth = super::auth::StoreAuthenticator::new(cloud, self.identity);
         serve(
             self.listener,
             Some(self.tls),
