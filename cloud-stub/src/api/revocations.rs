@@ -27,8 +27,6 @@ use crate::store::{Change, DeviceState, REVOCATION_SEQ};
 
 /// Most device ids one call may name.
 pub const MAX_IDS: usize = 10_000;
-/// Envelopes pushed to the broker at once.
-const PUBLISH_CONCURRENCY: usize = 32;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -213,22 +211,8 @@ pub async fn revoke(
         "bulk revocation"
     );
     let mut answer = answer;
-    // Push the envelopes, a bounded number at a time; the outbox covers any that fail.
-    let mut pending = sealed.into_iter();
-    let mut running = tokio::task::JoinSet::new();
-    loop {
-        while running.len() < PUBLISH_CONCURRENCY {
-            let Some((id, env)) = pending.next() else {
-                break;
-            };
-            let publisher = state.publisher.clone();
-            running.spawn(async move { publisher.publish(&id, env).await.is_ok() });
-        }
-        match running.join_next().await {
-            Some(Ok(true)) => answer.published += 1,
-            Some(_) => {}
-            None => break,
-        }
-    }
+    // The commit (with the outbox entries) is the guarantee: the transport pipelines the
+    // envelopes and answers once the broker acknowledged them, at once if it is away.
+    answer.published = state.publisher.publish_committed(sealed).await;
     Ok(Json(answer))
 }
