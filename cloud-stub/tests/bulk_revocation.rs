@@ -304,3 +304,42 @@ async fn the_cli_revokes_several_devices_in_one_call_and_shows_what_was_pushed()
     });
     env.handle.shutdown().await;
 }
+
+/// The id cap and the body cap agree: 10,000 ids of the longest length (128 characters) fit
+/// the route's body limit (the default 64 KiB fitted about 3,000, answered `body_too_large`);
+/// 10,001 ids are refused by the id cap, and a body past the route's limit is still
+/// `body_too_large`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_longest_ids_fit_the_body_limit_and_the_id_cap_still_holds() {
+    let env = support::start().await;
+    let ids = |n: usize| -> Vec<String> { (0..n).map(|i| format!("{i:0>128}")).collect() };
+    let a = env
+        .owner(
+            Method::POST,
+            "/revocations",
+            Some(json!({"device_ids": ids(10_000), "reason": "leaked"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.code());
+    assert_eq!(a.body["not_found"].as_array().unwrap().len(), 10_000);
+
+    let over = env
+        .owner(
+            Method::POST,
+            "/revocations",
+            Some(json!({"device_ids": ids(10_001)})),
+        )
+        .await;
+    assert_eq!(over.status, StatusCode::BAD_REQUEST);
+    assert_eq!(over.code(), "invalid_argument");
+
+    let mut huge = b"{\"device_ids\": [], \"reason\": \"".to_vec();
+    huge.resize(2 * 1024 * 1024, b'x');
+    huge.extend_from_slice(b"\"}");
+    let big = env
+        .call_raw(Method::POST, "/revocations", Some(&env.owner_key), huge)
+        .await;
+    assert_eq!(big.status, StatusCode::BAD_REQUEST);
+    assert_eq!(big.code(), "body_too_large");
+    env.handle.shutdown().await;
+}

@@ -27,6 +27,11 @@ use crate::store::{Change, DeviceState, REVOCATION_SEQ};
 
 /// Most device ids one call may name.
 pub const MAX_IDS: usize = 10_000;
+/// The body limit of this route: room for [`MAX_IDS`] ids of the longest length, quoted and
+/// comma-separated, plus 64 KiB for the rest, so the id cap and the body cap agree (the
+/// default 64 KiB fits about 3,000 ids).
+pub const MAX_BODY_BYTES: usize =
+    MAX_IDS * (octomil_common::ids::MAX_DEVICE_ID_LEN + 4) + octomil_common::wire::MAX_BODY_BYTES;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,7 +64,7 @@ pub struct BulkRevoked {
 pub async fn revoke(
     State(state): State<AppState>,
     auth: Auth,
-    Body(req): Body<BulkRevoke>,
+    Body(req): Body<BulkRevoke, MAX_BODY_BYTES>,
 ) -> ApiResult<Json<BulkRevoked>> {
     // A destructive call: a session needs a second factor from the last 10 minutes.
     crate::session::require_recent_second_factor(&state, &auth)?;
