@@ -230,3 +230,34 @@ fn parse_cidr(s: &str) -> Result<octomil_cloud::proxy::Cidr, String> {
     s.parse()
         .map_err(|e: octomil_cloud::proxy::ProxyError| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut argv = vec!["octomil-cloud", "serve", "--state-dir", "/tmp/x"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv)
+    }
+
+    #[test]
+    fn the_embedded_broker_cap_is_a_flag_for_the_embedded_broker_only() {
+        let Command::Serve(a) = parse(&[]).unwrap().command;
+        assert_eq!(a.mqtt.mqtt_max_connections, 10_000);
+        let Command::Serve(a) = parse(&["--mqtt-max-connections", "20000"]).unwrap().command;
+        assert_eq!(a.mqtt.mqtt_max_connections, 20_000);
+        assert!(parse(&["--mqtt-max-connections", "0"]).is_err());
+        assert!(
+            parse(&[
+                "--mqtt-max-connections",
+                "5",
+                "--mqtt-broker",
+                "mqtts://b:8883"
+            ])
+            .is_err()
+        );
+    }
+}

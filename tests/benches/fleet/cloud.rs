@@ -71,9 +71,9 @@ impl Cloud {
                     "octomil-cloud".into(),
                     "--mqtt-password-file".into(),
                     file.display().to_string(),
-                    // A bulk revoke made while the broker is away waits this long for each
-                    // envelope, 32 at a time (10,000 x 5 s / 32 = 26 min with the default);
-                    // the outbox delivers them when the broker is back.
+                    // Before the pipelined fan-out a bulk revoke made while the broker is
+                    // away waited this long for each envelope, 32 at a time; it now answers
+                    // at once and the outbox delivers them when the broker is back.
                     "--mqtt-ack-timeout-ms".into(),
                     "100".into(),
                 ]);
