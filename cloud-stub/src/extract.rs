@@ -16,16 +16,17 @@ use crate::error::{ApiError, ApiResult};
 use crate::scope::{Role, ScopeSet};
 use crate::store::{Change, Environment};
 
-/// A JSON request body of at most 64 KiB. Failures map to 400 with `body_too_large`,
-/// `malformed_json`, `invalid_device_id` or `invalid_body`.
+/// A JSON request body of at most `MAX` bytes (64 KiB unless a route needs more, as bulk
+/// revocation does). Failures map to 400 with `body_too_large`, `malformed_json`,
+/// `invalid_device_id` or `invalid_body`.
 #[derive(Debug)]
-pub struct Body<T>(pub T);
+pub struct Body<T, const MAX: usize = MAX_BODY_BYTES>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+impl<S: Send + Sync, T: DeserializeOwned, const MAX: usize> FromRequest<S> for Body<T, MAX> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        parse_json(&read_body(req).await?).map(Body)
+        parse_json(&read_body_max(req, MAX).await?).map(Body)
     }
 }
 
@@ -47,12 +48,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for MaybeBody<T> {
 
 /// The whole body, or 400 `body_too_large` past 64 KiB (read no further).
 async fn read_body(req: Request) -> ApiResult<axum::body::Bytes> {
-    axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+    read_body_max(req, MAX_BODY_BYTES).await
+}
+
+async fn read_body_max(req: Request, max: usize) -> ApiResult<axum::body::Bytes> {
+    axum::body::to_bytes(req.into_body(), max)
         .await
         .map_err(|_| {
             ApiError::bad_request(
                 codes::BODY_TOO_LARGE,
-                format!("request body is over {MAX_BODY_BYTES} bytes"),
+                format!("request body is over {max} bytes"),
             )
         })
 }

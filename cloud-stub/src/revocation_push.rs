@@ -35,6 +35,22 @@ pub trait RevocationPublisher: Send + Sync + std::fmt::Debug + 'static {
         device: &'a DeviceId,
         payload: Vec<u8>,
     ) -> BoxFuture<'a, Result<Duration, PublishError>>;
+
+    /// Delivers many payloads whose outbox entries are already committed (a durable
+    /// transport) and answers how many the transport acknowledged before it stopped
+    /// waiting. A durable transport pipelines them and does not wait for ones it cannot
+    /// deliver now (the outbox will); the default publishes them one after another.
+    fn publish_committed<'a>(&'a self, items: Vec<(DeviceId, Vec<u8>)>) -> BoxFuture<'a, usize> {
+        Box::pin(async move {
+            let mut acked = 0;
+            for (device, payload) in items {
+                if self.publish(&device, payload).await.is_ok() {
+                    acked += 1;
+                }
+            }
+            acked
+        })
+    }
 }
 
 /// The publisher of a cloud with no broker: the revocation is recorded and every credential

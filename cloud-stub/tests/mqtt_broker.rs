@@ -203,7 +203,8 @@ async fn fifty_connects_reset_before_the_connack_leave_the_cloud_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_over_the_connection_cap_are_refused_and_the_sessions_carry_on() {
-    // The cloud's session and two devices take three places; ten clients fight for the rest.
+    // Two devices take two of five places (the cloud's session has its own); ten clients
+    // fight for the rest.
     let limits = Limits {
         max_connections: 5,
         ..Limits::default()
@@ -268,6 +269,53 @@ async fn clients_over_the_connection_cap_are_refused_and_the_sessions_carry_on()
     b_dev
         .next_publish(&format!("octomil/v1/devices/{}/revocation", b.id))
         .await;
+    env.handle.shutdown().await;
+}
+
+/// `max_connections` counts devices only: with a cap of 2 and the cloud's session up, two
+/// devices get in, a third is refused, and gets in once a place frees up; the cloud's
+/// session never took a device's place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_counts_devices_not_the_clouds_own_session() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let env = start_with(tempfile::tempdir().unwrap(), |b| {
+        b.mqtt(embedded()).mqtt_broker_limits(limits)
+    })
+    .await;
+    env.relax_limits().await;
+    let url = env.handle.info.mqtt_url.clone().unwrap();
+    let ca = env.handle.ca_pem.clone();
+    eventually("the cloud's session to be up", || async {
+        env.handle.mqtt_connected().then_some(())
+    })
+    .await;
+    let mut regs = Vec::new();
+    for id in ["edge-capd-1", "edge-capd-2", "edge-capd-3"] {
+        let d = Device::new(id);
+        let reg = d.register(&env).await;
+        regs.push((d, reg));
+    }
+    let first = device_login(&url, &ca, &regs[0].0, &regs[0].1)
+        .await
+        .unwrap();
+    let _second = device_login(&url, &ca, &regs[1].0, &regs[1].1)
+        .await
+        .unwrap();
+    let third = device_login(&url, &ca, &regs[2].0, &regs[2].1).await;
+    assert!(third.is_err(), "a third device got past a cap of 2");
+    assert!(
+        env.handle.mqtt_connected(),
+        "the cloud's session keeps its place"
+    );
+
+    drop(first);
+    eventually("a freed place to admit the third device", || async {
+        device_login(&url, &ca, &regs[2].0, &regs[2].1).await.ok()
+    })
+    .await;
     env.handle.shutdown().await;
 }
 

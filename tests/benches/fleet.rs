@@ -109,9 +109,6 @@ fn sim_run(bins: &Path, broker: Broker, devices: usize, scenarios: &str) -> Run 
     if revoke_while_down {
         cmd.arg("--revoke-while-down");
     }
-    if let Some(enrol) = cloud.enrol_command() {
-        cmd.args(["--enrol-command", &enrol]);
-    }
     let mut child = cmd.spawn().unwrap();
     let out = BufReader::new(child.stdout.take().unwrap());
     let (mut cloud_rss, mut mosquitto_rss, mut restart) = (None, None, None);

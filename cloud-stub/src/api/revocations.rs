@@ -27,8 +27,11 @@ use crate::store::{Change, DeviceState, REVOCATION_SEQ};
 
 /// Most device ids one call may name.
 pub const MAX_IDS: usize = 10_000;
-/// Envelopes pushed to the broker at once.
-const PUBLISH_CONCURRENCY: usize = 32;
+/// The body limit of this route: room for [`MAX_IDS`] ids of the longest length, quoted and
+/// comma-separated, plus 64 KiB for the rest, so the id cap and the body cap agree (the
+/// default 64 KiB fits about 3,000 ids).
+pub const MAX_BODY_BYTES: usize =
+    MAX_IDS * (octomil_common::ids::MAX_DEVICE_ID_LEN + 4) + octomil_common::wire::MAX_BODY_BYTES;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,7 +64,7 @@ pub struct BulkRevoked {
 pub async fn revoke(
     State(state): State<AppState>,
     auth: Auth,
-    Body(req): Body<BulkRevoke>,
+    Body(req): Body<BulkRevoke, MAX_BODY_BYTES>,
 ) -> ApiResult<Json<BulkRevoked>> {
     // A destructive call: a session needs a second factor from the last 10 minutes.
     crate::session::require_recent_second_factor(&state, &auth)?;
@@ -213,22 +216,8 @@ pub async fn revoke(
         "bulk revocation"
     );
     let mut answer = answer;
-    // Push the envelopes, a bounded number at a time; the outbox covers any that fail.
-    let mut pending = sealed.into_iter();
-    let mut running = tokio::task::JoinSet::new();
-    loop {
-        while running.len() < PUBLISH_CONCURRENCY {
-            let Some((id, env)) = pending.next() else {
-                break;
-            };
-            let publisher = state.publisher.clone();
-            running.spawn(async move { publisher.publish(&id, env).await.is_ok() });
-        }
-        match running.join_next().await {
-            Some(Ok(true)) => answer.published += 1,
-            Some(_) => {}
-            None => break,
-        }
-    }
+    // The commit (with the outbox entries) is the guarantee: the transport pipelines the
+    // envelopes and answers once the broker acknowledged them, at once if it is away.
+    answer.published = state.publisher.publish_committed(sealed).await;
     Ok(Json(answer))
 }

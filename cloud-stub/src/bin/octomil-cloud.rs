@@ -87,6 +87,10 @@ struct MqttArgs {
     /// How long a revoke waits for the broker's acknowledgement before answering 202.
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     mqtt_ack_timeout_ms: u64,
+    /// Device connections the embedded broker holds at once (the cloud's own session has a
+    /// place of its own beyond them); one more is refused.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), conflicts_with_all = ["mqtt_broker", "no_mqtt"])]
+    mqtt_max_connections: u32,
     /// Run without any broker: revocations take effect at each device's next refresh.
     #[arg(long)]
     no_mqtt: bool,
@@ -155,6 +159,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut builder = CloudStub::builder(&args.state_dir)
         .mqtt(args.mqtt.mode()?)
         .mqtt_ack_timeout(Duration::from_millis(args.mqtt.mqtt_ack_timeout_ms));
+    #[cfg(feature = "embedded-broker")]
+    {
+        builder = builder.mqtt_broker_limits(octomil_cloud::mqtt::broker::Limits {
+            max_connections: args.mqtt.mqtt_max_connections as usize,
+            ..Default::default()
+        });
+    }
     if let Some(url) = &args.mqtt.mqtt_device_url {
         builder = builder.mqtt_device_url(url.clone());
     }
@@ -218,4 +229,35 @@ fn init_tracing(format: LogFormat) {
 fn parse_cidr(s: &str) -> Result<octomil_cloud::proxy::Cidr, String> {
     s.parse()
         .map_err(|e: octomil_cloud::proxy::ProxyError| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut argv = vec!["octomil-cloud", "serve", "--state-dir", "/tmp/x"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv)
+    }
+
+    #[test]
+    fn the_embedded_broker_cap_is_a_flag_for_the_embedded_broker_only() {
+        let Command::Serve(a) = parse(&[]).unwrap().command;
+        assert_eq!(a.mqtt.mqtt_max_connections, 10_000);
+        let Command::Serve(a) = parse(&["--mqtt-max-connections", "20000"]).unwrap().command;
+        assert_eq!(a.mqtt.mqtt_max_connections, 20_000);
+        assert!(parse(&["--mqtt-max-connections", "0"]).is_err());
+        assert!(
+            parse(&[
+                "--mqtt-max-connections",
+                "5",
+                "--mqtt-broker",
+                "mqtts://b:8883"
+            ])
+            .is_err()
+        );
+    }
 }

@@ -31,7 +31,11 @@ impl BrokerClient {
     ) -> watch::Receiver<bool> {
         let (up_tx, up_rx) = watch::channel(false);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        tasks.spawn(outbox::write_acks(cloud.clone(), ack_rx));
+        tasks.spawn(outbox::write_acks(
+            self.shared.clone(),
+            cloud.clone(),
+            ack_rx,
+        ));
         tasks.spawn(outbox::retry(
             self.shared.clone(),
             cloud.clone(),

@@ -50,7 +50,11 @@ fn message(o: &OutboxRecord) -> Option<Message> {
 
 /// Deletes the outbox entries the broker acknowledged, batching whatever arrived together
 /// into one commit. Ends when the session task (the sender) ends.
-pub(super) async fn write_acks(cloud: AppState, mut acks: mpsc::UnboundedReceiver<Message>) {
+pub(super) async fn write_acks(
+    shared: Arc<Shared>,
+    cloud: AppState,
+    mut acks: mpsc::UnboundedReceiver<Message>,
+) {
     while let Some(first) = acks.recv().await {
         let mut batch = vec![first];
         while let Ok(m) = acks.try_recv() {
@@ -72,12 +76,17 @@ pub(super) async fn write_acks(cloud: AppState, mut acks: mpsc::UnboundedReceive
             // The entry stays; the retry loop sends it again and the next PUBACK deletes it.
             tracing::warn!(error = %e, "could not delete acknowledged outbox entries");
         }
+        // Places in the window came free: let the pump refill it.
+        shared.kick.notify_one();
     }
 }
 
-/// Sends what the outbox owes whenever the session comes up, then with capped backoff while
-/// entries remain (a publish can be lost with its connection before the correlator learns of
-/// it, and entries from before a restart have no one else to send them).
+/// The outbox pump: sends what the outbox owes, a window of [`RETRY_WINDOW`] publishes in
+/// flight, whenever the session comes up and whenever it is kicked (new entries committed,
+/// acknowledged ones deleted), so a large backlog streams out pipelined. While entries remain
+/// without progress it retries with capped backoff (a publish can be lost with its connection
+/// before the correlator learns of it, and entries from before a restart have no one else to
+/// send them).
 pub(super) async fn retry(
     shared: Arc<Shared>,
     cloud: AppState,
@@ -93,8 +102,8 @@ pub(super) async fn retry(
                 r = up.changed() => if r.is_err() { return },
             }
         }
-        let remaining = send_owed(&shared, &cloud);
-        if remaining == 0 {
+        let (remaining, sent) = send_owed(&shared, &cloud);
+        if remaining == 0 || sent > 0 {
             attempt = 0;
         }
         let delay = if remaining == 0 {
@@ -104,22 +113,24 @@ pub(super) async fn retry(
             attempt = attempt.saturating_add(1);
             d
         };
-        // Sleep, but start over at once if the session drops (and so comes back).
+        // Sleep until kicked, but start over at once if the session drops (and so comes back).
         tokio::select! {
             _ = stop.cancelled() => return,
+            _ = shared.kick.notified() => {}
             _ = tokio::time::sleep(delay) => {}
             r = up.wait_for(|u| !*u) => if r.is_err() { return },
         }
     }
 }
 
-/// Queues every owed message not already on its way; returns how many are owed.
-fn send_owed(shared: &Shared, cloud: &AppState) -> usize {
+/// Queues owed messages not already on its way, up to the window; returns how many are
+/// owed and how many it queued.
+fn send_owed(shared: &Shared, cloud: &AppState) -> (usize, usize) {
     let owed: Vec<Message> = cloud
         .store
         .read(|m| m.outbox.values().filter_map(message).collect());
     if owed.is_empty() {
-        return 0;
+        return (0, 0);
     }
     let mut st = shared.lock();
     let mut sent = 0usize;
@@ -136,11 +147,7 @@ fn send_owed(shared: &Shared, cloud: &AppState) -> usize {
         }
     }
     if sent > 0 {
-        tracing::info!(
-            sent,
-            owed = owed.len(),
-            "retrying unacknowledged revocations"
-        );
+        tracing::debug!(sent, owed = owed.len(), "sending owed revocations");
     }
-    owed.len()
+    (owed.len(), sent)
 }

@@ -40,6 +40,9 @@ pub(super) struct Shared {
     client: AsyncClient,
     state: Mutex<State>,
     ack_timeout: Duration,
+    /// Wakes the outbox pump (`outbox::retry`): new entries were committed, or acknowledged
+    /// ones deleted, so the window can be refilled at once.
+    pub kick: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -78,11 +81,16 @@ impl Shared {
     }
 
     fn forget_waiter(&self, m: &Message, id: u64) {
-        let mut st = self.lock();
-        if let Some(ws) = st.waiters.get_mut(m) {
+        self.lock().forget_waiter(m, id);
+    }
+}
+
+impl State {
+    fn forget_waiter(&mut self, m: &Message, id: u64) {
+        if let Some(ws) = self.waiters.get_mut(m) {
             ws.retain(|w| w.id != id);
             if ws.is_empty() {
-                st.waiters.remove(m);
+                self.waiters.remove(m);
             }
         }
     }
@@ -119,6 +127,7 @@ impl MqttPublisher {
             client,
             state: Mutex::new(State::default()),
             ack_timeout,
+            kick: tokio::sync::Notify::new(),
         });
         // The first request in the queue: the subscription (and first marker).
         shared.enqueue_marker(&mut shared.lock());
@@ -164,6 +173,56 @@ impl MqttPublisher {
         }
     }
 
+    /// Announces envelopes already committed to the outbox: the outbox pump sends them
+    /// pipelined (a window of publishes in flight, not one at a time), and this waits only
+    /// while the session is up, at most one ack timeout for the whole batch. Returns how many
+    /// the broker acknowledged by then; the outbox delivers the rest.
+    pub async fn publish_committed(&self, items: Vec<(DeviceId, Vec<u8>)>) -> usize {
+        let mut rxs = Vec::with_capacity(items.len());
+        let connected = {
+            let mut st = self.shared.lock();
+            for (device, payload) in items {
+                let m = Message {
+                    topic: device.revocation_topic(),
+                    payload,
+                };
+                let (tx, rx) = oneshot::channel();
+                let id = st.next_id;
+                st.next_id += 1;
+                st.waiters
+                    .entry(m.clone())
+                    .or_default()
+                    .push(Waiter { id, tx });
+                rxs.push((m, id, rx));
+            }
+            st.corr.is_connected()
+        };
+        // Waiters first, then the pump: a fast PUBACK cannot slip past.
+        self.shared.kick.notify_one();
+        let deadline = if connected {
+            tokio::time::Instant::now() + self.shared.ack_timeout
+        } else {
+            // The broker is away: the commit is the guarantee, answer now.
+            tokio::time::Instant::now()
+        };
+        let mut acked = 0;
+        let mut late = Vec::new();
+        for (m, id, rx) in rxs {
+            // Past the deadline this still sees a PUBACK that already arrived.
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(())) => acked += 1,
+                _ => late.push((m, id)),
+            }
+        }
+        if !late.is_empty() {
+            let mut st = self.shared.lock();
+            for (m, id) in late {
+                st.forget_waiter(&m, id);
+            }
+        }
+        acked
+    }
+
     /// Whether the cloud's session is connected to the broker right now.
     pub fn is_connected(&self) -> bool {
         self.shared.lock().corr.is_connected()
@@ -181,5 +240,9 @@ impl RevocationPublisher for MqttPublisher {
         payload: Vec<u8>,
     ) -> BoxFuture<'a, Result<Duration, PublishError>> {
         Box::pin(self.publish_retained(device.revocation_topic(), payload))
+    }
+
+    fn publish_committed<'a>(&'a self, items: Vec<(DeviceId, Vec<u8>)>) -> BoxFuture<'a, usize> {
+        Box::pin(MqttPublisher::publish_committed(self, items))
     }
 }

@@ -57,23 +57,23 @@ impl Cloud {
                 ]);
             }
             Broker::Mosquitto => {
+                // The cloud's CAs first: Mosquitto serves the cloud's server certificate and
+                // verifies every client certificate (the cloud's, the devices') against the
+                // MQTT CA (docs/mosquitto.conf.example).
                 octomil_cloud::tls::Pki::load_or_create(&state, &[]).unwrap();
+                octomil_cloud::mqtt::ca::MqttCa::load_or_create(&state).unwrap();
                 mosquitto_port = mosquitto::free_port();
-                let m = Mosquitto::start(&dir.join("mosquitto"), &state, mosquitto_port);
-                let secret = octomil_common::token::random_base62(32);
-                m.add_user("octomil-cloud", secret.expose());
-                let file = dir.join("mqtt_password");
-                std::fs::write(&file, secret.expose()).unwrap();
+                let m = Mosquitto::start_with_client_certs(
+                    &dir.join("mosquitto"),
+                    &state,
+                    mosquitto_port,
+                );
                 args.extend([
                     "--mqtt-broker".into(),
                     m.url(),
-                    "--mqtt-username".into(),
-                    "octomil-cloud".into(),
-                    "--mqtt-password-file".into(),
-                    file.display().to_string(),
-                    // A bulk revoke made while the broker is away waits this long for each
-                    // envelope, 32 at a time (10,000 x 5 s / 32 = 26 min with the default);
-                    // the outbox delivers them when the broker is back.
+                    // Before the pipelined fan-out a bulk revoke made while the broker is
+                    // away waited this long for each envelope, 32 at a time; it now answers
+                    // at once and the outbox delivers them when the broker is back.
                     "--mqtt-ack-timeout-ms".into(),
                     "100".into(),
                 ]);
@@ -155,28 +155,14 @@ impl Cloud {
         self.mosquitto = None;
     }
 
-    /// Starts Mosquitto again on the same port with the same password file.
+    /// Starts Mosquitto again on the same port with the same configuration.
     pub fn start_mosquitto(&mut self) {
-        let m = Mosquitto::start(
+        let m = Mosquitto::start_with_client_certs(
             &self.dir.join("mosquitto"),
             &self.state,
             self.mosquitto_port,
         );
         self.mosquitto = Some(m);
-    }
-
-    /// For `octomil-fleet-sim --enrol-command`: hash the fleet's logins into Mosquitto's
-    /// password file and make it reload.
-    pub fn enrol_command(&self) -> Option<String> {
-        let m = self.mosquitto.as_ref()?;
-        let passwd = m.dir.join("passwd");
-        let tool = mosquitto::find("mosquitto_passwd")?;
-        Some(format!(
-            "{} -U \"$1\" && cat \"$1\" >> '{}' && kill -HUP {}",
-            tool.display(),
-            passwd.display(),
-            m.pid()
-        ))
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -141,7 +141,16 @@ async fn serve(stream: TcpStream, peer: SocketAddr, mut slot: Slot) {
             return;
         }
     };
-    slot.authenticated();
+    if !slot.authenticated(&identity) {
+        shared
+            .stats
+            .refused_at_accept
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, "MQTT: over the device connection cap");
+        let ack = ConnAck::new(ConnectReturnCode::ServiceUnavailable, false);
+        let _ = c.write(Packet::ConnAck(ack)).await;
+        return;
+    }
     session(c, connect, identity, peer).await;
 }
 

@@ -38,12 +38,15 @@ use tokio_util::task::TaskTracker;
 
 use super::MqttError;
 use super::auth::Authenticator;
+use acl::Identity;
 use router::Router;
 
 /// What the broker allows; the defaults suit a fleet of up to a few thousand devices.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Connections at once, authenticated or not; one more is closed right after accept.
+    /// Device connections at once, authenticated or not; one more is closed right after
+    /// accept (or refused, `ServiceUnavailable`, at login). The cloud's own session has a
+    /// place of its own beyond it, so it does not take a device's.
     pub max_connections: usize,
     /// Connections from one source address that have not yet authenticated.
     pub max_unauthenticated_per_address: usize,
@@ -224,6 +227,8 @@ async fn accept_loop(listener: Arc<TcpListener>, shared: Arc<Shared>, tasks: Tas
 #[derive(Debug, Default)]
 struct Gate {
     total: AtomicUsize,
+    /// Of `total`, the sessions that logged in as the cloud (not counted against devices).
+    clouds: AtomicUsize,
     unauthenticated: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -254,8 +259,9 @@ fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<Slot> {
     if from_ip >= limits.max_unauthenticated_per_address {
         return None;
     }
-    // Counted under the same lock, so two accepts cannot both take the last place.
-    if gate.total.load(Ordering::Relaxed) >= limits.max_connections {
+    // Counted under the same lock, so two accepts cannot both take the last place. One place
+    // beyond the cap is the cloud's; a device that takes it is refused at login.
+    if gate.total.load(Ordering::Relaxed) >= limits.max_connections.saturating_add(1) {
         return None;
     }
     gate.total.fetch_add(1, Ordering::Relaxed);
@@ -264,6 +270,7 @@ fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<Slot> {
         shared: shared.clone(),
         ip,
         authenticated: false,
+        cloud: false,
     })
 }
 
@@ -272,15 +279,32 @@ struct Slot {
     shared: Arc<Shared>,
     ip: IpAddr,
     authenticated: bool,
+    /// Logged in as the cloud: its place is not a device's.
+    cloud: bool,
 }
 
 impl Slot {
-    /// The connection authenticated: it no longer counts against its address.
-    fn authenticated(&mut self) {
+    /// The connection authenticated as `who`: it no longer counts against its address.
+    /// False when it is a device over the device cap (it took the cloud's place).
+    fn authenticated(&mut self, who: &Identity) -> bool {
         if !self.authenticated {
             self.authenticated = true;
             self.shared.gate.release_address(self.ip);
         }
+        let gate = &self.shared.gate;
+        if matches!(who, Identity::Cloud) {
+            if !self.cloud {
+                self.cloud = true;
+                gate.clouds.fetch_add(1, Ordering::Relaxed);
+            }
+            return true;
+        }
+        let _pre = gate.lock();
+        let devices = gate
+            .total
+            .load(Ordering::Relaxed)
+            .saturating_sub(gate.clouds.load(Ordering::Relaxed));
+        devices <= self.shared.limits.max_connections
     }
 }
 
@@ -288,6 +312,9 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if !self.authenticated {
             self.shared.gate.release_address(self.ip);
+        }
+        if self.cloud {
+            self.shared.gate.clouds.fetch_sub(1, Ordering::Relaxed);
         }
         self.shared.gate.total.fetch_sub(1, Ordering::Relaxed);
     }
