@@ -6,7 +6,7 @@ use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::format::opt_time;
-use super::{DashState, Nav, Refusal, Viewer, as_dashboard, render};
+use super::{DashState, Nav, Refusal, Viewer, render};
 use crate::api::api_keys::CreateApiKey;
 use crate::extract::Body;
 use crate::scope::Scope;
@@ -128,12 +128,7 @@ pub async fn create(State(state): State<DashState>, req: Request) -> Result<Resp
             .filter(|s| !s.is_empty())
             .map(str::to_owned),
     };
-    let answer = as_dashboard(crate::api::api_keys::create(
-        State(state.cloud.clone()),
-        auth,
-        Body(req),
-    ))
-    .await;
+    let answer = crate::api::api_keys::create(State(state.cloud.clone()), auth, Body(req)).await;
     match answer {
         Ok((_, axum::Json(k))) => {
             let created = Created {
@@ -159,11 +154,6 @@ pub async fn revoke(
 ) -> Result<Response, Refusal> {
     let (viewer, _) = super::posted(&state, req).await?;
     let auth = viewer.check(&state, "DELETE", "/api-keys/{id}")?;
-    as_dashboard(crate::api::api_keys::delete(
-        State(state.cloud.clone()),
-        auth,
-        Path(id),
-    ))
-    .await?;
+    crate::api::api_keys::delete(State(state.cloud.clone()), auth, Path(id)).await?;
     Ok(Redirect::to("/dashboard/api-keys").into_response())
 }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::api_keys::Created;
 use super::format::opt_time;
-use super::{DashState, Nav, Refusal, Viewer, as_dashboard, render};
+use super::{DashState, Nav, Refusal, Viewer, render};
 use crate::api::bootstrap_tokens::CreateBootstrapToken;
 use crate::extract::MaybeBody;
 
@@ -117,11 +117,11 @@ pub async fn create(State(state): State<DashState>, req: Request) -> Result<Resp
             .map(str::to_owned),
         ..CreateBootstrapToken::default()
     };
-    let answer = as_dashboard(crate::api::bootstrap_tokens::create(
+    let answer = crate::api::bootstrap_tokens::create(
         State(state.cloud.clone()),
         auth,
         MaybeBody(Some(body)),
-    ))
+    )
     .await;
     match answer {
         Ok((_, axum::Json(t))) => {
@@ -151,11 +151,6 @@ pub async fn revoke(
 ) -> Result<Response, Refusal> {
     let (viewer, _) = super::posted(&state, req).await?;
     let auth = viewer.check(&state, "DELETE", "/bootstrap-tokens/{id}")?;
-    as_dashboard(crate::api::bootstrap_tokens::revoke(
-        State(state.cloud.clone()),
-        auth,
-        Path(id),
-    ))
-    .await?;
+    crate::api::bootstrap_tokens::revoke(State(state.cloud.clone()), auth, Path(id)).await?;
     Ok(Redirect::to("/dashboard/bootstrap-tokens").into_response())
 }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::format::{ago, opt_time, time};
-use super::{DashState, Nav, Refusal, Viewer, as_dashboard, render};
+use super::{DashState, Nav, Refusal, Viewer, render};
 use crate::api::audit::{AuditQuery, AuditView};
 use crate::api::devices::{DeviceQuery, DeviceView, RevokeRequest};
 use crate::extract::MaybeBody;
@@ -329,14 +329,14 @@ pub async fn revoke(
         *r.status_mut() = status;
         return Ok(r);
     }
-    let (_status, _view) = as_dashboard(crate::api::devices::revoke(
+    let (_status, _view) = crate::api::devices::revoke(
         State(state.cloud.clone()),
         auth,
         Path(id.clone()),
         MaybeBody(Some(RevokeRequest {
             reason: Some(reason),
         })),
-    ))
+    )
     .await?;
     // The id passed the API's device-id check: safe in a path.
     Ok(Redirect::to(&format!("/dashboard/devices/{id}")).into_response())

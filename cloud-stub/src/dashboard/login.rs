@@ -8,9 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use octomil_common::Secret;
 
-use super::{
-    CSRF_FIELD, DashState, LOGIN_COOKIE, Refusal, SESSION_COOKIE, as_dashboard, cookie, render,
-};
+use super::{CSRF_FIELD, DashState, LOGIN_COOKIE, Refusal, SESSION_COOKIE, cookie, render};
 use crate::api::login::LoginRequest;
 use crate::extract::{Body, Ctx};
 
@@ -87,12 +85,7 @@ pub async fn submit(State(state): State<DashState>, req: Request) -> Result<Resp
         environment: state.cloud.store.read(|m| m.environment()),
         origin: Some("dashboard"),
     };
-    let answer = as_dashboard(crate::api::login::login(
-        State(state.cloud.clone()),
-        ctx,
-        Body(login),
-    ))
-    .await;
+    let answer = crate::api::login::login(State(state.cloud.clone()), ctx, Body(login)).await;
     match answer {
         Ok(axum::Json(ok)) => {
             let max_age = ok.expires_at.saturating_sub(state.cloud.clock.now_secs());
@@ -123,7 +116,7 @@ pub async fn submit(State(state): State<DashState>, req: Request) -> Result<Resp
 pub async fn logout(State(state): State<DashState>, req: Request) -> Result<Response, Refusal> {
     let (viewer, _) = super::posted(&state, req).await?;
     let auth = viewer.check(&state, "POST", "/auth/logout")?;
-    as_dashboard(crate::api::login::logout(State(state.cloud.clone()), auth)).await?;
+    crate::api::login::logout(State(state.cloud.clone()), auth).await?;
     let mut r = Redirect::to("/dashboard/login").into_response();
     r.headers_mut().append(
         header::SET_COOKIE,

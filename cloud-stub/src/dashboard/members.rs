@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::format::time;
-use super::{DashState, Nav, Refusal, Viewer, as_dashboard, render};
+use super::{DashState, Nav, Refusal, Viewer, render};
 use crate::api::members::UpdateMember;
 use crate::error::ApiError;
 use crate::extract::Body;
@@ -98,22 +98,18 @@ pub async fn change(State(state): State<DashState>, req: Request) -> Result<Resp
             *r.status_mut() = StatusCode::BAD_REQUEST;
             return Ok(r);
         };
-        as_dashboard(crate::api::members::update(
+        crate::api::members::update(
             State(state.cloud.clone()),
             auth,
             axum::extract::Path(email),
             Body(UpdateMember { role }),
-        ))
+        )
         .await
         .map(|_| ())
     } else {
-        as_dashboard(crate::api::members::remove(
-            State(state.cloud.clone()),
-            auth,
-            axum::extract::Path(email),
-        ))
-        .await
-        .map(|_| ())
+        crate::api::members::remove(State(state.cloud.clone()), auth, axum::extract::Path(email))
+            .await
+            .map(|_| ())
     };
     match answer {
         Ok(()) => Ok(Redirect::to("/dashboard/members").into_response()),

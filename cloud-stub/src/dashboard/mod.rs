@@ -451,13 +451,6 @@ pub async fn require_fresh_totp(
     .map(|_| ())
 }
 
-/// Runs an API handler for the dashboard. The audit origin `dashboard` travels in the
-/// handler's [`Ctx`] (`origin`), set by [`viewer`] and the sign-in form: the audit record is
-/// built on the store's writer thread, where no task-local of this request exists.
-pub async fn as_dashboard<F: std::future::Future>(f: F) -> F::Output {
-    f.await
-}
-
 #[derive(Template)]
 #[template(path = "dashboard/error.html")]
 struct ErrorPage<'a> {
