@@ -114,6 +114,7 @@ pub async fn revoke(
     };
     let scope = super::env_scope::scope(&auth, req.environment)?;
     let now_ms = state.clock.now_ms();
+    let started = std::time::Instant::now();
     let durable = state.publisher.durable();
     // Every device of the call is one step of the writer: one durable commit for all of them,
     // their audit records in the same commit, in order.
@@ -161,10 +162,9 @@ pub async fn revoke(
                     .collect()
             }
         };
-        let mut changes = Vec::new();
-        let mut sealed = Vec::new();
         // One cloud-wide sequence for the whole batch (never per device: see devices::revoke).
         let mut seq = m.counter(REVOCATION_SEQ);
+        let mut revoked = Vec::new();
         for id in targets {
             // Another environment's device is not found, exactly as an unknown id.
             let Some(d) = m.devices.get(&id).filter(|d| scope.sees(d.environment)) else {
@@ -185,7 +185,15 @@ pub async fn revoke(
                 .checked_add(1)
                 .ok_or_else(|| ApiError::internal("the revocation sequence is exhausted"))?;
             d.revocation_seq = seq;
-            let env = super::devices::seal(&state.revocation_key, &d, m.epoch_of(&d.device_id))?;
+            let epoch = m.epoch_of(&d.device_id);
+            revoked.push((d, epoch));
+        }
+        // Signing is most of the step's time (10,000 devices: about 0.2 s of the step's 0.43 s on
+        // one core), and the writer waits for it: spread it over the cores.
+        let envelopes = seal_all(&state.revocation_key, &revoked)?;
+        let mut changes = Vec::with_capacity(revoked.len() * 3 + 1);
+        let mut sealed = Vec::with_capacity(revoked.len());
+        for ((d, _), env) in revoked.into_iter().zip(envelopes) {
             let device_id = DeviceId::parse(&d.device_id).map_err(ApiError::internal)?;
             if durable {
                 changes.push(outbox::entry(&device_id, env.clone(), now_ms));
@@ -218,6 +226,95 @@ pub async fn revoke(
     let mut answer = answer;
     // The commit (with the outbox entries) is the guarantee: the transport pipelines the
     // envelopes and answers once the broker acknowledged them, at once if it is away.
+    let committed = started.elapsed();
     answer.published = state.publisher.publish_committed(sealed).await;
+    tracing::debug!(
+        revoked = answer.revoked.len(),
+        published = answer.published,
+        committed_ms = committed.as_millis() as u64,
+        answered_ms = started.elapsed().as_millis() as u64,
+        "bulk revocation: durable, then acknowledged"
+    );
     Ok(Json(answer))
+}
+
+/// The envelopes of `revoked`, in order, signed on up to four threads when there are many.
+fn seal_all(
+    key: &ed25519_dalek::SigningKey,
+    revoked: &[(crate::store::DeviceRecord, u64)],
+) -> ApiResult<Vec<Vec<u8>>> {
+    const PER_THREAD_MIN: usize = 64;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(revoked.len().div_ceil(PER_THREAD_MIN).max(1));
+    if threads == 1 {
+        return revoked
+            .iter()
+            .map(|(d, epoch)| super::devices::seal(key, d, *epoch))
+            .collect();
+    }
+    let chunk = revoked.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = revoked
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|(d, epoch)| super::devices::seal(key, d, *epoch))
+                        .collect::<ApiResult<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(revoked.len());
+        for p in parts {
+            all.extend(
+                p.join()
+                    .map_err(|_| ApiError::internal("signing revocations panicked"))??,
+            );
+        }
+        Ok(all)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DeviceRecord, DeviceState, Environment};
+
+    fn revoked(i: usize) -> (DeviceRecord, u64) {
+        let d = DeviceRecord {
+            device_id: format!("dev-{i:05}"),
+            public_key: [0; 32],
+            state: DeviceState::Revoked,
+            registered_at_ms: 0,
+            last_refresh_at: None,
+            metadata: Default::default(),
+            keys: Vec::new(),
+            refresh: Default::default(),
+            revoked_at: Some(1),
+            revoke_reason: Some("stolen".into()),
+            revocation_seq: i as u64 + 1,
+            bootstrap_token_id: None,
+            environment: Environment::Live,
+        };
+        (d, 7)
+    }
+
+    #[test]
+    fn envelopes_signed_on_several_threads_come_back_in_order_and_verify() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        for n in [0, 1, 63, 64, 65, 1000] {
+            let batch: Vec<_> = (0..n).map(revoked).collect();
+            let envs = seal_all(&key, &batch).unwrap();
+            assert_eq!(envs.len(), n);
+            for ((d, epoch), env) in batch.iter().zip(&envs) {
+                let rev = envelope::open(env, &key.verifying_key()).unwrap();
+                assert_eq!(
+                    (rev.device_id.as_str(), rev.epoch, rev.seq),
+                    (d.device_id.as_str(), *epoch, d.revocation_seq)
+                );
+            }
+        }
+    }
 }

@@ -338,6 +338,9 @@ fn client_options(
     options.set_clean_session(true);
     options.set_keep_alive(KEEP_ALIVE);
     options.set_max_packet_size(64 * 1024, 64 * 1024);
+    // As many QoS 1 publishes unacknowledged as the outbox keeps in flight (rumqttc's
+    // default, 100, would make the broker's round trip the fan-out's ceiling).
+    options.set_inflight(outbox::RETRY_WINDOW as u16);
     if url.tls {
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     }

@@ -28,7 +28,7 @@ const RETRY: Backoff = Backoff {
 };
 /// At most this many publishes outstanding on behalf of the retry loop at once, so a large
 /// backlog cannot fill rumqttc's queue and starve fresh revocations.
-const RETRY_WINDOW: usize = 512;
+pub(crate) const RETRY_WINDOW: usize = 512;
 
 /// The outbox entry announcing `payload` for `device` (empty payload: clear the retained
 /// revocation).

@@ -234,6 +234,7 @@ fn run(
         counters
             .steps
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let mut changes = Vec::new();
         let mut audited = None;
         for job in &mut batch {
@@ -247,6 +248,7 @@ fn run(
                 changes.push(c);
             }
         }
+        let stepped = started.elapsed();
         let result = if changes.is_empty() {
             Ok(())
         } else {
@@ -257,6 +259,13 @@ fn run(
             };
             match &r {
                 Ok(()) => {
+                    tracing::debug!(
+                        steps = batch.len(),
+                        changes = changes.len(),
+                        step_us = stepped.as_micros() as u64,
+                        commit_us = (started.elapsed() - stepped).as_micros() as u64,
+                        "state commit"
+                    );
                     counters.commits.fetch_add(1, Ordering::Relaxed);
                     counters
                         .max_batch

@@ -103,7 +103,11 @@ impl Cloud {
             .unwrap();
         let mut child = Command::new(bin)
             .args(&self.args)
-            .env("RUST_LOG", "warn")
+            // BENCH_CLOUD_LOG (e.g. `warn,octomil_cloud=debug`) shows the cloud's own timings.
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_CLOUD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
