@@ -140,7 +140,7 @@ pub async fn totp(
                     &ctx,
                     now * 1000,
                     format!("invitation:{}", inv.id),
-                    "api",
+                    ctx.origin.unwrap_or("api"),
                     "invitation.totp",
                     &inv.email,
                 );
@@ -277,7 +277,7 @@ pub async fn accept(
                     &ctx,
                     now * 1000,
                     format!("invitation:{}", inv.id),
-                    "api",
+                    ctx.origin.unwrap_or("api"),
                     "invitation.accept",
                     &inv.email,
                 );
