@@ -656,3 +656,44 @@ async fn a_member_newly_required_to_use_mfa_enrols_at_sign_in() {
         true
     );
 }
+
+#[tokio::test]
+async fn bad_tokens_at_the_enrolment_form_spend_the_addresss_failure_budget() {
+    let env = support::start().await;
+    let a = env
+        .owner(
+            Method::PATCH,
+            "/org/settings",
+            Some(json!({"rate_limits": {"auth_failures": {"limit": 3, "period_secs": 600}}})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let mut b = Browser::new(&env);
+    let csrf = b.get("/invite").await.csrf();
+    let mut limited = None;
+    for i in 0..6 {
+        let token = format!("edg_invite_guess{i:028}");
+        let p = b
+            .post("/dashboard/enrol", &[("csrf", &csrf), ("token", &token)])
+            .await;
+        if p.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(p);
+            break;
+        }
+        assert_eq!(p.status, StatusCode::UNAUTHORIZED, "{}", p.body);
+        assert!(p.body.contains("unknown, already used or expired"));
+    }
+    let limited = limited.expect("the API's failure budget applies to the form");
+    assert!(limited.headers.contains_key("retry-after"));
+    assert!(limited.body.contains("role=\"alert\""));
+    // The same budget as the API's: a call from this address is refused too.
+    let a = env
+        .call(
+            Method::POST,
+            "/auth/invitations/totp",
+            None,
+            Some(json!({"token": "edg_invite_another"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", a.body);
+}
