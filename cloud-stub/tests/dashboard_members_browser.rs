@@ -2,7 +2,8 @@
 //! on the members page and copies the link shown once; the invitee opens it in a fresh browser
 //! (the token travels in the fragment, which the page's script moves into the form), reads the
 //! secret from the page, computes the TOTP code, sets a password, sees the recovery codes and
-//! signs in. Every wait is on a page condition with a generous deadline, never a sleep.
+//! signs in; later, under a stricter preset and after an MFA reset, signing in leads them
+//! through setting up a new authenticator and into the dashboard. Every wait is on a page condition with a generous deadline, never a sleep.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,6 +14,8 @@ use std::time::Duration;
 use fantoccini::Locator;
 use octomil_testkit::browser::{Browser, WAIT};
 use octomil_testkit::poll::eventually_or;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
 use support::Env;
 
 const ENTER: &str = "\u{E007}";
@@ -176,6 +179,47 @@ async fn an_owner_invites_and_the_invitee_enrols_in_a_browser() {
             &env.totp_code(&secret),
         )
         .await;
+        wait_text(&b, "header .who", "ivy@example.com (member)").await;
+
+        // The preset now requires MFA of everyone and Ivy's was reset: signing in leads through
+        // setting up a new authenticator, then into the dashboard (no dead end).
+        click(&b, "header form button").await;
+        wait_text(&b, "h1", "Sign in").await;
+        let a = env
+            .owner(
+                Method::PATCH,
+                "/org/settings",
+                Some(json!({"compliance_preset": "hipaa"})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        let a = env
+            .owner(Method::POST, "/org/members/ivy@example.com/mfa-reset", None)
+            .await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT, "{:?}", a.body);
+        fill(&b, "input[name=email]", "ivy@example.com").await;
+        fill(&b, "input[name=password]", "correct horse battery").await;
+        click(&b, "main form button[type=submit]").await;
+        wait_text(&b, "h1", "Set up your sign-in").await;
+        assert_eq!(
+            count(&b, "#enrol-password").await,
+            0,
+            "no password step here"
+        );
+        let shown = wait_text(&b, "#totp-secret", "").await;
+        let secret = octomil_cloud::session::totp_from_base32(shown.trim()).unwrap();
+        fill(&b, "#enrol-code", &env.totp_code(&secret)).await;
+        b.client
+            .find(Locator::Css("#enrol-code"))
+            .await
+            .unwrap()
+            .send_keys(ENTER)
+            .await
+            .unwrap();
+        wait_text(&b, "#codes-title", "recovery codes").await;
+        assert_eq!(count(&b, "#recovery-codes li").await, 10);
+        click(&b, "#enrol-next").await;
+        wait_text(&b, "h1", "Devices").await;
         wait_text(&b, "header .who", "ivy@example.com (member)").await;
     })
     .await;
