@@ -697,3 +697,45 @@ async fn bad_tokens_at_the_enrolment_form_spend_the_addresss_failure_budget() {
         .await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", a.body);
 }
+
+/// The form's own checks (two passwords that differ) run on a token only after it is found,
+/// and a token not found there is charged like the API's refusal: the form is no free oracle of
+/// live tokens.
+#[tokio::test]
+async fn the_accept_forms_own_checks_are_no_free_oracle_of_live_tokens() {
+    let env = support::start().await;
+    let a = env
+        .owner(
+            Method::PATCH,
+            "/org/settings",
+            Some(json!({"rate_limits": {"auth_failures": {"limit": 3, "period_secs": 600}}})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let mut b = Browser::new(&env);
+    let csrf = b.get("/invite").await.csrf();
+    let mut limited = None;
+    for i in 0..6 {
+        let token = format!("edg_invite_guess{i:028}");
+        let p = b
+            .post(
+                "/dashboard/enrol/accept",
+                &[
+                    ("csrf", &csrf),
+                    ("token", &token),
+                    ("password", "one password here"),
+                    ("password2", "another password"),
+                    ("code", ""),
+                ],
+            )
+            .await;
+        if p.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(p);
+            break;
+        }
+        assert_eq!(p.status, StatusCode::UNAUTHORIZED, "{}", p.body);
+        assert!(p.body.contains("unknown, already used or expired"));
+    }
+    let limited = limited.expect("each unknown token spends the address's budget");
+    assert!(limited.headers.contains_key("retry-after"));
+}

@@ -196,7 +196,8 @@ pub async fn accept(State(state): State<DashState>, req: Request) -> Result<Resp
     let token = token_of(&form);
     let password = form.get("password").unwrap_or("");
     let code = form.get("code").unwrap_or("").trim();
-    // The same form again, with the secret already handed out (the authenticator holds it).
+    // The same form again, with the secret already handed out (the authenticator holds it);
+    // for a dead token, the first step again.
     let again = |status: StatusCode, message: String| -> Response {
         let now = state.cloud.clock.now_secs();
         let Some(inv) = state
@@ -204,10 +205,13 @@ pub async fn accept(State(state): State<DashState>, req: Request) -> Result<Resp
             .store
             .read(|m| crate::api::invitations::find(m, &token, now))
         else {
-            return start_page(
-                &parts.headers,
-                Some(&ApiError::unauthorized(INVITATION_INVALID, message)),
+            // Charged like the API's own refusal, so this form is no free oracle of which
+            // tokens are live.
+            let refused = state.cloud.charge_failure(
+                Some(&peer.ip().to_string()),
+                crate::api::invitations::invalid(),
             );
+            return start_page(&parts.headers, Some(&refused));
         };
         let (csrf, _) = super::login::login_token(&parts.headers);
         let page = render(&TotpPage {
