@@ -34,7 +34,8 @@ pub const TOKEN_PREFIX: &str = "edg_invite_";
 /// The longest expiry an invitation may be given: 30 days.
 pub const MAX_TTL_SECS: u64 = 30 * 86_400;
 
-fn invalid() -> ApiError {
+/// The one answer to an unknown, used or expired token.
+pub(crate) fn invalid() -> ApiError {
     ApiError::unauthorized(
         INVITATION_INVALID,
         "the invitation is unknown, already used or expired; ask for a new one",
@@ -140,7 +141,7 @@ pub async fn totp(
                     &ctx,
                     now * 1000,
                     format!("invitation:{}", inv.id),
-                    "api",
+                    ctx.origin.unwrap_or("api"),
                     "invitation.totp",
                     &inv.email,
                 );
@@ -277,7 +278,7 @@ pub async fn accept(
                     &ctx,
                     now * 1000,
                     format!("invitation:{}", inv.id),
-                    "api",
+                    ctx.origin.unwrap_or("api"),
                     "invitation.accept",
                     &inv.email,
                 );

@@ -26,6 +26,10 @@ pub struct MemberView {
     pub email: String,
     pub role: Role,
     pub created_at: u64,
+    /// Whether the member has TOTP enrolled.
+    pub mfa_enrolled: bool,
+    /// How many of the member's recovery codes are still unused.
+    pub recovery_codes_left: usize,
 }
 
 impl MemberView {
@@ -34,6 +38,8 @@ impl MemberView {
             email: m.email.clone(),
             role: m.role,
             created_at: m.created_at,
+            mfa_enrolled: m.has_mfa(),
+            recovery_codes_left: m.recovery_codes.len(),
         }
     }
 }

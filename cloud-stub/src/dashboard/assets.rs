@@ -18,6 +18,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../assets/dashboard.js"),
     ),
     (
+        "enrol.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/enrol.js"),
+    ),
+    (
         "htmx-2.0.11.min.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../assets/htmx-2.0.11.min.js"),

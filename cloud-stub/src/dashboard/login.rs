@@ -1,6 +1,9 @@
 //! Sign in and sign out. Signing in is the API's `POST /auth/login` handler itself (its
 //! throttling, MFA rule per compliance preset and audit record), its token put in an
-//! `HttpOnly; Secure; SameSite=Strict` cookie.
+//! `HttpOnly; Secure; SameSite=Strict` cookie. A recovery code may stand in for the
+//! authenticator code (the API accepts either in `mfa_code`). When the login answers an
+//! enrolment-only session (the preset now requires MFA the member has not set up), the member
+//! is led through setting it up ([`super::enrol`]) instead of being refused.
 
 use askama::Template;
 use axum::extract::{Request, State};
@@ -8,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use octomil_common::Secret;
 
-use super::{CSRF_FIELD, DashState, LOGIN_COOKIE, Refusal, SESSION_COOKIE, cookie, render};
+use super::{CSRF_FIELD, DashState, Form, LOGIN_COOKIE, Refusal, SESSION_COOKIE, cookie, render};
 use crate::api::login::LoginRequest;
 use crate::extract::{Body, Ctx};
 
@@ -21,8 +24,9 @@ struct LoginPage {
     error: Option<String>,
 }
 
-/// A fresh or existing pre-session token, and the `Set-Cookie` to send if it is fresh.
-fn login_token(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
+/// A fresh or existing pre-session token, and the `Set-Cookie` to send if it is fresh. The
+/// sign-in form and the invitation forms ([`super::enrol`]) carry it (double submit).
+pub(super) fn login_token(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
     if let Some(t) = cookie(headers, LOGIN_COOKIE).filter(|t| t.len() >= 22) {
         return (t.to_owned(), None);
     }
@@ -54,8 +58,39 @@ fn login_page(
     r
 }
 
-/// `GET /dashboard/login`.
-pub async fn page(headers: HeaderMap) -> Response {
+/// The CSRF check of a form posted without a session: its token must equal the
+/// pre-session cookie's (double submit).
+pub(super) fn check_pre_session(headers: &HeaderMap, form: &Form) -> Result<(), Refusal> {
+    let expected = cookie(headers, LOGIN_COOKIE).unwrap_or("");
+    let given = form.get(CSRF_FIELD).unwrap_or("");
+    if expected.is_empty() || !super::same(given, expected) {
+        return Err(Refusal::Csrf);
+    }
+    Ok(())
+}
+
+/// The request context of a caller without a session (the address the API's throttles and
+/// failure budgets charge), audited with origin `dashboard`.
+pub(super) fn anonymous_ctx(state: &DashState, peer: std::net::SocketAddr) -> Ctx {
+    Ctx {
+        source: Some(peer.ip().to_string()),
+        request_id: Some(octomil_common::token::random_base62(16).expose().clone()),
+        environment: state.cloud.store.read(|m| m.environment()),
+        origin: Some("dashboard"),
+    }
+}
+
+/// `GET /dashboard/login`. A member holding an enrolment-only session is sent on to set up
+/// their authenticator.
+pub async fn page(State(state): State<DashState>, headers: HeaderMap) -> Response {
+    if let Some(token) = cookie(&headers, SESSION_COOKIE)
+        && let Ok(crate::extract::Principal::Session {
+            enrolment_only: true,
+            ..
+        }) = crate::extract::authenticate(&state.cloud, token).await
+    {
+        return Redirect::to(super::enrol::MFA_ENROL_PAGE).into_response();
+    }
     login_page(StatusCode::OK, &headers, String::new(), None)
 }
 
@@ -64,27 +99,21 @@ pub async fn submit(State(state): State<DashState>, req: Request) -> Result<Resp
     let peer = super::peer_of(&req);
     let (parts, body) = req.into_parts();
     let form = super::read_form(body).await?;
-    let expected = cookie(&parts.headers, LOGIN_COOKIE).unwrap_or("");
-    let given = form.get(CSRF_FIELD).unwrap_or("");
-    if expected.is_empty() || !super::same(given, expected) {
-        return Err(Refusal::Csrf);
-    }
+    check_pre_session(&parts.headers, &form)?;
     let email = form.get("email").unwrap_or("").to_owned();
+    // A recovery code, when given, stands in for the authenticator code.
+    let second = |field: &str| {
+        form.get(field)
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+    };
     let login = LoginRequest {
         email: email.clone(),
         password: Secret::new(form.get("password").unwrap_or("").to_owned()),
-        mfa_code: form
-            .get("mfa_code")
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .map(str::to_owned),
+        mfa_code: second("recovery_code").or_else(|| second("mfa_code")),
     };
-    let ctx = Ctx {
-        source: Some(peer.ip().to_string()),
-        request_id: Some(octomil_common::token::random_base62(16).expose().clone()),
-        environment: state.cloud.store.read(|m| m.environment()),
-        origin: Some("dashboard"),
-    };
+    let ctx = anonymous_ctx(&state, peer);
     let answer = crate::api::login::login(State(state.cloud.clone()), ctx, Body(login)).await;
     match answer {
         Ok(axum::Json(ok)) => {
@@ -93,7 +122,13 @@ pub async fn submit(State(state): State<DashState>, req: Request) -> Result<Resp
                 "{SESSION_COOKIE}={}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={max_age}",
                 ok.token.expose()
             );
-            let mut r = Redirect::to("/dashboard/devices").into_response();
+            // An enrolment-only session goes on to set up the authenticator.
+            let next = if ok.enrolment_required {
+                super::enrol::MFA_ENROL_PAGE
+            } else {
+                "/dashboard/devices"
+            };
+            let mut r = Redirect::to(next).into_response();
             if let Ok(v) = HeaderValue::from_str(&set) {
                 r.headers_mut().append(header::SET_COOKIE, v);
             }

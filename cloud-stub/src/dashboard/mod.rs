@@ -14,6 +14,7 @@ mod assets;
 mod audit;
 mod bootstrap_tokens;
 mod devices;
+mod enrol;
 mod format;
 mod login;
 mod members;
@@ -122,6 +123,14 @@ pub fn router(cloud: AppState) -> Router {
             get(members::list).post(members::change),
         )
         .route("/dashboard/audit.csv", get(audit::csv))
+        .route("/dashboard/members/invite", post(members::invite))
+        .route("/invite", get(enrol::page))
+        .route("/dashboard/enrol", post(enrol::start))
+        .route("/dashboard/enrol/accept", post(enrol::accept))
+        .route(
+            enrol::MFA_ENROL_PAGE,
+            get(enrol::mfa_page).post(enrol::mfa_confirm),
+        )
         .route("/dashboard/assets/{name}", get(assets::serve))
         // Unknown dashboard paths get a page; everything else is the API's 404 (its fallback).
         .route(
