@@ -15,6 +15,7 @@ mod audit;
 mod bootstrap_tokens;
 mod devices;
 mod format;
+mod live;
 mod login;
 mod members;
 
@@ -122,6 +123,7 @@ pub fn router(cloud: AppState) -> Router {
             get(members::list).post(members::change),
         )
         .route("/dashboard/audit.csv", get(audit::csv))
+        .route("/dashboard/events", get(live::events))
         .route("/dashboard/assets/{name}", get(assets::serve))
         // Unknown dashboard paths get a page; everything else is the API's 404 (its fallback).
         .route(
