@@ -341,6 +341,49 @@ async fn a_revoke_arrives_after_its_commit_and_another_environments_do_not() {
 }
 
 #[tokio::test]
+async fn a_bulk_revocation_sends_one_resync_and_small_ones_each_device() {
+    let env = support::start().await;
+    env.relax_limits().await;
+    let burst = octomil_cloud::events::BURST;
+    let ids: Vec<String> = (0..burst + 3).map(|i| format!("bulk-{i:03}")).collect();
+    for id in &ids {
+        register(&env, id, &env.bootstrap_token()).await;
+    }
+    let mut b = owner_browser(&env).await;
+    let (_, _, mut stream) = b.events("/dashboard/events").await;
+    stream.expect("hello").await;
+
+    // Two devices: an event each.
+    let a = env
+        .owner(
+            Method::POST,
+            "/revocations",
+            Some(json!({"device_ids": &ids[..2], "reason": "leaked"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    for want in &ids[..2] {
+        let e = stream.device(want).await;
+        assert_eq!(
+            (e["id"].as_str(), e["state"].as_str()),
+            (Some(want.as_str()), Some("revoked"))
+        );
+    }
+    // The rest, more than a burst's worth in one commit: one resync, not an event each.
+    let a = env
+        .owner(
+            Method::POST,
+            "/revocations",
+            Some(json!({"device_ids": &ids[2..], "reason": "leaked"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let e = stream.expect("a resync").await;
+    assert_eq!(e.event, "resync", "{e:?}");
+    env.handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_device_going_online_over_mqtt_arrives() {
     let env = support::mqtt::start_with(tempfile::tempdir().unwrap(), |b| {
         b.mqtt(MqttMode::Embedded {

@@ -196,7 +196,8 @@ async fn rows_change_in_place_and_resync_refetches_the_table() {
             serde_json::to_vec(&Presence {
                 online: true,
                 state: "active".into(),
-                daemon_version: Some("4.5.6".into()),
+                // Device-controlled text with markup: shown as text, never as HTML.
+                daemon_version: Some("<b>4.5.6</b>".into()),
                 expires_at: Some(reg.expires_at),
             })
             .unwrap(),
@@ -207,7 +208,14 @@ async fn rows_change_in_place_and_resync_refetches_the_table() {
             "live update: status message to DOM change at most {} ms (polled)",
             epoch_ms().saturating_sub(online_at)
         );
-        wait_text(&b, &row("live-02", "version"), "4.5.6").await;
+        wait_text(&b, &row("live-02", "version"), "<b>4.5.6</b>").await;
+        assert!(
+            b.client
+                .find(Locator::Css("tr[data-live-device='live-02'] b"))
+                .await
+                .is_err(),
+            "the version became markup"
+        );
         dev.kill();
         wait_text(&b, &row("live-02", "online"), "offline").await;
         not_reloaded(&b).await;
