@@ -256,6 +256,16 @@ async fn rows_change_in_place_and_resync_refetches_the_table() {
         wait_text(&b, "#device-state", "revoked").await;
         wait_text(&b, "#revoke-reason", "stolen").await;
         not_reloaded(&b).await;
+        // The page with its rate limits at 1280 and 390 px, light and dark
+        // (`OCTOMIL_SCREENSHOTS=DIR` saves them).
+        for (width, label) in [(1280, "1280"), (390, "390")] {
+            b.width(width).await;
+            for dark in [false, true] {
+                b.color_scheme(dark).await;
+                let scheme = if dark { "dark" } else { "light" };
+                b.screenshot(&format!("device-live-{label}-{scheme}")).await;
+            }
+        }
     })
     .await;
     b.close().await;
