@@ -39,6 +39,8 @@ pub struct Cloud {
     pub mqtt_http_auth: crate::api::mqtt_auth::BrokerAuth,
     /// What devices last reported on their status topics.
     pub presence: crate::mqtt::presence::PresenceTable,
+    /// Live device events for the dashboard (fed by the store's commits and by presence).
+    pub events: crate::events::EventHub,
     /// Peers whose `X-Forwarded-For` names the source address (none by default).
     pub trusted_proxies: crate::proxy::TrustedProxies,
     /// Failure switches for tests (all off by default).

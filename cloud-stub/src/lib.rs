@@ -8,6 +8,7 @@ pub mod challenge;
 pub mod cli;
 pub mod dashboard;
 pub mod error;
+pub mod events;
 pub mod extract;
 #[cfg(feature = "faults")]
 pub mod faults;
@@ -272,6 +273,8 @@ impl Builder {
                 ),
             };
         let mqtt_http_auth = api::mqtt_auth::BrokerAuth::load_or_create(&dir, self.clock.clone())?;
+        // Made before the cloud: its live event streams end when the server shuts down.
+        let shutdown = CancellationToken::new();
         let cloud = Arc::new(Cloud {
             store,
             limiter: limits::Limiter::new(self.clock.clone()),
@@ -288,10 +291,12 @@ impl Builder {
             mqtt_ca,
             mqtt_http_auth,
             presence: PresenceTable::new(vouched),
+            events: events::EventHub::new(shutdown.clone()),
             trusted_proxies: self.trusted_proxies,
             #[cfg(feature = "faults")]
             faults: Default::default(),
         });
+        events::attach(&cloud);
 
         let tasks = tokio_util::task::TaskTracker::new();
         let mqtt_stop = CancellationToken::new();
@@ -314,7 +319,6 @@ impl Builder {
             ip => ip.to_string(),
         };
         let http_url = format!("https://{host}:{}", addr.port());
-        let shutdown = CancellationToken::new();
         let router = api::router(cloud.clone()).merge(dashboard::router(cloud.clone()));
         let task = tokio::spawn(serve::serve_https(
             listener,

@@ -91,6 +91,45 @@ impl Limiter {
             Err(Refusal::TooLarge { .. }) => Err(u64::from(limit.period_secs).max(1)),
         }
     }
+
+    /// What the limiter knows of `subject`'s `budget` under `limit` now, taking nothing and
+    /// writing nothing (the dashboard's device page shows it).
+    pub fn peek(&self, budget: impl Into<Budget>, subject: &str, limit: RateLimit) -> Peek {
+        let budget = budget.into();
+        let gcra = limit.gcra();
+        let now = self.clock.now_ms();
+        let tat = self
+            .tats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(budget, subject.to_owned()))
+            .copied()
+            .unwrap_or(0);
+        let mut probe = tat;
+        let retry_after_secs = match gcra.acquire(&mut probe, now, 1) {
+            Ok(_) => None,
+            Err(r @ Refusal::Wait { .. }) => Some(r.retry_after_secs()),
+            Err(Refusal::TooLarge { .. }) => Some(u64::from(limit.period_secs).max(1)),
+        };
+        Peek {
+            limit,
+            remaining: gcra.remaining(tat, now),
+            retry_after_secs,
+            full_at_ms: (!gcra.is_idle(tat, now)).then(|| tat.div_ceil(1_000_000)),
+        }
+    }
+}
+
+/// One budget of one subject as the limiter sees it at a moment ([`Limiter::peek`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek {
+    pub limit: RateLimit,
+    /// Calls that would be granted right now, back to back.
+    pub remaining: u32,
+    /// When none remain: whole seconds until the next call is granted.
+    pub retry_after_secs: Option<u64>,
+    /// Unix milliseconds at which the full burst is available again; `None` if it is now.
+    pub full_at_ms: Option<u64>,
 }
 
 /// Failed logins an (account, source address) pair may make before backoff starts.
@@ -291,6 +330,37 @@ mod tests {
     use super::*;
     use octomil_common::ManualClock;
     use std::time::Duration;
+
+    #[test]
+    fn peek_reports_the_budget_and_takes_nothing() {
+        use octomil_common::Clock as _;
+        let clock = ManualClock::new();
+        let l = Limiter::new(Arc::new(clock.clone()));
+        let limit = RateLimit {
+            limit: 2,
+            period_secs: 60,
+        };
+        let s = Surface::ControlPlane;
+        let fresh = l.peek(s, "d1", limit);
+        assert_eq!(
+            (fresh.remaining, fresh.retry_after_secs, fresh.full_at_ms),
+            (2, None, None)
+        );
+        let now = clock.now_ms();
+        assert_eq!(l.check(s, "d1", limit), Ok(()));
+        assert_eq!(l.peek(s, "d1", limit).remaining, 1);
+        assert_eq!(l.peek(s, "d1", limit).full_at_ms, Some(now + 30_000));
+        assert_eq!(l.check(s, "d1", limit), Ok(()));
+        let spent = l.peek(s, "d1", limit);
+        assert_eq!(spent.remaining, 0);
+        assert_eq!(spent.retry_after_secs, Some(30));
+        assert_eq!(spent.full_at_ms, Some(now + 60_000));
+        // Peeking took nothing; another subject and budget are untouched.
+        assert_eq!(l.peek(s, "d1", limit), spent);
+        assert_eq!(l.peek(Surface::Inference, "d1", limit).remaining, 2);
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(l.peek(s, "d1", limit).remaining, 1);
+    }
 
     #[test]
     fn login_backoff_grows_per_pair_and_success_resets_it() {

@@ -1,5 +1,5 @@
-//! The dashboard's static files, compiled into the binary: its stylesheet, its one small
-//! script (copy buttons), and htmx 2.0.11 (Zero-Clause BSD) with its licence.
+//! The dashboard's static files, compiled into the binary: its stylesheet, its small scripts
+//! (copy buttons; live updates), and htmx 2.0.11 (Zero-Clause BSD) with its licence.
 
 use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -23,6 +23,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../assets/enrol.js"),
     ),
     (
+        "live.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/live.js"),
+    ),
+    (
         "htmx-2.0.11.min.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../assets/htmx-2.0.11.min.js"),
@@ -41,7 +46,7 @@ pub async fn serve(Path(name): Path<String>) -> Response {
     let mut r = (*bytes).into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
-    // Names change with their content (htmx carries its version), except our own two files,
+    // Names change with their content (htmx carries its version), except our own files,
     // which are small: an hour of caching is enough.
     h.insert(
         header::CACHE_CONTROL,

@@ -128,6 +128,8 @@ struct ListPage<'a> {
     next: Option<String>,
     first: Option<String>,
     error: Option<String>,
+    /// The live event hub's change count, read before the list (see `live.js`).
+    live_since: u64,
 }
 
 /// `GET /dashboard/devices`.
@@ -142,6 +144,7 @@ pub async fn list(State(state): State<DashState>, req: Request) -> Result<Respon
         })?;
     let auth = viewer.check(&state, "GET", "/devices")?;
     let now = state.cloud.clock.now_secs();
+    let live_since = state.cloud.events.changes();
     let answer = crate::api::devices::list(
         State(state.cloud.clone()),
         auth,
@@ -181,6 +184,7 @@ pub async fn list(State(state): State<DashState>, req: Request) -> Result<Respon
         next,
         first,
         error,
+        live_since,
     });
     *r.status_mut() = status;
     Ok(r)
@@ -230,6 +234,63 @@ struct DevicePage {
     can_revoke: bool,
     csrf: String,
     error: Option<String>,
+    /// The live event hub's change count, read before the device (see `live.js`).
+    live_since: u64,
+    limits: Vec<LimitRow>,
+}
+
+/// One of the device's rate-limit budgets as the device page shows it.
+#[derive(Debug)]
+pub struct LimitRow {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub limit: String,
+    pub remaining: String,
+    pub full_again: String,
+}
+
+/// The device's budgets as the cloud's limiter knows them now (read from memory, nothing
+/// taken or written), under the organization's current limits: the ones every register and
+/// refresh answer hands the device as `rate_limits`.
+fn limit_rows(state: &DashState, device_id: &str) -> Vec<LimitRow> {
+    use crate::limits::Surface;
+    let cloud = &state.cloud;
+    let limits = cloud.settings().rate_limits.device_view();
+    let now_ms = cloud.clock.now_ms();
+    let budgets = [
+        (
+            Surface::ControlPlane,
+            device_id.to_owned(),
+            "Control plane",
+            "register, refresh and other calls with the device's key",
+        ),
+        (
+            Surface::Inference,
+            // The subject `POST /inference` charges for a device key.
+            format!("device:{device_id}"),
+            "Inference",
+            "POST /inference with the device's key",
+        ),
+    ];
+    budgets
+        .into_iter()
+        .map(|(surface, subject, name, what)| {
+            let p = cloud.limiter.peek(surface, &subject, limits.get(surface));
+            LimitRow {
+                name,
+                what,
+                limit: format!("{} per {} s", p.limit.limit, p.limit.period_secs),
+                remaining: match p.retry_after_secs {
+                    Some(s) if p.remaining == 0 => format!("0 (next in {s} s)"),
+                    _ => format!("{} of {}", p.remaining, p.limit.limit),
+                },
+                full_again: match p.full_at_ms {
+                    Some(at) => format!("in {} s", at.saturating_sub(now_ms).div_ceil(1000)),
+                    None => "now".into(),
+                },
+            }
+        })
+        .collect()
 }
 
 async fn device_page(
@@ -239,6 +300,7 @@ async fn device_page(
     error: Option<String>,
 ) -> Result<Response, Refusal> {
     let auth = viewer.check(state, "GET", "/devices/{id}")?;
+    let live_since = state.cloud.events.changes();
     let axum::Json(v) =
         crate::api::devices::show(State(state.cloud.clone()), auth, Path(id.to_owned())).await?;
     let history = match viewer.check(state, "GET", "/audit") {
@@ -283,6 +345,8 @@ async fn device_page(
         can_revoke: !revoked && viewer.may(state, "POST", "/devices/{id}/revoke"),
         csrf: viewer.csrf.clone(),
         error,
+        live_since,
+        limits: limit_rows(state, &v.device_id),
     };
     Ok(render(&page))
 }

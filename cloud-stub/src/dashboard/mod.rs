@@ -16,6 +16,7 @@ mod bootstrap_tokens;
 mod devices;
 mod enrol;
 mod format;
+mod live;
 mod login;
 mod members;
 
@@ -131,6 +132,7 @@ pub fn router(cloud: AppState) -> Router {
             enrol::MFA_ENROL_PAGE,
             get(enrol::mfa_page).post(enrol::mfa_confirm),
         )
+        .route("/dashboard/events", get(live::events))
         .route("/dashboard/assets/{name}", get(assets::serve))
         // Unknown dashboard paths get a page; everything else is the API's 404 (its fallback).
         .route(

@@ -1,8 +1,8 @@
 //! What the devices last said on their status topics, kept in memory (the broker's retained status messages rebuild it after a restart).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use octomil_common::wire::Presence;
 use octomil_common::wire::presence::MAX_PRESENCE_BYTES;
@@ -47,6 +47,20 @@ pub struct PresenceTable {
     /// keeps a stale retained "online" from before a restart from counting).
     vouched: bool,
     ignored: AtomicU64,
+    /// Told the device id after each change (the live event hub, [`crate::events`]).
+    notify: Notifier,
+}
+
+/// Called with a device id after its presence changed, outside the table's lock.
+pub type PresenceHook = Box<dyn Fn(&str) + Send + Sync>;
+
+#[derive(Default)]
+struct Notifier(OnceLock<PresenceHook>);
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Notifier")
+    }
 }
 
 impl PresenceTable {
@@ -54,6 +68,18 @@ impl PresenceTable {
         Self {
             vouched,
             ..Self::default()
+        }
+    }
+
+    /// Calls `hook` after every change of a device's presence (a login, a status message).
+    /// Only the first hook set counts; returns false if one was already set.
+    pub fn on_change(&self, hook: PresenceHook) -> bool {
+        self.notify.0.set(hook).is_ok()
+    }
+
+    fn changed(&self, device_id: &str) {
+        if let Some(hook) = self.notify.0.get() {
+            hook(device_id);
         }
     }
 
@@ -72,10 +98,13 @@ impl PresenceTable {
 
     /// The device authenticated to the embedded broker (the broker's auth hook calls this).
     pub fn note_login(&self, device_id: &str, now: u64) {
-        let mut seen = self.lock();
-        let s = seen.entry(device_id.to_owned()).or_default();
-        s.last_seen = Some(now);
-        s.logged_in_at = Some(now);
+        {
+            let mut seen = self.lock();
+            let s = seen.entry(device_id.to_owned()).or_default();
+            s.last_seen = Some(now);
+            s.logged_in_at = Some(now);
+        }
+        self.changed(device_id);
     }
 
     /// The device was deleted: forget it, so a re-provisioned id starts blank.
@@ -93,20 +122,24 @@ impl PresenceTable {
         known: impl FnOnce(&str) -> bool,
     ) -> Result<(), Ignored> {
         let r = self.apply(topic, payload, now, known);
-        if let Err(e) = &r {
-            self.ignored.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%topic, reason = %e, "status message ignored");
+        match &r {
+            Ok(id) => self.changed(id),
+            Err(e) => {
+                self.ignored.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%topic, reason = %e, "status message ignored");
+            }
         }
-        r
+        r.map(|_| ())
     }
 
-    fn apply(
+    /// Records the message; the device id it was about.
+    fn apply<'t>(
         &self,
-        topic: &str,
+        topic: &'t str,
         payload: &[u8],
         now: u64,
         known: impl FnOnce(&str) -> bool,
-    ) -> Result<(), Ignored> {
+    ) -> Result<&'t str, Ignored> {
         let id = super::device_of_topic(topic, "status").ok_or(Ignored::NotStatusTopic)?;
         if payload.len() > MAX_PRESENCE_BYTES {
             return Err(Ignored::Oversized(payload.len()));
@@ -131,7 +164,7 @@ impl PresenceTable {
         if p.expires_at.is_some() {
             s.expires_at = p.expires_at;
         }
-        Ok(())
+        Ok(id)
     }
 }
 
@@ -199,5 +232,20 @@ mod tests {
         assert!(t.get("d1").unwrap().online);
         t.forget("d1");
         assert_eq!(t.get("d1"), None);
+    }
+
+    #[test]
+    fn the_hook_hears_each_change_and_no_ignored_message() {
+        let t = PresenceTable::new(false);
+        let heard = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let h = heard.clone();
+        assert!(t.on_change(Box::new(move |id: &str| {
+            h.lock().unwrap().push(id.to_owned())
+        })));
+        assert!(!t.on_change(Box::new(|_: &str| {})), "only one hook");
+        t.note_login("d1", 1);
+        t.ingest(T, &online(), 2, |_| true).unwrap();
+        let _ = t.ingest(T, b"{", 3, |_| true);
+        assert_eq!(*heard.lock().unwrap(), ["d1", "d1"]);
     }
 }

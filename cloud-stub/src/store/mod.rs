@@ -18,7 +18,7 @@ mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
@@ -271,6 +271,25 @@ impl Model {
     }
 }
 
+/// Told, on the writer thread, after each durable commit (and after the read model shows
+/// it), which devices it changed or deleted, with their environment: what the live event hub
+/// ([`crate::events`]) listens to. It must be quick and must not write to the store.
+pub type DeviceHook = Box<dyn Fn(&[(String, Environment)]) + Send + Sync>;
+
+/// Where [`Store::on_device_commit`] keeps its hook (shared with the writer thread).
+#[derive(Default)]
+pub(crate) struct HookSlot(OnceLock<DeviceHook>);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "HookSlot(set)"
+        } else {
+            "HookSlot(unset)"
+        })
+    }
+}
+
 /// The cloud's state: one redb file plus its in-memory mirror, written by one writer thread.
 #[derive(Debug)]
 pub struct Store {
@@ -278,6 +297,8 @@ pub struct Store {
     /// The committed model: what reads see. Only the writer changes it, after a commit.
     model: Arc<RwLock<Model>>,
     writer: writer::Handle,
+    /// Set once by [`Store::on_device_commit`].
+    device_hook: Arc<HookSlot>,
 }
 
 impl Store {
@@ -360,8 +381,21 @@ impl Store {
         let db = Arc::new(db);
         let working = model.clone();
         let model = Arc::new(RwLock::new(model));
-        let writer = writer::Handle::start(db.clone(), model.clone(), working)?;
-        Ok(Self { db, model, writer })
+        let device_hook = Arc::new(HookSlot::default());
+        let writer =
+            writer::Handle::start(db.clone(), model.clone(), working, device_hook.clone())?;
+        Ok(Self {
+            db,
+            model,
+            writer,
+            device_hook,
+        })
+    }
+
+    /// Calls `hook` after every commit that changed or deleted a device (see [`DeviceHook`]).
+    /// Only the first hook set counts; returns false if one was already set.
+    pub fn on_device_commit(&self, hook: DeviceHook) -> bool {
+        self.device_hook.0.set(hook).is_ok()
     }
 
     fn lock(&self) -> RwLockReadGuard<'_, Model> {

@@ -22,7 +22,7 @@ use std::thread::{JoinHandle, ThreadId};
 use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Change, Model, Store, StoreError};
+use super::{Change, Environment, HookSlot, Model, Store, StoreError};
 
 /// Steps that may wait for the writer; past this a write is refused with
 /// [`StoreError::Busy`] (HTTP 503 with Retry-After) instead of queueing without bound.
@@ -132,13 +132,14 @@ impl Handle {
         db: Arc<Database>,
         read: Arc<RwLock<Model>>,
         working: Model,
+        device_hook: Arc<HookSlot>,
     ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE_CAP);
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
         let thread = std::thread::Builder::new()
             .name("octomil-store-writer".into())
-            .spawn(move || run(&db, &read, working, rx, &c))
+            .spawn(move || run(&db, &read, working, rx, &c, &device_hook))
             .map_err(|e| StoreError::Db(format!("starting the state writer: {e}")))?;
         Ok(Self {
             tx: Some(tx),
@@ -221,6 +222,7 @@ fn run(
     mut work: Model,
     mut rx: mpsc::Receiver<Box<dyn Job>>,
     counters: &Counters,
+    device_hook: &HookSlot,
 ) {
     let mut batch: Vec<Box<dyn Job>> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -271,8 +273,18 @@ fn run(
                         .max_batch
                         .fetch_max(batch.len() as u64, Ordering::Relaxed);
                     let mut m = read.write().unwrap_or_else(|p| p.into_inner());
+                    let hook = device_hook.0.get();
+                    let touched = hook.map(|_| touched_devices(&m, &changes));
                     for c in changes.drain(..) {
                         m.apply(c);
+                    }
+                    drop(m);
+                    // Durable and visible to reads: now the listeners may hear of it.
+                    if let (Some(hook), Some(touched)) = (hook, touched)
+                        && !touched.is_empty()
+                        && catch_unwind(AssertUnwindSafe(|| hook(touched.as_slice()))).is_err()
+                    {
+                        tracing::error!("the device commit hook panicked; the commit stands");
                     }
                 }
                 Err(e) => {
@@ -303,6 +315,19 @@ fn run(
             job.finish(&result);
         }
     }
+}
+
+/// The devices `changes` write or delete, with their environment (a deleted one's from
+/// `before`, the model the changes are not yet applied to).
+fn touched_devices(before: &Model, changes: &[Change]) -> Vec<(String, Environment)> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Device(d) => Some((d.device_id.clone(), d.environment)),
+            Change::DeleteDevice(id) => before.devices.get(id).map(|d| (id.clone(), d.environment)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn take_injected_failure(counters: &Counters) -> bool {
