@@ -155,19 +155,38 @@ pub struct DeviceFilter {
 
 impl DeviceFilter {
     fn matches(&self, v: &DeviceView, d: &DeviceRecord) -> bool {
+        self.matches_parts(d, v.online, v.last_seen, v.daemon_version.as_deref())
+    }
+
+    /// [`Self::matches`] from the record and its presence, without building the view (the
+    /// count and the last-seen order test every device).
+    fn matches_seen(&self, d: &DeviceRecord, seen: Option<&Seen>) -> bool {
+        match seen {
+            Some(s) => self.matches_parts(d, s.online, s.last_seen, s.daemon_version.as_deref()),
+            None => self.matches_parts(d, false, None, None),
+        }
+    }
+
+    fn matches_parts(
+        &self,
+        d: &DeviceRecord,
+        online: bool,
+        last_seen: Option<u64>,
+        version: Option<&str>,
+    ) -> bool {
         self.scope.sees(d.environment)
-            && self.state.is_none_or(|s| s == v.state)
-            && self.online.is_none_or(|o| o == v.online)
+            && self.state.is_none_or(|s| s == d.state)
+            && self.online.is_none_or(|o| o == online)
             && self
                 .last_seen_after
-                .is_none_or(|t| v.last_seen.is_some_and(|s| s >= t))
+                .is_none_or(|t| last_seen.is_some_and(|s| s >= t))
             && self
                 .last_seen_before
-                .is_none_or(|t| v.last_seen.is_some_and(|s| s < t))
+                .is_none_or(|t| last_seen.is_some_and(|s| s < t))
             && self
                 .version
                 .as_ref()
-                .is_none_or(|x| v.daemon_version.as_ref() == Some(x))
+                .is_none_or(|x| version == Some(x.as_str()))
             && self
                 .bootstrap_token
                 .as_ref()
@@ -230,7 +249,7 @@ pub fn list_page(
 pub fn count(m: &Model, presence: &PresenceTable, filter: &DeviceFilter) -> usize {
     m.devices
         .values()
-        .filter(|d| filter.matches(&DeviceView::with_presence(d, presence.get(&d.device_id)), d))
+        .filter(|d| filter.matches_seen(d, presence.get(&d.device_id).as_ref()))
         .count()
 }
 
@@ -307,13 +326,15 @@ pub fn list_page_by_last_seen(
     limit: usize,
 ) -> ApiResult<Page<DeviceView>> {
     let after = after.map(parse_seen_position).transpose()?;
-    let mut hits: Vec<(SeenKey<'_>, DeviceView)> = m
+    // Rank first, build the views of the page only.
+    let mut hits: Vec<(SeenKey<'_>, &DeviceRecord, Option<Seen>)> = m
         .devices
         .values()
         .filter_map(|d| {
-            let v = DeviceView::with_presence(d, presence.get(&d.device_id));
-            let key = seen_key(v.last_seen, &d.device_id);
-            (after.is_none_or(|a| key > a) && filter.matches(&v, d)).then_some((key, v))
+            let seen = presence.get(&d.device_id);
+            let key = seen_key(seen.as_ref().and_then(|s| s.last_seen), &d.device_id);
+            (after.is_none_or(|a| key > a) && filter.matches_seen(d, seen.as_ref()))
+                .then_some((key, d, seen))
         })
         .collect();
     let more = hits.len() > limit;
@@ -323,12 +344,15 @@ pub fn list_page_by_last_seen(
     }
     hits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let next = if more {
-        hits.last().map(|(k, _)| seen_position(*k))
+        hits.last().map(|(k, _, _)| seen_position(*k))
     } else {
         None
     };
     Ok(Page {
-        items: hits.into_iter().map(|(_, v)| v).collect(),
+        items: hits
+            .into_iter()
+            .map(|(_, d, seen)| DeviceView::with_presence(d, seen))
+            .collect(),
         next,
     })
 }

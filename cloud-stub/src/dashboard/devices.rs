@@ -182,21 +182,26 @@ pub async fn list(State(state): State<DashState>, req: Request) -> Result<Respon
     let auth = viewer.check(&state, "GET", "/devices")?;
     let now = state.cloud.clock.now_secs();
     let can_bulk = viewer.may(&state, "POST", "/revocations");
-    // "Revoke all N matching": the filter counted the way the list endpoint reads it.
-    let matching = if can_bulk && !f.filter_pairs().is_empty() {
-        super::bulk::count_matching(&state, &auth, &f, now)
-            .ok()
-            .filter(|n| *n > 0)
-    } else {
-        None
-    };
     // The API sorts (`sort=last_seen`) and its cursor carries the sort key.
     let answer = crate::api::devices::list(
         State(state.cloud.clone()),
-        auth,
+        auth.clone(),
         Ok(axum::extract::Query(f.api_query(now))),
     )
     .await;
+    // "Revoke all N matching": the filter counted the way the list endpoint reads it (a
+    // first page that is also the last one has counted it already).
+    let matching = match &answer {
+        Ok(page) if can_bulk && !f.filter_pairs().is_empty() => {
+            if f.cursor.is_empty() && page.next_cursor.is_none() {
+                Some(page.devices.len())
+            } else {
+                super::bulk::count_matching(&state, &auth, &f, now).ok()
+            }
+        }
+        _ => None,
+    }
+    .filter(|n| *n > 0);
     let (status, rows, next, error) = match answer {
         Ok(axum::Json(page)) => {
             let rows = page.devices.iter().map(|v| Row::of(v, now)).collect();
