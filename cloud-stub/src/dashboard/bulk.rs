@@ -455,8 +455,31 @@ pub async fn start(State(state): State<DashState>, req: Request) -> Result<Respo
     Ok(Redirect::to(&format!("/dashboard/bulk-revoke/{job}")).into_response())
 }
 
+/// Marks its job done (stopped) if the task ends without finishing it (a panic, a runtime
+/// shutting down), so the session's slot is not held for ever.
+struct Finish {
+    state: DashState,
+    job: String,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.state.bulk.update(&self.job, |p, started| {
+            if !p.done {
+                p.done = true;
+                p.error = Some("the job stopped unexpectedly; see the cloud's log".into());
+                p.took_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+            }
+        });
+    }
+}
+
 /// The job: the API's bulk revocation handler, [`CHUNK`] ids a call, progress after each.
 async fn run(state: DashState, job: String, auth: Auth, ids: Vec<String>, reason: String) {
+    let _finish = Finish {
+        state: state.clone(),
+        job: job.clone(),
+    };
     let mut error = None;
     for chunk in ids.chunks(CHUNK) {
         let answer = crate::api::revocations::revoke(
