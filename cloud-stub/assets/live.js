@@ -83,6 +83,12 @@
             return;
           }
           var node = document.importNode(fresh, true);
+          // Keep the operator's bulk-revoke ticks across the swap (rows still offered).
+          var ticked = blocks[i].querySelectorAll("input.bulk-pick:checked");
+          for (var k = 0; k < ticked.length; k++) {
+            var same = node.querySelector('input.bulk-pick[id="' + ticked[k].id + '"]');
+            if (same) same.checked = true;
+          }
           blocks[i].replaceWith(node);
           if (window.htmx) window.htmx.process(node);
         }

@@ -117,6 +117,8 @@ pub struct DeviceQuery {
     pub q: Option<String>,
     /// `live` or `test`: a session's narrowing (a key sees only its own environment).
     pub environment: Option<String>,
+    /// `id` (the default) or `last_seen`: newest first, devices never seen last, ties by id.
+    pub sort: Option<String>,
 }
 
 fn query_err(what: &str) -> ApiError {
@@ -153,19 +155,38 @@ pub struct DeviceFilter {
 
 impl DeviceFilter {
     fn matches(&self, v: &DeviceView, d: &DeviceRecord) -> bool {
+        self.matches_parts(d, v.online, v.last_seen, v.daemon_version.as_deref())
+    }
+
+    /// [`Self::matches`] from the record and its presence, without building the view (the
+    /// count and the last-seen order test every device).
+    fn matches_seen(&self, d: &DeviceRecord, seen: Option<&Seen>) -> bool {
+        match seen {
+            Some(s) => self.matches_parts(d, s.online, s.last_seen, s.daemon_version.as_deref()),
+            None => self.matches_parts(d, false, None, None),
+        }
+    }
+
+    fn matches_parts(
+        &self,
+        d: &DeviceRecord,
+        online: bool,
+        last_seen: Option<u64>,
+        version: Option<&str>,
+    ) -> bool {
         self.scope.sees(d.environment)
-            && self.state.is_none_or(|s| s == v.state)
-            && self.online.is_none_or(|o| o == v.online)
+            && self.state.is_none_or(|s| s == d.state)
+            && self.online.is_none_or(|o| o == online)
             && self
                 .last_seen_after
-                .is_none_or(|t| v.last_seen.is_some_and(|s| s >= t))
+                .is_none_or(|t| last_seen.is_some_and(|s| s >= t))
             && self
                 .last_seen_before
-                .is_none_or(|t| v.last_seen.is_some_and(|s| s < t))
+                .is_none_or(|t| last_seen.is_some_and(|s| s < t))
             && self
                 .version
                 .as_ref()
-                .is_none_or(|x| v.daemon_version.as_ref() == Some(x))
+                .is_none_or(|x| version == Some(x.as_str()))
             && self
                 .bootstrap_token
                 .as_ref()
@@ -183,7 +204,9 @@ impl DeviceFilter {
         format!("{self:?}")
     }
 
-    fn parse(q: &DeviceQuery, auth: &Auth) -> ApiResult<Self> {
+    /// The filter of `q` for `auth`, exactly as `GET /devices` reads it (the dashboard counts
+    /// a filter's devices with it).
+    pub fn parse(q: &DeviceQuery, auth: &Auth) -> ApiResult<Self> {
         let state = match q.state.as_deref() {
             None => None,
             Some("active") => Some(DeviceState::Active),
@@ -222,10 +245,139 @@ pub fn list_page(
     })
 }
 
+/// How many devices match `filter` (the dashboard's "all N matching").
+pub fn count(m: &Model, presence: &PresenceTable, filter: &DeviceFilter) -> usize {
+    m.devices
+        .values()
+        .filter(|d| filter.matches_seen(d, presence.get(&d.device_id).as_ref()))
+        .count()
+}
+
+/// The order of `GET /devices`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sort {
+    /// Device id (the key of the store).
+    #[default]
+    Id,
+    /// Last seen, newest first; devices never seen last; ties by device id.
+    LastSeen,
+}
+
+impl Sort {
+    /// The `sort` query parameter.
+    pub fn parse(v: Option<&str>) -> ApiResult<Self> {
+        match v {
+            None | Some("id") => Ok(Self::Id),
+            Some("last_seen") => Ok(Self::LastSeen),
+            Some(_) => Err(query_err("sort must be id or last_seen")),
+        }
+    }
+
+    /// The list name cursors of this order are bound to: a cursor of one order does not open
+    /// in the other (its position means something else).
+    pub fn list(self) -> &'static str {
+        match self {
+            Self::Id => LIST,
+            Self::LastSeen => LIST_BY_LAST_SEEN,
+        }
+    }
+}
+
+/// Where a device stands in last-seen order: seen devices first, newest first, then by id.
+/// `Ord` of the tuple is the list order.
+type SeenKey<'a> = (bool, std::cmp::Reverse<u64>, &'a str);
+
+fn seen_key(last_seen: Option<u64>, id: &str) -> SeenKey<'_> {
+    (
+        last_seen.is_none(),
+        std::cmp::Reverse(last_seen.unwrap_or(0)),
+        id,
+    )
+}
+
+/// The cursor position of a key: `SECS/ID`, or `-/ID` for a device never seen.
+fn seen_position((never, newest, id): SeenKey<'_>) -> String {
+    if never {
+        format!("-/{id}")
+    } else {
+        format!("{}/{id}", newest.0)
+    }
+}
+
+fn parse_seen_position(p: &str) -> ApiResult<SeenKey<'_>> {
+    let (secs, id) = p.split_once('/').ok_or_else(page::invalid_cursor)?;
+    let last_seen = match secs {
+        "-" => None,
+        s => Some(s.parse().map_err(|_| page::invalid_cursor())?),
+    };
+    Ok(seen_key(last_seen, id))
+}
+
+/// One page of devices matching `filter` in last-seen order (newest first, never seen last,
+/// ties by id), after the position `after` (a `SECS/ID` made by this function). Last seen is
+/// the presence table's, the same value the `last_seen_*` filters and the answer use. Every
+/// matching device is ranked, then the page is cut: a position names a place in a total
+/// order, so while nothing changes no device is skipped or repeated across pages.
+pub fn list_page_by_last_seen(
+    m: &Model,
+    presence: &PresenceTable,
+    filter: &DeviceFilter,
+    after: Option<&str>,
+    limit: usize,
+) -> ApiResult<Page<DeviceView>> {
+    let after = after.map(parse_seen_position).transpose()?;
+    // Rank first, build the views of the page only.
+    let mut hits: Vec<(SeenKey<'_>, &DeviceRecord, Option<Seen>)> = m
+        .devices
+        .values()
+        .filter_map(|d| {
+            let seen = presence.get(&d.device_id);
+            let key = seen_key(seen.as_ref().and_then(|s| s.last_seen), &d.device_id);
+            (after.is_none_or(|a| key > a) && filter.matches_seen(d, seen.as_ref()))
+                .then_some((key, d, seen))
+        })
+        .collect();
+    let more = hits.len() > limit;
+    if more {
+        hits.select_nth_unstable_by(limit, |a, b| a.0.cmp(&b.0));
+        hits.truncate(limit);
+    }
+    hits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let next = if more {
+        hits.last().map(|(k, _, _)| seen_position(*k))
+    } else {
+        None
+    };
+    Ok(Page {
+        items: hits
+            .into_iter()
+            .map(|(_, d, seen)| DeviceView::with_presence(d, seen))
+            .collect(),
+        next,
+    })
+}
+
+/// One page of devices matching `filter` in `sort` order after the cursor position `after`.
+pub fn list_sorted(
+    m: &Model,
+    presence: &PresenceTable,
+    filter: &DeviceFilter,
+    sort: Sort,
+    after: Option<&str>,
+    limit: usize,
+) -> ApiResult<Page<DeviceView>> {
+    match sort {
+        Sort::Id => Ok(list_page(m, presence, filter, after, limit)),
+        Sort::LastSeen => list_page_by_last_seen(m, presence, filter, after, limit),
+    }
+}
+
 /// The list name cursors of `GET /devices` are bound to.
 pub const LIST: &str = "devices";
+/// The list name of `GET /devices?sort=last_seen`.
+pub const LIST_BY_LAST_SEEN: &str = "devices/last_seen";
 
-/// Devices in id order, a page at a time (see [`super::page`]).
+/// Devices in id order (or last-seen order), a page at a time (see [`super::page`]).
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -234,16 +386,17 @@ pub async fn list(
     let Query(q) = query.map_err(|e| query_err(&format!("is not valid: {}", e.body_text())))?;
     let limit = page::limit(q.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
     let filter = DeviceFilter::parse(&q, &auth)?;
+    let sort = Sort::parse(q.sort.as_deref())?;
     let cursors = Cursors::of(&state);
-    let after = cursors.open_opt(LIST, &filter.canonical(), q.cursor.as_deref())?;
+    let after = cursors.open_opt(sort.list(), &filter.canonical(), q.cursor.as_deref())?;
     let p = state
         .store
-        .read(|m| list_page(m, &state.presence, &filter, after.as_deref(), limit));
+        .read(|m| list_sorted(m, &state.presence, &filter, sort, after.as_deref(), limit))?;
     Ok(Json(DeviceList {
         devices: p.items,
         next_cursor: p
             .next
-            .map(|pos| cursors.seal(LIST, &filter.canonical(), &pos)),
+            .map(|pos| cursors.seal(sort.list(), &filter.canonical(), &pos)),
     }))
 }
 
@@ -456,6 +609,26 @@ mod tests {
             daemon_version: Some(version.into()),
             ..DeviceView::of(&device("x", Environment::Live, "bt"))
         }
+    }
+
+    #[test]
+    fn last_seen_order_and_its_cursor_positions() {
+        // Newest first, never seen last, ties by id.
+        assert!(seen_key(Some(9), "z") < seen_key(Some(3), "a"));
+        assert!(seen_key(Some(3), "a") < seen_key(Some(3), "b"));
+        assert!(seen_key(Some(0), "z") < seen_key(None, "a"));
+        assert!(seen_key(None, "a") < seen_key(None, "b"));
+        for (seen, id) in [(Some(5), "cam-1"), (Some(0), "x"), (None, "never.1")] {
+            let k = seen_key(seen, id);
+            assert_eq!(parse_seen_position(&seen_position(k)).unwrap(), k);
+        }
+        for bad in ["cam-1", "x/cam-1", "-1/cam-1", ""] {
+            assert!(parse_seen_position(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Sort::parse(None), Ok(Sort::Id));
+        assert_eq!(Sort::parse(Some("last_seen")), Ok(Sort::LastSeen));
+        assert!(Sort::parse(Some("last-seen")).is_err());
+        assert_ne!(Sort::Id.list(), Sort::LastSeen.list());
     }
 
     #[test]

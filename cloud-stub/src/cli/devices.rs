@@ -79,6 +79,9 @@ pub struct ListArgs {
     /// live or test (a session sees both; a key only its own)
     #[arg(long, value_enum, ignore_case = true)]
     pub environment: Option<Environment>,
+    /// Order: id (default) or last-seen (newest first, never seen last; sorted by the cloud)
+    #[arg(long, value_parser = ["id", "last-seen"])]
+    pub sort: Option<String>,
 }
 
 impl ListArgs {
@@ -104,6 +107,10 @@ impl ListArgs {
         put(
             "environment",
             self.environment.map(|e| e.as_str().to_owned()),
+        );
+        put(
+            "sort",
+            (self.sort.as_deref() == Some("last-seen")).then(|| "last_seen".to_owned()),
         );
         q
     }
@@ -463,6 +470,8 @@ mod tests {
             "Cam",
             "--environment",
             "test",
+            "--sort",
+            "last-seen",
         ]);
         let DevicesCmd::List(a) = c else {
             panic!("{c:?}")
@@ -474,8 +483,10 @@ mod tests {
                 ("last_seen_after", "6400".to_owned()),
                 ("q", "Cam".to_owned()),
                 ("environment", "test".to_owned()),
+                ("sort", "last_seen".to_owned()),
             ]
         );
+        assert!(parse(&["devices", "list", "--sort", "name"]).is_err());
         assert_eq!(a.limit, Some(10));
         assert!(parse(&["devices", "list", "--limit", "0"]).is_err());
         assert!(parse(&["devices", "list", "--state", "gone"]).is_err());

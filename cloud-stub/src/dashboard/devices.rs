@@ -18,7 +18,7 @@ use crate::extract::MaybeBody;
 pub const PAGE: usize = 50;
 
 /// The list's URL query: the API's filters in operator terms, the page cursor and the sort.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct ListQuery {
     #[serde(default)]
     pub q: String,
@@ -41,6 +41,36 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
+    /// The filter fields (what narrows the list; not the cursor or the sort), as the URL
+    /// names them, empty ones left out.
+    pub fn filter_pairs(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("q", self.q.as_str()),
+            ("state", &self.state),
+            ("online", &self.online),
+            ("seen", &self.seen),
+            ("version", &self.version),
+            ("bootstrap_token", &self.bootstrap_token),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.trim().is_empty())
+        .collect()
+    }
+
+    /// A link (relative to the list) to its first page with this filter and `sort`.
+    fn link_sorted(&self, sort: &str) -> String {
+        let mut pairs = self.filter_pairs();
+        if !sort.is_empty() {
+            pairs.push(("sort", sort));
+        }
+        let q = serde_urlencoded::to_string(pairs).unwrap_or_default();
+        if q.is_empty() {
+            "/dashboard/devices".to_owned()
+        } else {
+            format!("?{q}")
+        }
+    }
+
     /// The query string of this filter (without cursor), for links that keep it.
     fn filter_string(&self) -> String {
         let pairs: Vec<(&str, &str)> = [
@@ -59,7 +89,7 @@ impl ListQuery {
     }
 
     /// The API query for this filter at `now`.
-    fn api_query(&self, now: u64) -> DeviceQuery {
+    pub fn api_query(&self, now: u64) -> DeviceQuery {
         let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
         let (after, before) = match self.seen.as_str() {
             "1h" => (Some(now.saturating_sub(3600)), None),
@@ -81,6 +111,7 @@ impl ListQuery {
             version: some(&self.version),
             bootstrap_token: some(&self.bootstrap_token),
             q: some(&self.q),
+            sort: (self.sort == "last_seen").then(|| "last_seen".to_owned()),
             ..DeviceQuery::default()
         }
     }
@@ -130,6 +161,14 @@ struct ListPage<'a> {
     error: Option<String>,
     /// The live event hub's change count, read before the list (see `live.js`).
     live_since: u64,
+    /// The "Last seen" column heading's link: sorts by it, or back to id order.
+    sort_link: String,
+    /// Whether the viewer may revoke in bulk (`POST /revocations`): checkboxes and buttons.
+    can_bulk: bool,
+    /// How many devices the filter matches, for "Revoke all N matching" (`None` without a
+    /// filter or without the right).
+    matching: Option<usize>,
+    csrf: String,
 }
 
 /// `GET /dashboard/devices`.
@@ -145,38 +184,46 @@ pub async fn list(State(state): State<DashState>, req: Request) -> Result<Respon
     let auth = viewer.check(&state, "GET", "/devices")?;
     let now = state.cloud.clock.now_secs();
     let live_since = state.cloud.events.changes();
+    let can_bulk = viewer.may(&state, "POST", "/revocations");
+    // The API sorts (`sort=last_seen`) and its cursor carries the sort key.
     let answer = crate::api::devices::list(
         State(state.cloud.clone()),
-        auth,
+        auth.clone(),
         Ok(axum::extract::Query(f.api_query(now))),
     )
     .await;
+    // "Revoke all N matching": the filter counted the way the list endpoint reads it (a
+    // first page that is also the last one has counted it already).
+    let matching = match &answer {
+        Ok(page) if can_bulk && !f.filter_pairs().is_empty() => {
+            if f.cursor.is_empty() && page.next_cursor.is_none() {
+                Some(page.devices.len())
+            } else {
+                super::bulk::count_matching(&state, &auth, &f, now).ok()
+            }
+        }
+        _ => None,
+    }
+    .filter(|n| *n > 0);
     let (status, rows, next, error) = match answer {
         Ok(axum::Json(page)) => {
-            let mut rows: Vec<(Option<u64>, Row)> = page
-                .devices
-                .iter()
-                .map(|v| (v.last_seen, Row::of(v, now)))
-                .collect();
-            if f.sort == "last_seen" {
-                rows.sort_by_key(|r| std::cmp::Reverse(r.0));
-            }
+            let rows = page.devices.iter().map(|v| Row::of(v, now)).collect();
             let next = page.next_cursor.map(|c| {
                 let base = f.filter_string();
                 let sep = if base.is_empty() { "" } else { "&" };
                 let c = serde_urlencoded::to_string([("cursor", c)]).unwrap_or_default();
                 format!("/dashboard/devices?{base}{sep}{c}")
             });
-            (
-                StatusCode::OK,
-                rows.into_iter().map(|(_, r)| r).collect(),
-                next,
-                None,
-            )
+            (StatusCode::OK, rows, next, None)
         }
         Err(e) => (e.status, Vec::new(), None, Some(e.message)),
     };
     let first = (!f.cursor.is_empty()).then(|| format!("/dashboard/devices?{}", f.filter_string()));
+    let sort_link = f.link_sorted(if f.sort == "last_seen" {
+        ""
+    } else {
+        "last_seen"
+    });
     let mut r = render(&ListPage {
         nav: Some(viewer.nav(&state)),
         f: &f,
@@ -185,6 +232,10 @@ pub async fn list(State(state): State<DashState>, req: Request) -> Result<Respon
         first,
         error,
         live_since,
+        sort_link,
+        can_bulk,
+        matching,
+        csrf: viewer.csrf.clone(),
     });
     *r.status_mut() = status;
     Ok(r)

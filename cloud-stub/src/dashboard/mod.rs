@@ -13,6 +13,7 @@ mod api_keys;
 mod assets;
 mod audit;
 mod bootstrap_tokens;
+mod bulk;
 mod devices;
 mod enrol;
 mod format;
@@ -69,6 +70,8 @@ pub struct Dashboard {
     /// shown by the next load of that page and then forgotten: the form redirects (so a
     /// reload cannot post it twice) and the secret is still shown exactly once.
     flash: Mutex<HashMap<String, api_keys::Created>>,
+    /// Bulk revocations started from the device list, with their progress.
+    bulk: bulk::Jobs,
 }
 
 impl Dashboard {
@@ -95,6 +98,7 @@ pub fn router(cloud: AppState) -> Router {
         cloud,
         last_seen: Mutex::new(HashMap::new()),
         flash: Mutex::new(HashMap::new()),
+        bulk: bulk::Jobs::default(),
     });
     Router::new()
         .route("/", get(|| async { Redirect::to("/dashboard/") }))
@@ -105,6 +109,9 @@ pub fn router(cloud: AppState) -> Router {
         .route("/dashboard/devices", get(devices::list))
         .route("/dashboard/devices/{id}", get(devices::show))
         .route("/dashboard/devices/{id}/revoke", post(devices::revoke))
+        .route("/dashboard/bulk-revoke", post(bulk::confirm))
+        .route("/dashboard/bulk-revoke/start", post(bulk::start))
+        .route("/dashboard/bulk-revoke/{job}", get(bulk::progress))
         .route(
             "/dashboard/api-keys",
             get(api_keys::list).post(api_keys::create),
