@@ -15,14 +15,14 @@ use serde_json::json;
 
 #[test]
 fn every_record_takes_the_organizations_environment() {
-    assert_eq!(FORMAT_VERSION, 4);
+    assert_eq!(FORMAT_VERSION, 5);
     for (name, env) in [
         ("state-v2-env", Environment::Live),
         ("state-v2-env-sandbox", Environment::Test),
     ] {
         let (_tmp, dir, info) = support::fixture::copy(name);
         let path = dir.join("cloud.redb");
-        // Twice: the second open finds format 3 and migrates nothing.
+        // Twice: the second open finds the current format and migrates nothing.
         for _ in 0..2 {
             let store = Store::open(&path).unwrap();
             store.read(|m| {
