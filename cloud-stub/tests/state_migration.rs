@@ -115,35 +115,11 @@ async fn a_cloud_started_on_old_state_serves_everything_in_it() {
     );
 
     // The member added on the old release logs in with the password and TOTP it was given.
-    let totp =
-        octomil_cloud::session::totp_from_base32(info["admin_totp_base32"].as_str().unwrap())
-            .unwrap();
-    let a = env
-        .call(
-            Method::POST,
-            "/auth/login",
-            None,
-            Some(json!({
-                "email": info["admin_email"],
-                "password": info["admin_password"],
-                "mfa_code": env.totp_code(&totp),
-            })),
-        )
-        .await;
+    let a = support::fixture::admin_login(&env, &info).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
 
     // The device refreshes with the refresh token the old release gave it.
-    let a = env
-        .call(
-            Method::POST,
-            "/devices/refresh",
-            None,
-            Some(json!({
-                "device_id": info["device_id"],
-                "refresh_token": info["device_refresh_token"],
-            })),
-        )
-        .await;
+    let a = support::fixture::refresh_device(&env, &info).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
     env.handle.shutdown().await;
 }
@@ -208,21 +184,7 @@ async fn a_cloud_started_on_format_2_state_keeps_its_sessions() {
         )
         .await;
     assert_eq!(a.code(), "step_up_required", "{:?}", a.body);
-    let totp =
-        octomil_cloud::session::totp_from_base32(info["admin_totp_base32"].as_str().unwrap())
-            .unwrap();
-    let a = env
-        .call(
-            Method::POST,
-            "/auth/login",
-            None,
-            Some(json!({
-                "email": info["admin_email"],
-                "password": info["admin_password"],
-                "mfa_code": env.totp_code(&totp),
-            })),
-        )
-        .await;
+    let a = support::fixture::admin_login(&env, &info).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
     assert_eq!(a.body["enrolment_required"], false);
     env.handle.shutdown().await;

@@ -1,11 +1,16 @@
 //! The operator CLI (`octomil`) run in-process against the test cloud.
 
 use clap::Parser;
+use octomil_cloud::cli::CliError;
 
 impl super::Env {
-    /// Runs `octomil ARGS` with `key` against this cloud: the result (errors as text),
-    /// stdout and stderr. `--json` in `args` asks for JSON output.
-    pub async fn octomil(&self, key: &str, args: &[&str]) -> (Result<(), String>, String, String) {
+    /// Runs `octomil ARGS` with `key` against this cloud: the result, stdout and stderr.
+    /// `--json` in `args` asks for JSON output.
+    pub async fn octomil(
+        &self,
+        key: &str,
+        args: &[&str],
+    ) -> (Result<(), CliError>, String, String) {
         let ca = self.dir.path().join("ca-for-cli.pem");
         std::fs::write(&ca, self.handle.ca_pem.as_bytes()).unwrap();
         let mut argv = vec![
@@ -22,9 +27,7 @@ impl super::Env {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let json = args.contains(&"--json");
         let mut out = octomil_cloud::cli::Out::new(&mut stdout, &mut stderr, json, 0);
-        let r = octomil_cloud::cli::run(cli, &mut out)
-            .await
-            .map_err(|e| e.to_string());
+        let r = octomil_cloud::cli::run(cli, &mut out).await;
         (
             r,
             String::from_utf8(stdout).unwrap(),
