@@ -9,37 +9,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use octomil_cloud::CloudStub;
 use octomil_cloud::cli::CliError;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::{Device, Env};
-
-async fn octomil(env: &Env, args: &[&str]) -> (Result<(), CliError>, String, String) {
-    let ca = env.dir.path().join("ca-for-cli.pem");
-    std::fs::write(&ca, env.handle.ca_pem.as_bytes()).unwrap();
-    let mut argv = vec![
-        "octomil",
-        "--api-url",
-        &env.handle.http_url,
-        "--api-key",
-        &env.owner_key,
-        "--ca-file",
-        ca.to_str().unwrap(),
-    ];
-    argv.extend_from_slice(args);
-    let cli = octomil_cloud::cli::Cli::try_parse_from(argv).unwrap();
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let json = args.contains(&"--json");
-    let mut out = octomil_cloud::cli::Out::new(&mut stdout, &mut stderr, json, 0);
-    let r = octomil_cloud::cli::run(cli, &mut out).await;
-    (
-        r,
-        String::from_utf8(stdout).unwrap(),
-        String::from_utf8(stderr).unwrap(),
-    )
-}
 
 fn actions(a: &Value) -> Vec<String> {
     a["records"]
@@ -109,10 +83,12 @@ async fn every_change_is_recorded_and_the_chain_verifies() {
         (StatusCode::BAD_REQUEST, "invalid_cursor")
     );
 
-    let (r, _, note) = octomil(&env, &["audit", "verify"]).await;
+    let (r, _, note) = env.octomil(&env.owner_key, &["audit", "verify"]).await;
     r.unwrap();
     assert!(note.contains("verified: 7 records"), "{note}");
-    let (r, csv, _) = octomil(&env, &["audit", "export", "--format", "csv"]).await;
+    let (r, csv, _) = env
+        .octomil(&env.owner_key, &["audit", "export", "--format", "csv"])
+        .await;
     r.unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert!(lines[0].starts_with("seq,time,actor,origin,action,target"));
@@ -157,7 +133,7 @@ async fn an_edited_record_fails_verification() {
         .await
         .unwrap();
     let env = support::env_for(handle, clock, dir);
-    let (r, _, _) = octomil(&env, &["audit", "verify"]).await;
+    let (r, _, _) = env.octomil(&env.owner_key, &["audit", "verify"]).await;
     let e = r.unwrap_err();
     assert!(matches!(e, CliError::AuditChain(_)), "{e}");
     assert!(e.to_string().contains("record 1"), "{e}");
@@ -182,7 +158,7 @@ async fn pruning_keeps_a_checkpoint_that_verifies() {
     assert_eq!(actions(&a.body), ["model.create"]);
     assert_eq!(a.body["checkpoint"]["seq"], 3);
     assert_eq!(a.body["records"][0]["seq"], 4);
-    let (r, _, note) = octomil(&env, &["audit", "verify"]).await;
+    let (r, _, note) = env.octomil(&env.owner_key, &["audit", "verify"]).await;
     r.unwrap();
     assert!(note.contains("from checkpoint 3"), "{note}");
     env.handle.shutdown().await;

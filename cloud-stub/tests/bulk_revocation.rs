@@ -227,26 +227,9 @@ async fn a_bulk_revoke_with_the_broker_away_answers_promptly_and_the_outbox_deli
 
 /// `octomil devices revoke ID ID ...` as the operator runs it, in-process.
 async fn octomil(env: &Env, args: &[&str]) -> (String, String) {
-    let ca = env.dir.path().join("ca-for-cli.pem");
-    std::fs::write(&ca, env.handle.ca_pem.as_bytes()).unwrap();
-    let mut argv = vec![
-        "octomil",
-        "--api-url",
-        &env.handle.http_url,
-        "--api-key",
-        &env.owner_key,
-        "--ca-file",
-        ca.to_str().unwrap(),
-    ];
-    argv.extend_from_slice(args);
-    let cli = <octomil_cloud::cli::Cli as clap::Parser>::try_parse_from(argv).unwrap();
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let mut out = octomil_cloud::cli::Out::new(&mut stdout, &mut stderr, false, 0);
-    octomil_cloud::cli::run(cli, &mut out).await.unwrap();
-    (
-        String::from_utf8(stdout).unwrap(),
-        String::from_utf8(stderr).unwrap(),
-    )
+    let (r, out, note) = env.octomil(&env.owner_key, args).await;
+    r.unwrap();
+    (out, note)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

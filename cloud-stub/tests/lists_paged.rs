@@ -9,7 +9,6 @@
 
 mod support;
 
-use clap::Parser;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::Env;
@@ -42,24 +41,10 @@ async fn walk(env: &Env, path: &str, list: &str, field: &str, limit: usize) -> V
 }
 
 async fn octomil(env: &Env, args: &[&str]) -> Value {
-    let ca = env.dir.path().join("ca-for-cli.pem");
-    std::fs::write(&ca, env.handle.ca_pem.as_bytes()).unwrap();
-    let mut argv = vec![
-        "octomil",
-        "--api-url",
-        &env.handle.http_url,
-        "--api-key",
-        &env.owner_key,
-        "--ca-file",
-        ca.to_str().unwrap(),
-        "--json",
-    ];
-    argv.extend_from_slice(args);
-    let cli = octomil_cloud::cli::Cli::try_parse_from(argv).unwrap();
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let mut out = octomil_cloud::cli::Out::new(&mut stdout, &mut stderr, true, 0);
-    octomil_cloud::cli::run(cli, &mut out).await.unwrap();
-    serde_json::from_slice(&stdout).unwrap()
+    let argv = [&["--json"], args].concat();
+    let (r, out, _) = env.octomil(&env.owner_key, &argv).await;
+    r.unwrap();
+    serde_json::from_str(&out).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

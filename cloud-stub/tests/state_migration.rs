@@ -7,42 +7,13 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use octomil_cloud::CloudStub;
 use octomil_cloud::store::{FORMAT_VERSION, Store, StoreError};
-use octomil_common::ManualClock;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
-
-fn fixture() -> (tempfile::TempDir, PathBuf, Value) {
-    fixture_of("state-v1")
-}
-
-fn fixture_of(name: &str) -> (tempfile::TempDir, PathBuf, Value) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("state");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        let to = dir.join(e.file_name());
-        std::fs::copy(e.path(), &to).unwrap();
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let info: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("fixture.json")).unwrap()).unwrap();
-    (tmp, dir, info)
-}
+use serde_json::json;
 
 #[test]
 fn the_store_migrates_every_record_once() {
-    let (_tmp, dir, _) = fixture();
+    let (_tmp, dir, _) = support::fixture::copy("state-v1");
     let path = dir.join("cloud.redb");
     for _ in 0..2 {
         let store = Store::open(&path).unwrap();
@@ -103,16 +74,7 @@ fn a_state_from_a_newer_release_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_started_on_old_state_serves_everything_in_it() {
-    support::install_crypto();
-    let (tmp, dir, info) = fixture();
-    let made_at = info["made_at_ms"].as_u64().unwrap();
-    let clock = ManualClock::at_ms(made_at + 3_600_000);
-    let handle = CloudStub::builder(&dir)
-        .clock(Arc::new(clock.clone()))
-        .spawn()
-        .await
-        .unwrap();
-    let env = support::env_for(handle, clock, tmp);
+    let (env, info) = support::fixture::start("state-v1").await;
 
     // The Owner key of the first start still works, and now administers the org by scope.
     let a = env.owner(Method::GET, "/devices", None).await;
@@ -153,35 +115,11 @@ async fn a_cloud_started_on_old_state_serves_everything_in_it() {
     );
 
     // The member added on the old release logs in with the password and TOTP it was given.
-    let totp =
-        octomil_cloud::session::totp_from_base32(info["admin_totp_base32"].as_str().unwrap())
-            .unwrap();
-    let a = env
-        .call(
-            Method::POST,
-            "/auth/login",
-            None,
-            Some(json!({
-                "email": info["admin_email"],
-                "password": info["admin_password"],
-                "mfa_code": env.totp_code(&totp),
-            })),
-        )
-        .await;
+    let a = support::fixture::admin_login(&env, &info).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
 
     // The device refreshes with the refresh token the old release gave it.
-    let a = env
-        .call(
-            Method::POST,
-            "/devices/refresh",
-            None,
-            Some(json!({
-                "device_id": info["device_id"],
-                "refresh_token": info["device_refresh_token"],
-            })),
-        )
-        .await;
+    let a = support::fixture::refresh_device(&env, &info).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
     env.handle.shutdown().await;
 }
@@ -193,7 +131,7 @@ async fn a_cloud_started_on_old_state_serves_everything_in_it() {
 /// there, the sessions still work, and the Admin logs in with the TOTP secret of version 2.
 #[test]
 fn format_2_members_and_sessions_survive_the_migration() {
-    let (_tmp, dir, _) = fixture_of("state-v2");
+    let (_tmp, dir, _) = support::fixture::copy("state-v2");
     let path = dir.join("cloud.redb");
     for _ in 0..2 {
         let store = Store::open(&path).unwrap();
@@ -226,16 +164,7 @@ fn format_2_members_and_sessions_survive_the_migration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_started_on_format_2_state_keeps_its_sessions() {
-    support::install_crypto();
-    let (tmp, dir, info) = fixture_of("state-v2");
-    let made_at = info["made_at_ms"].as_u64().unwrap();
-    let clock = ManualClock::at_ms(made_at + 3_600_000);
-    let handle = CloudStub::builder(&dir)
-        .clock(Arc::new(clock.clone()))
-        .spawn()
-        .await
-        .unwrap();
-    let env = support::env_for(handle, clock, tmp);
+    let (env, info) = support::fixture::start("state-v2").await;
     for s in ["owner_session", "admin_session"] {
         let token = info[s].as_str().unwrap();
         let a = env
@@ -255,21 +184,7 @@ async fn a_cloud_started_on_format_2_state_keeps_its_sessions() {
         )
         .await;
     assert_eq!(a.code(), "step_up_required", "{:?}", a.body);
-    let totp =
-        octomil_cloud::session::totp_from_base32(info["admin_totp_base32"].as_str().unwrap())
-            .unwrap();
-    let a = env
-        .call(
-            Method::POST,
-            "/auth/login",
-            None,
-            Some(json!({
-                "email": info["admin_email"],
-                "password": info["admin_password"],
-                "mfa_code": env.totp_code(&totp),
-            })),
-        )
-        .await;
+    let a = support::fixture::admin_login(&env, &info).await;
     assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
     assert_eq!(a.body["enrolment_required"], false);
     env.handle.shutdown().await;

@@ -9,46 +9,19 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use clap::Parser;
-use octomil_cloud::CloudStub;
 use octomil_cloud::store::{Checkpoint, Environment, FORMAT_VERSION, Store, audit};
-use octomil_common::ManualClock;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
-
-fn fixture(name: &str) -> (tempfile::TempDir, PathBuf, Value) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("state");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        let to = dir.join(e.file_name());
-        std::fs::copy(e.path(), &to).unwrap();
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let info: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("fixture.json")).unwrap()).unwrap();
-    (tmp, dir, info)
-}
 
 #[test]
 fn every_record_takes_the_organizations_environment() {
-    assert_eq!(FORMAT_VERSION, 4);
+    assert_eq!(FORMAT_VERSION, 5);
     for (name, env) in [
         ("state-v2-env", Environment::Live),
         ("state-v2-env-sandbox", Environment::Test),
     ] {
-        let (_tmp, dir, info) = fixture(name);
+        let (_tmp, dir, info) = support::fixture::copy(name);
         let path = dir.join("cloud.redb");
-        // Twice: the second open finds format 3 and migrates nothing.
+        // Twice: the second open finds the current format and migrates nothing.
         for _ in 0..2 {
             let store = Store::open(&path).unwrap();
             store.read(|m| {
@@ -85,44 +58,13 @@ fn every_record_takes_the_organizations_environment() {
     }
 }
 
-async fn octomil(env: &support::Env, key: &str, args: &[&str]) -> (Result<(), String>, String) {
-    let ca = env.dir.path().join("ca-for-cli.pem");
-    std::fs::write(&ca, env.handle.ca_pem.as_bytes()).unwrap();
-    let mut argv = vec![
-        "octomil",
-        "--api-url",
-        &env.handle.http_url,
-        "--api-key",
-        key,
-        "--ca-file",
-        ca.to_str().unwrap(),
-    ];
-    argv.extend_from_slice(args);
-    let cli = octomil_cloud::cli::Cli::try_parse_from(argv).unwrap();
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let mut out = octomil_cloud::cli::Out::new(&mut stdout, &mut stderr, false, 0);
-    let r = octomil_cloud::cli::run(cli, &mut out)
-        .await
-        .map_err(|e| e.to_string());
-    (r, String::from_utf8(stdout).unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_on_format_2_state_serves_it_in_its_environment_and_the_chain_verifies() {
     for (name, prefix) in [
         ("state-v2-env", "edg_live_"),
         ("state-v2-env-sandbox", "edg_test_"),
     ] {
-        support::install_crypto();
-        let (tmp, dir, info) = fixture(name);
-        let made_at = info["made_at_ms"].as_u64().unwrap();
-        let clock = ManualClock::at_ms(made_at + 3_600_000);
-        let handle = CloudStub::builder(&dir)
-            .clock(Arc::new(clock.clone()))
-            .spawn()
-            .await
-            .unwrap();
-        let env = support::env_for(handle, clock, tmp);
+        let (env, info) = support::fixture::start(name).await;
         assert!(env.owner_key.starts_with(prefix));
 
         // The first-start key (of the org's environment) sees every device and resource.
@@ -142,17 +84,7 @@ async fn a_cloud_on_format_2_state_serves_it_in_its_environment_and_the_chain_ve
         );
 
         // The device refreshes with its old refresh token and gets a key of its environment.
-        let a = env
-            .call(
-                Method::POST,
-                "/devices/refresh",
-                None,
-                Some(json!({
-                    "device_id": info["device_id"],
-                    "refresh_token": info["device_refresh_token"],
-                })),
-            )
-            .await;
+        let a = support::fixture::refresh_device(&env, &info).await;
         assert_eq!(a.status, StatusCode::OK, "{name}: {:?}", a.body);
         assert!(a.body["api_key"].as_str().unwrap().starts_with(prefix));
 
@@ -167,8 +99,8 @@ async fn a_cloud_on_format_2_state_serves_it_in_its_environment_and_the_chain_ve
         );
         assert_eq!(records[0]["version"], 1);
         assert!(records.iter().all(|r| &r["environment"] == want));
-        let (r, out) = octomil(&env, &env.owner_key.clone(), &["audit", "verify"]).await;
-        assert_eq!(r, Ok(()), "{name}: {out}");
+        let (r, out, note) = env.octomil(&env.owner_key, &["audit", "verify"]).await;
+        assert!(r.is_ok(), "{name}: {r:?}: {out}{note}");
         // And the store agrees.
         let dir = env.handle.state_dir.clone();
         env.handle.shutdown().await;

@@ -94,11 +94,6 @@ struct RunArgs {
     /// be back.
     #[arg(long, default_value_t = 300)]
     outage_timeout_secs: u64,
-    /// For a broker with a password file: a shell command run (with `sh -c`) after the
-    /// fleet registered and before it connects, with the path of a 0600 file of
-    /// `device_id:device_key` lines as $1. The file is removed afterwards.
-    #[arg(long)]
-    enrol_command: Option<String>,
     /// MQTT keep-alive of every session, seconds (the daemon's default is 60).
     #[arg(long, default_value_t = 60)]
     keep_alive_secs: u64,
@@ -203,9 +198,6 @@ async fn fleet_run(
         "MQTT login: {with_cert} devices with their client certificate, {} with their key as password",
         n - with_cert
     );
-    if let Some(cmd) = &a.enrol_command {
-        enrol(cmd, &devices)?;
-    }
 
     let (tx, rx) = mpsc::unbounded_channel();
     let mut sessions = tokio::task::JoinSet::new();
@@ -353,36 +345,6 @@ async fn wait_up(fleet: &mut Fleet, timeout: Duration) -> usize {
 
 /// While the fleet comes up: give up on the rest after this long without one more session.
 const STALLED: Duration = Duration::from_secs(20);
-
-/// Hands the fleet's logins to a password-file broker through `cmd`.
-fn enrol(cmd: &str, devices: &[Arc<Device>]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let path =
-        std::env::temp_dir().join(format!("octomil-fleet-sim-{}.logins", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    for d in devices {
-        writeln!(f, "{}:{}", d.id, d.api_key())?;
-    }
-    drop(f);
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .arg("sh")
-        .arg(&path)
-        .status();
-    let _ = std::fs::remove_file(&path);
-    let status = status.context("running --enrol-command")?;
-    if !status.success() {
-        bail!("--enrol-command exited with {status}");
-    }
-    Ok(())
-}
 
 /// This process's resident memory, MiB.
 fn rss_mib() -> Option<u64> {

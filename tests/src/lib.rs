@@ -3,6 +3,7 @@
 
 pub use octomil_testkit::mosquitto;
 pub mod proxy;
+pub mod push;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -10,66 +10,17 @@
 use std::time::{Duration, Instant};
 
 use octomil_cloud::faults::DeviceCall;
-use octomil_cloud::{CloudStub, ExternalBroker, MqttMode};
+use octomil_e2e::DaemonProcess;
 use octomil_e2e::mosquitto::{self, Mosquitto};
-use octomil_e2e::{DaemonOptions, DaemonProcess, TestCloud};
+use octomil_e2e::push::{
+    device, embedded, mosquitto_cloud, opts, revoke, until_refused, wait_mqtt,
+};
 use octomil_testkit::poll::eventually_or;
 use octomil_testkit::skip;
 use serde_json::json;
 
 fn install() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// Daemon options with a 2 s MQTT keep-alive and debug logs of the session.
-fn opts(c: &TestCloud, id: &str) -> DaemonOptions {
-    let mut o = c.opts(id);
-    o.extra = "mqtt_keepalive = \"2s\"\n".into();
-    o
-}
-
-async fn revoke(c: &TestCloud, id: &str) -> (u16, serde_json::Value) {
-    c.owner(
-        reqwest::Method::POST,
-        &format!("/devices/{id}/revoke"),
-        Some(json!({"reason": "test revocation"})),
-    )
-    .await
-}
-
-async fn device(c: &TestCloud, id: &str) -> serde_json::Value {
-    c.owner(reqwest::Method::GET, &format!("/devices/{id}"), None)
-        .await
-        .1
-}
-
-async fn wait_mqtt(d: &DaemonProcess, extra: impl Fn() -> String) {
-    eventually_or(Duration::from_secs(20), "an MQTT session", || async {
-        let (_, s) = d.get("/v1/status").await;
-        if s["mqtt_connected"] == true {
-            return Ok(());
-        }
-        Err(format!("{s}\n{}\n{}", d.log_text(), extra()))
-    })
-    .await
-}
-
-/// Polls `/v1/token` until it answers 403 `device_revoked`; returns how long that took.
-async fn until_refused(d: &DaemonProcess, since: Instant, limit: Duration) -> Duration {
-    loop {
-        let (code, body) = d.get("/v1/token").await;
-        if code == 403 {
-            assert_eq!(body["error"], "device_revoked");
-            return since.elapsed();
-        }
-        assert!(
-            since.elapsed() < limit,
-            "still serving a key {:?} after the revoke\n{}",
-            since.elapsed(),
-            d.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// How many times the daemon's log says its revocation session connected with a client
@@ -110,12 +61,7 @@ fn strip_ansi(text: &str) -> String {
 async fn the_daemon_logs_in_to_the_embedded_broker_by_certificate_and_is_revoked_promptly() {
     install();
     let tmp = tempfile::tempdir().unwrap();
-    let c = TestCloud::with(CloudStub::builder(tmp.path().join("cloud")).mqtt(
-        MqttMode::Embedded {
-            listen: "127.0.0.1:0".parse().unwrap(),
-        },
-    ))
-    .await;
+    let c = embedded(tmp.path(), None).await;
     let d = DaemonProcess::start(&tmp.path().join("d"), &opts(&c, "cert-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
     wait_mqtt(&d, String::new).await;
@@ -161,12 +107,7 @@ async fn the_daemon_logs_in_to_the_embedded_broker_by_certificate_and_is_revoked
 async fn a_revoked_daemon_logs_in_with_its_certificate_and_reads_its_revocation() {
     install();
     let tmp = tempfile::tempdir().unwrap();
-    let c = TestCloud::with(CloudStub::builder(tmp.path().join("cloud")).mqtt(
-        MqttMode::Embedded {
-            listen: "127.0.0.1:0".parse().unwrap(),
-        },
-    ))
-    .await;
+    let c = embedded(tmp.path(), None).await;
     let dir = tmp.path().join("d");
     let d = DaemonProcess::start(&dir, &opts(&c, "cert-2"));
     d.wait_state("active", Duration::from_secs(20)).await;
@@ -203,16 +144,6 @@ fn logins(broker: &Mosquitto, id: &str) -> usize {
         .count()
 }
 
-/// The cloud's own login to the broker.
-fn external_broker(broker: &Mosquitto) -> ExternalBroker {
-    ExternalBroker {
-        url: broker.url(),
-        username: Some("octomil-cloud".into()),
-        password: None,
-        ca_file: None,
-    }
-}
-
 /// Mosquitto with client certificates: the daemon stays connected (or reconnects with its
 /// renewed certificate) across three key rotations of 6 s keys, and once revoked still
 /// receives its revocation over the broker with the certificate it holds.
@@ -227,24 +158,8 @@ async fn mosquitto_with_client_certificates_follows_three_key_rotations_and_deli
         );
         return;
     }
-    install();
     let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("cloud");
-    // The cloud's PKI and MQTT CA first: Mosquitto serves the cloud's server certificate and
-    // trusts the MQTT CA for client certificates.
-    octomil_cloud::tls::Pki::load_or_create(&state, &[]).unwrap();
-    octomil_cloud::mqtt::ca::MqttCa::load_or_create(&state).unwrap();
-    let broker = Mosquitto::start_with_client_certs(
-        &tmp.path().join("mosquitto"),
-        &state,
-        mosquitto::free_port(),
-    );
-    let handle = CloudStub::builder(&state)
-        .mqtt(MqttMode::External(external_broker(&broker)))
-        .spawn()
-        .await
-        .unwrap();
-    let c = TestCloud::wrap(handle);
+    let (broker, c) = mosquitto_cloud(tmp.path(), Some("octomil-cloud")).await;
     c.settings(json!({"device_token_expiry": "6s"})).await;
     let id = "mosq-cert-1";
     let d = DaemonProcess::start(&tmp.path().join("d"), &opts(&c, id));

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use octomil_e2e::push::{until_refused, wait_mqtt};
 use octomil_e2e::{CloudProcess, DaemonOptions, DaemonProcess, run};
 
 fn faketime(test: &str) -> Option<PathBuf> {
@@ -36,40 +37,6 @@ fn daemon(cloud: &CloudProcess, dir: &Path, id: &str, env: Vec<(String, String)>
     let mut o = DaemonOptions::for_cloud(&cloud.info, Some(cloud.bootstrap_token()), id);
     o.env = env;
     DaemonProcess::start(&dir.join(id), &o)
-}
-
-async fn wait_mqtt(d: &DaemonProcess) {
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, s) = d.get("/v1/status").await;
-        if s["mqtt_connected"] == true {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "no MQTT session: {s}\n{}",
-            d.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls `/v1/token` until it is refused with `device_revoked`; how long that took.
-async fn refused_after(d: &DaemonProcess, from: Instant, bound: Duration) -> Duration {
-    loop {
-        let (code, body) = d.get("/v1/token").await;
-        if code == 403 {
-            assert_eq!(body["error"], "device_revoked");
-            return from.elapsed();
-        }
-        assert!(
-            from.elapsed() < bound,
-            "still serving a key {:?} after the revoke\n{}",
-            from.elapsed(),
-            d.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,14 +67,14 @@ async fn daemons_at_any_clock_offset_register_serve_and_refuse_after_a_revoke() 
         let s = d.wait_state("active", Duration::from_secs(30)).await;
         assert_eq!(s["device_id"], *id);
         assert!(d.token().await.starts_with("edg_"), "{id}");
-        wait_mqtt(d).await;
+        wait_mqtt(d, String::new).await;
     }
     let mut figures = Vec::new();
     for (id, d) in &daemons {
         let t0 = Instant::now();
         let (out, stdout, stderr) = run(cloud.cli().args(["devices", "revoke", id]));
         assert!(out.status.success(), "{stdout}{stderr}");
-        let took = refused_after(d, t0, Duration::from_secs(5)).await;
+        let took = until_refused(d, t0, Duration::from_secs(5)).await;
         d.wait_state("revoked", Duration::from_secs(5)).await;
         figures.push(format!("{id}: {} ms", took.as_millis()));
     }

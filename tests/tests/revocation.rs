@@ -7,80 +7,19 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use octomil_cloud::{CloudStub, ExternalBroker, MqttMode};
 use octomil_common::envelope::{self, Revocation};
-use octomil_e2e::mosquitto::{self, Mosquitto};
+use octomil_e2e::mosquitto;
 use octomil_e2e::proxy::Proxy;
-use octomil_e2e::{DaemonOptions, DaemonProcess, TestCloud};
+use octomil_e2e::push::{
+    device, embedded, mosquitto_cloud, opts, revoke, until_refused, wait_mqtt,
+};
+use octomil_e2e::{DaemonProcess, TestCloud};
 use octomil_testkit::poll::eventually_or;
 use octomil_testkit::skip;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use serde_json::json;
 
 fn install() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-async fn embedded(dir: &std::path::Path, device_url: Option<(SocketAddr, String)>) -> TestCloud {
-    let b = CloudStub::builder(dir.join("cloud"));
-    let b = match device_url {
-        Some((listen, url)) => b.mqtt(MqttMode::Embedded { listen }).mqtt_device_url(url),
-        None => b.mqtt(MqttMode::Embedded {
-            listen: "127.0.0.1:0".parse().unwrap(),
-        }),
-    };
-    TestCloud::with(b).await
-}
-
-/// Daemon options with a 2 s MQTT keep-alive (presence goes offline within 3 s).
-fn opts(c: &TestCloud, id: &str) -> DaemonOptions {
-    let mut o = c.opts(id);
-    o.extra = "mqtt_keepalive = \"2s\"\n".into();
-    o
-}
-
-async fn revoke(c: &TestCloud, id: &str) -> (u16, serde_json::Value) {
-    c.owner(
-        reqwest::Method::POST,
-        &format!("/devices/{id}/revoke"),
-        Some(json!({"reason": "test revocation"})),
-    )
-    .await
-}
-
-async fn device(c: &TestCloud, id: &str) -> serde_json::Value {
-    c.owner(reqwest::Method::GET, &format!("/devices/{id}"), None)
-        .await
-        .1
-}
-
-async fn wait_mqtt(d: &DaemonProcess) {
-    eventually_or(Duration::from_secs(20), "an MQTT session", || async {
-        let (_, s) = d.get("/v1/status").await;
-        if s["mqtt_connected"] == true {
-            return Ok(());
-        }
-        Err(format!("{s}\n{}", d.log_text()))
-    })
-    .await
-}
-
-/// Polls `/v1/token` until it answers 403 `device_revoked`; returns how long that took.
-async fn until_refused(d: &DaemonProcess, since: Instant, limit: Duration) -> Duration {
-    loop {
-        let (code, body) = d.get("/v1/token").await;
-        if code == 403 {
-            assert_eq!(body["error"], "device_revoked");
-            return since.elapsed();
-        }
-        assert!(
-            since.elapsed() < limit,
-            "still serving a key {:?} after the revoke\n{}",
-            since.elapsed(),
-            d.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +29,7 @@ async fn a_pushed_revocation_stops_the_key_within_a_second_and_survives_restart(
     let dir = tmp.path().join("d");
     let d = DaemonProcess::start(&dir, &opts(&c, "push-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
-    wait_mqtt(&d).await;
+    wait_mqtt(&d, String::new).await;
     let t0 = Instant::now();
     let (code, body) = revoke(&c, "push-1").await;
     assert_eq!(code, 200, "{body}");
@@ -112,7 +51,7 @@ async fn a_device_stopped_while_revoked_ends_revoked_when_started() {
     let dir = tmp.path().join("d");
     let d = DaemonProcess::start(&dir, &opts(&c, "stopped-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
-    wait_mqtt(&d).await;
+    wait_mqtt(&d, String::new).await;
     assert!(d.terminate().success());
     revoke(&c, "stopped-1").await;
     let d = DaemonProcess::start_with_config(&dir, &dir.join("octomild.toml"), &[]);
@@ -135,7 +74,7 @@ async fn a_device_whose_broker_link_was_cut_during_the_revoke_ends_revoked() {
     .await;
     let d = DaemonProcess::start(&tmp.path().join("d"), &opts(&c, "cut-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
-    wait_mqtt(&d).await;
+    wait_mqtt(&d, String::new).await;
     proxy.cut();
     let (code, _) = revoke(&c, "cut-1").await;
     assert_eq!(code, 200, "the cloud's own session is not behind the proxy");
@@ -199,7 +138,7 @@ async fn forged_replayed_cross_device_and_garbage_envelopes_change_nothing() {
     let c = embedded(tmp.path(), None).await;
     let d = DaemonProcess::start(&tmp.path().join("d"), &opts(&c, "target-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
-    wait_mqtt(&d).await;
+    wait_mqtt(&d, String::new).await;
     let key = d.token().await;
     let raw = std::fs::read_to_string(c.handle.state_dir.join("revocation.key")).unwrap();
     let seed: [u8; 32] = base64::engine::general_purpose::STANDARD
@@ -274,7 +213,7 @@ async fn presence_shows_online_and_a_killed_daemon_offline_within_its_keepalive(
     let c = embedded(tmp.path(), None).await;
     let d = DaemonProcess::start(&tmp.path().join("d"), &opts(&c, "presence-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
-    wait_mqtt(&d).await;
+    wait_mqtt(&d, String::new).await;
     let v = eventually_or(Duration::from_secs(10), "online", || async {
         let v = device(&c, "presence-1").await;
         if v["online"] == true {
@@ -324,33 +263,12 @@ async fn the_same_revocation_flows_through_a_real_mosquitto() {
         );
         return;
     }
-    install();
     let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("cloud");
-    // The cloud's CAs first: Mosquitto serves the cloud's server certificate and verifies
-    // client certificates (the cloud's and the daemon's) against its MQTT CA.
-    octomil_cloud::tls::Pki::load_or_create(&state, &[]).unwrap();
-    octomil_cloud::mqtt::ca::MqttCa::load_or_create(&state).unwrap();
-    let broker = Mosquitto::start_with_client_certs(
-        &tmp.path().join("mosquitto"),
-        &state,
-        mosquitto::free_port(),
-    );
-    let handle = CloudStub::builder(&state)
-        .mqtt(MqttMode::External(ExternalBroker {
-            url: broker.url(),
-            username: None,
-            password: None,
-            ca_file: None,
-        }))
-        .spawn()
-        .await
-        .unwrap();
-    let c = TestCloud::wrap(handle);
+    let (_broker, c) = mosquitto_cloud(tmp.path(), None).await;
     let d = DaemonProcess::start(&tmp.path().join("d"), &opts(&c, "mosq-1"));
     d.wait_state("active", Duration::from_secs(20)).await;
     // The daemon logs in with the certificate its registration answer carried.
-    wait_mqtt(&d).await;
+    wait_mqtt(&d, String::new).await;
     let t0 = Instant::now();
     let (code, body) = revoke(&c, "mosq-1").await;
     assert_eq!(code, 200, "{body}");

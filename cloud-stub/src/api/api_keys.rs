@@ -1,5 +1,5 @@
 //! `POST /api-keys`, `GET /api-keys`, `DELETE /api-keys/{id}`. A key is shown once, at
-//! creation; the cloud keeps only its hash. A key never outranks its creator: it takes at
+//! creation; the cloud keeps only its hash, and a prefix too short to matter for lists. A key never outranks its creator: it takes at
 //! most the creator's scopes, and acts with at most the creator's current role.
 
 use axum::Json;
@@ -16,7 +16,7 @@ use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, Body};
 use crate::scope::{Role, Scope, ScopeSet};
-use crate::store::{ApiKeyRecord, Change, Environment, Model};
+use crate::store::{ApiKeyRecord, Change, Environment, Model, key_prefix};
 
 const MAX_NAME_LEN: usize = 128;
 
@@ -35,6 +35,8 @@ pub struct CreatedApiKey {
     pub id: String,
     pub name: String,
     pub key: Secret<String>,
+    /// What lists will show of the key (`ApiKeyView::prefix`).
+    pub prefix: String,
     pub scopes: Vec<&'static str>,
     pub environment: Environment,
     pub created_at: u64,
@@ -45,6 +47,9 @@ pub struct CreatedApiKey {
 pub struct ApiKeyView {
     pub id: String,
     pub name: String,
+    /// The key's first characters (`edg_live_a1B2c3`), to tell keys apart; `null` for keys
+    /// made before the cloud kept them (state format 5).
+    pub prefix: Option<String>,
     pub scopes: Vec<&'static str>,
     pub role: Role,
     pub environment: Environment,
@@ -101,6 +106,7 @@ impl ApiKeyView {
         Self {
             id: k.id.clone(),
             name: k.name.clone(),
+            prefix: k.prefix.clone(),
             scopes: k.scopes.names(),
             role: k.role,
             environment: k.environment,
@@ -214,6 +220,7 @@ pub async fn create(
     let created = CreatedApiKey {
         id: rec.id.clone(),
         name: rec.name.clone(),
+        prefix: key_prefix(environment, key.expose()),
         key,
         scopes: scopes.names(),
         environment,
@@ -238,7 +245,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-/// A fresh key and the record that stores only its hash.
+/// A fresh key and the record that stores only its hash and its listed prefix.
 pub fn new_api_key(
     name: &str,
     scopes: ScopeSet,
@@ -262,6 +269,7 @@ pub fn new_api_key(
         last_used_at: None,
         expires_at: None,
         revoked_at: None,
+        prefix: Some(key_prefix(environment, key.expose())),
     };
     (rec, key)
 }
@@ -352,4 +360,25 @@ pub async fn delete(
     pending.await?;
     tracing::info!(api_key_id = %id, auth = %auth.subject(), "API key deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::KEY_PREFIX_CHARS;
+
+    #[test]
+    fn a_new_key_keeps_a_prefix_of_six_random_characters_and_never_the_key() {
+        for env in [Environment::Live, Environment::Test] {
+            let (rec, key) = new_api_key("k", ScopeSet::all(), Role::Owner, "o@x", env, 1, "t");
+            let prefix = rec.prefix.clone().unwrap();
+            let fixed = env.token_kind().prefix();
+            assert!(key.expose().starts_with(&prefix), "{prefix}");
+            assert_eq!(prefix.len(), fixed.len() + KEY_PREFIX_CHARS);
+            assert!(prefix.starts_with(fixed));
+            let debug = format!("{rec:?}{:?}", ApiKeyView::of(&rec, 1));
+            assert!(!debug.contains(key.expose().as_str()));
+            assert!(debug.contains(&prefix));
+        }
+    }
 }

@@ -87,6 +87,9 @@ struct KeyInfo {
     id: Id,
     #[serde(default)]
     name: String,
+    /// The key's first characters; absent or `null` for keys made before the cloud kept them.
+    #[serde(default)]
+    prefix: Option<String>,
     #[serde(default)]
     scopes: Vec<String>,
     #[serde(default)]
@@ -175,10 +178,22 @@ fn created_note(created: &CreatedKey) -> String {
     )
 }
 
+/// What the KEY column shows: the prefix and an ellipsis, as the dashboard does; for a key
+/// without a known prefix, its environment's (`edg_live_…`).
+fn shown_prefix(k: &KeyInfo) -> String {
+    let prefix = match (&k.prefix, k.environment.as_deref()) {
+        (Some(p), _) => p.clone(),
+        (None, Some(env @ ("live" | "test"))) => format!("edg_{env}_"),
+        (None, _) => return "-".to_owned(),
+    };
+    format!("{prefix}…")
+}
+
 fn render_list(keys: &[KeyInfo], now: u64) -> String {
     let mut t = Table::new(&[
         "ID",
         "NAME",
+        "KEY",
         "ENV",
         "SCOPES",
         "CREATED",
@@ -189,6 +204,7 @@ fn render_list(keys: &[KeyInfo], now: u64) -> String {
         t.row(vec![
             k.id.0.clone(),
             k.name.clone(),
+            shown_prefix(k),
             k.environment.clone().unwrap_or_else(|| "-".to_owned()),
             k.scopes.join(","),
             k.created_at.map_or_else(|| "-".to_owned(), rfc3339),
@@ -348,17 +364,20 @@ mod tests {
     #[test]
     fn list_renders_a_table() {
         let keys: Vec<KeyInfo> = serde_json::from_value(serde_json::json!([
-            {"id": "k1", "name": "owner", "scopes": ["models:read", "devices:write"],
+            {"id": "k1", "name": "owner", "prefix": "edg_live_a1B2c3",
+             "scopes": ["models:read", "devices:write"],
              "environment": "live", "created_at": 0, "last_used_at": 3_540, "status": "active"},
-            {"id": 7, "name": "ci", "scopes": [], "environment": "test",
-             "created_at": 86_400, "last_used_at": null, "status": "revoked"}
+            {"id": 7, "name": "ci", "prefix": null, "scopes": [], "environment": "test",
+             "created_at": 86_400, "last_used_at": null, "status": "revoked"},
+            {"id": "k3", "name": "old"}
         ]))
         .unwrap();
         assert_eq!(
             render_list(&keys, 3_600),
-            "ID  NAME   ENV   SCOPES                     CREATED               LAST USED  STATUS\n\
-             k1  owner  live  models:read,devices:write  1970-01-01T00:00:00Z  1m ago     active\n\
-             7   ci     test                             1970-01-02T00:00:00Z  never      revoked\n"
+            "ID  NAME   KEY               ENV   SCOPES                     CREATED               LAST USED  STATUS\n\
+             k1  owner  edg_live_a1B2c3…  live  models:read,devices:write  1970-01-01T00:00:00Z  1m ago     active\n\
+             7   ci     edg_test_…        test                             1970-01-02T00:00:00Z  never      revoked\n\
+             k3  old    -                 -                                -                     never      -\n"
         );
     }
 }

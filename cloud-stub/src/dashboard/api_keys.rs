@@ -19,7 +19,9 @@ const FLASH: &str = "api-keys";
 pub struct KeyRow {
     pub id: String,
     pub name: String,
-    pub prefix: &'static str,
+    /// The key's listed prefix (`edg_live_a1B2c3`), or its environment's alone for a key
+    /// made before state format 5; the page adds an ellipsis.
+    pub prefix: String,
     pub scopes: String,
     pub environment: &'static str,
     pub created: String,
@@ -73,10 +75,9 @@ async fn keys_page(
         .api_keys
         .into_iter()
         .map(|k| KeyRow {
-            prefix: match k.environment {
-                Environment::Live => "edg_live_",
-                Environment::Test => "edg_test_",
-            },
+            prefix: k
+                .prefix
+                .unwrap_or_else(|| k.environment.token_kind().prefix().to_owned()),
             environment: env_name(k.environment),
             can_revoke: can_revoke && k.status == "active",
             scopes: k.scopes.join(", "),

@@ -6,18 +6,19 @@
 
 use std::collections::BTreeMap;
 
-use redb::{Database, ReadableDatabase, TableDefinition, TableHandle};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::v1::{ApiKeyRecordV1, BootstrapRecordV1, DeviceRecordV1, MemberRecordV1, OrgRecordV1};
 use super::v2_env::{BootstrapRecordV2, DeviceRecordV2};
+use super::v4_prefix::ApiKeyRecordV4;
 use super::{
-    API_KEYS, ApiKeyRecord, BOOTSTRAP, CloudRateLimits, DEFAULT_BOOTSTRAP_TTL_SECS,
-    DEFAULT_BOOTSTRAP_USES, DEVICES, MEMBERS, ORG, OrgRecord, Settings, StoreError,
+    API_KEYS, BOOTSTRAP, CloudRateLimits, DEFAULT_BOOTSTRAP_TTL_SECS, DEFAULT_BOOTSTRAP_USES,
+    DEVICES, MEMBERS, ORG, OrgRecord, Settings, StoreError,
 };
 use crate::scope::{Role, Scope};
 
 /// The version this build reads and writes.
-pub const FORMAT_VERSION: u64 = 4;
+pub const FORMAT_VERSION: u64 = 5;
 
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const VERSION_KEY: &str = "format_version";
@@ -46,6 +47,7 @@ pub fn run(db: &Database) -> Result<u64, StoreError> {
             1 => v1_to_v2(&tx)?,
             2 => super::v2_to_v3::migrate(&tx)?,
             3 => super::v2_env::v3_to_v4(&tx)?,
+            4 => super::v4_prefix::v4_to_v5(&tx)?,
             _ => return Err(StoreError::Db(format!("no migration from version {v}"))),
         }
         v += 1;
@@ -166,7 +168,7 @@ fn v1_to_v2(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
             if k.created_by == PROVISIONING {
                 scopes = scopes.with(Scope::OrgAdmin).with(Scope::MetricsRead);
             }
-            let rec = ApiKeyRecord {
+            let rec = ApiKeyRecordV4 {
                 id: k.id.clone(),
                 name: k.name.clone(),
                 hash: k.hash,
@@ -220,4 +222,30 @@ fn read_all<T: serde::de::DeserializeOwned>(
     name: &'static str,
 ) -> Result<Vec<T>, StoreError> {
     super::decode_all(&tx.open_table(table)?, name)
+}
+
+/// Decodes every row of `table` (called `name` in errors) as `Old` and writes it back as
+/// `f(old)`, under the same key: a step that changes one record type.
+pub(super) fn rewrite<Old: serde::de::DeserializeOwned, New: serde::Serialize>(
+    tx: &redb::WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    name: &'static str,
+    f: impl Fn(Old) -> New,
+) -> Result<(), StoreError> {
+    let mut t = tx.open_table(table)?;
+    let rows: Vec<(String, Old)> = t
+        .iter()?
+        .map(|e| {
+            let (k, v) = e?;
+            let r = postcard::from_bytes(v.value()).map_err(|_| StoreError::Corrupt {
+                table: name,
+                key: k.value().to_owned(),
+            })?;
+            Ok((k.value().to_owned(), r))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    for (k, old) in rows {
+        t.insert(k.as_str(), encode(&f(old))?.as_slice())?;
+    }
+    Ok(())
 }

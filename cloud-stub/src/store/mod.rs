@@ -14,6 +14,7 @@ pub mod records;
 mod v1;
 mod v2_env;
 mod v2_to_v3;
+mod v4_prefix;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -648,6 +649,7 @@ mod tests {
             last_used_at: None,
             expires_at: None,
             revoked_at: None,
+            prefix: None,
         }
     }
 

@@ -128,9 +128,9 @@ pub struct OrgRecord {
     pub settings: Settings,
 }
 
-/// An API key (format version 2). Its effective rights are the smaller of `scopes` and the
-/// current role of `owner_email` (capped at `role`); it stops working when that member is
-/// removed, when it expires, or when it is revoked.
+/// An API key (format version 2; `prefix` since version 5). Its effective rights are the
+/// smaller of `scopes` and the current role of `owner_email` (capped at `role`); it stops
+/// working when that member is removed, when it expires, or when it is revoked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
     pub id: String,
@@ -153,6 +153,22 @@ pub struct ApiKeyRecord {
     pub expires_at: Option<u64>,
     /// Set by `DELETE /api-keys/{id}`; the record stays listed for [`KEY_RETENTION_SECS`].
     pub revoked_at: Option<u64>,
+    /// What lists show of the key (format version 5): its environment prefix and the first
+    /// [`KEY_PREFIX_CHARS`] random characters, e.g. `edg_live_a1B2c3`, so that keys can be
+    /// told apart. Not a secret: the 26 characters it leaves out still carry about 155 bits.
+    /// `None` for keys made before format 5 (only their hash was kept).
+    pub prefix: Option<String>,
+}
+
+/// Random characters of a key its listed prefix shows: 6 base62 characters (about 36 bits)
+/// tell an organisation's keys apart (two of 1,000 keys share one with odds of about 1 in
+/// 100,000) and leave 26 of its 32 characters (about 155 bits) unknown.
+pub const KEY_PREFIX_CHARS: usize = 6;
+
+/// The listed prefix of `key`, a key of `environment` (see [`ApiKeyRecord::prefix`]).
+pub fn key_prefix(environment: Environment, key: &str) -> String {
+    let fixed = environment.token_kind().prefix().len();
+    key.chars().take(fixed + KEY_PREFIX_CHARS).collect()
 }
 
 /// Revoked and expired API keys stay listed this long, then are dropped.

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -106,7 +106,7 @@ pub(super) fn v3_to_v4(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
             }
         }
     };
-    rewrite(tx, BOOTSTRAP, "bootstrap_tokens", |b: BootstrapRecordV2| {
+    super::migrate::rewrite(tx, BOOTSTRAP, "bootstrap_tokens", |b: BootstrapRecordV2| {
         BootstrapRecord {
             id: b.id,
             hash: b.hash,
@@ -118,7 +118,7 @@ pub(super) fn v3_to_v4(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
             environment,
         }
     })?;
-    rewrite(tx, DEVICES, "devices", |d: DeviceRecordV2| DeviceRecord {
+    super::migrate::rewrite(tx, DEVICES, "devices", |d: DeviceRecordV2| DeviceRecord {
         device_id: d.device_id,
         public_key: d.public_key,
         state: d.state,
@@ -133,7 +133,7 @@ pub(super) fn v3_to_v4(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
         bootstrap_token_id: d.bootstrap_token_id,
         environment,
     })?;
-    rewrite(tx, RESOURCES, "resources", |r: ResourceRecordV2| {
+    super::migrate::rewrite(tx, RESOURCES, "resources", |r: ResourceRecordV2| {
         ResourceRecord {
             id: r.id,
             kind: r.kind,
@@ -175,31 +175,6 @@ pub(super) fn v3_to_v4(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
             hash: r.hash,
         };
         audit.insert(seq, encode(&rec)?.as_slice())?;
-    }
-    Ok(())
-}
-
-/// Decodes every row of `table` as `Old` and writes it back as `f(old)`, under the same key.
-fn rewrite<Old: serde::de::DeserializeOwned, New: Serialize>(
-    tx: &redb::WriteTransaction,
-    table: TableDefinition<&str, &[u8]>,
-    name: &'static str,
-    f: impl Fn(Old) -> New,
-) -> Result<(), StoreError> {
-    let mut t = tx.open_table(table)?;
-    let rows: Vec<(String, Old)> = t
-        .iter()?
-        .map(|e| {
-            let (k, v) = e?;
-            let r = postcard::from_bytes(v.value()).map_err(|_| StoreError::Corrupt {
-                table: name,
-                key: k.value().to_owned(),
-            })?;
-            Ok((k.value().to_owned(), r))
-        })
-        .collect::<Result<_, StoreError>>()?;
-    for (k, old) in rows {
-        t.insert(k.as_str(), encode(&f(old))?.as_slice())?;
     }
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod cli;
+pub mod fixture;
 pub mod mqtt;
 
 use std::sync::Arc;
