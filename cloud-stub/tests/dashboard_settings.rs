@@ -424,7 +424,7 @@ async fn settings_review_spells_out_the_consequences_then_saves() {
     for want in [
         "id=\"change-expiry\"",
         "3 active devices will refresh about 1.33 times an hour each instead of 0.06",
-        "refreshes/s across the fleet",
+        "about 4 refreshes an hour across the fleet instead of 0.17 refreshes an hour",
         "devices pick up the new lifetime at their next refresh",
         "id=\"save-button\"",
     ] {

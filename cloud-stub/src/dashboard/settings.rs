@@ -117,6 +117,17 @@ fn human(secs: f64) -> String {
     }
 }
 
+/// A fleet-wide rate in the unit that keeps it readable (per second, minute or hour).
+fn fleet_rate(per_sec: f64) -> String {
+    if per_sec >= 1.0 {
+        format!("{} refreshes/s", num(per_sec))
+    } else if per_sec * 60.0 >= 1.0 {
+        format!("{} refreshes a minute", num(per_sec * 60.0))
+    } else {
+        format!("{} refreshes an hour", num(per_sec * 3600.0))
+    }
+}
+
 fn limit_text(l: RateLimit) -> String {
     format!("{} per {} s", l.limit, l.period_secs)
 }
@@ -338,12 +349,12 @@ fn expiry_consequence(f: &Facts, new: &Settings) -> Consequence {
         ),
         format!(
             "{n} active device{} will refresh about {} times an hour each instead of {}: \
-             about {} refreshes/s across the fleet instead of {}.",
+             about {} across the fleet instead of {}.",
             if n == 1 { "" } else { "s" },
             num(3600.0 / new_i),
             num(3600.0 / old_i),
-            num(n as f64 / new_i),
-            num(n as f64 / old_i),
+            fleet_rate(n as f64 / new_i),
+            fleet_rate(n as f64 / old_i),
         ),
     ];
     let loosens = new_l > old_l;
