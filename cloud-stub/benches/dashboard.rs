@@ -1,6 +1,8 @@
 //! The dashboard's device list with many devices: server time of page one (over loopback
 //! HTTPS with a kept-alive connection, so it bounds the server's time from above) and the
-//! page's weight, plain and with a search that scans every device.
+//! page's weight, plain and with a search that scans every device; and the overview (counts,
+//! version spread, the last day hour by hour), which reads every device, with a daemon version
+//! reported for each and one in 20 revoked.
 //!
 //! Run: `cargo bench -p octomil-cloud --bench dashboard` (env: BENCH_DEVICES, default 10000;
 //! BENCH_N requests per case, default 200).
@@ -160,10 +162,44 @@ async fn run() {
     let t = Instant::now();
     register_all(&client, &base, &boot, devices).await;
     eprintln!("registered {devices} devices in {:?}", t.elapsed());
+    // What the daemons would say on their status topics: a spread of versions, two in three
+    // online.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for i in 0..devices {
+        let p = json!({
+            "online": i % 3 != 0, "state": "active",
+            "daemon_version": format!("0.{}.{}", i % 4, i % 13),
+        });
+        cloud
+            .cloud
+            .presence
+            .ingest(
+                &format!("octomil/v1/devices/dev-{i:05}/status"),
+                &serde_json::to_vec(&p).unwrap(),
+                now,
+                |_| true,
+            )
+            .unwrap();
+    }
+    let ids: Vec<String> = (0..devices)
+        .step_by(20)
+        .map(|i| format!("dev-{i:05}"))
+        .collect();
+    let r = client
+        .post(format!("{base}/revocations"))
+        .bearer_auth(&owner)
+        .json(&json!({"device_ids": ids, "reason": "bench"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
     let cookie = sign_in(&client, &cloud.http_url, &cloud).await;
 
     println!(
-        "dashboard device list, {devices} devices, {n} requests per case (loopback HTTPS, kept-alive)"
+        "dashboard pages, {devices} devices, {n} requests per case (loopback HTTPS, kept-alive)"
     );
     println!("| case | p50 | p95 | max | page bytes (body) | rows |");
     println!("|---|---|---|---|---|---|");
@@ -181,6 +217,7 @@ async fn run() {
             "search matching nothing (scans all)",
             "/dashboard/devices?q=nomatch",
         ),
+        ("overview (reads every device)", "/dashboard/"),
     ] {
         let url = format!("{}{path}", cloud.http_url);
         let mut times = Vec::with_capacity(n);

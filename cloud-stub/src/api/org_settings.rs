@@ -70,7 +70,28 @@ pub async fn show(State(state): State<AppState>, _auth: Auth) -> ApiResult<Json<
     Ok(Json(SettingsView::of(&org(&state)?)))
 }
 
-fn check_limit(name: &str, l: RateLimit) -> ApiResult<RateLimit> {
+/// Whether a patch needs a fresh second factor from a session: a preset change (the rule the
+/// dashboard's review step asks the code by, so there is one rule).
+pub fn needs_step_up(patch: &SettingsPatch) -> bool {
+    patch.compliance_preset.is_some()
+}
+
+/// A device-key lifetime as given (`24h`), checked against the bounds: seconds.
+pub fn check_expiry(s: &str) -> ApiResult<u64> {
+    let secs = duration::parse_secs(s).map_err(|e| {
+        ApiError::bad_request(codes::INVALID_ARGUMENT, format!("device_token_expiry: {e}"))
+    })?;
+    if !(MIN_EXPIRY_SECS..=MAX_EXPIRY_SECS).contains(&secs) {
+        return Err(ApiError::bad_request(
+            codes::INVALID_ARGUMENT,
+            format!("device_token_expiry must be between {MIN_EXPIRY_SECS}s and 365d"),
+        ));
+    }
+    Ok(secs)
+}
+
+/// A rate limit checked against the bounds (`name` as the patch names it).
+pub fn check_limit(name: &str, l: RateLimit) -> ApiResult<RateLimit> {
     if l.limit == 0 || l.limit > MAX_LIMIT || l.period_secs == 0 || l.period_secs > MAX_PERIOD_SECS
     {
         return Err(ApiError::bad_request(
@@ -88,26 +109,16 @@ pub async fn update(
     auth: Auth,
     Body(patch): Body<SettingsPatch>,
 ) -> ApiResult<Json<SettingsView>> {
-    if patch.compliance_preset.is_some() {
+    if needs_step_up(&patch) {
         // A preset change is destructive: a session needs a fresh second factor.
         crate::session::require_recent_second_factor(&state, &auth)?;
     }
     // Validate everything before changing anything.
-    let expiry = match &patch.device_token_expiry {
-        None => None,
-        Some(s) => {
-            let secs = duration::parse_secs(s).map_err(|e| {
-                ApiError::bad_request(codes::INVALID_ARGUMENT, format!("device_token_expiry: {e}"))
-            })?;
-            if !(MIN_EXPIRY_SECS..=MAX_EXPIRY_SECS).contains(&secs) {
-                return Err(ApiError::bad_request(
-                    codes::INVALID_ARGUMENT,
-                    format!("device_token_expiry must be between {MIN_EXPIRY_SECS}s and 365d"),
-                ));
-            }
-            Some(secs)
-        }
-    };
+    let expiry = patch
+        .device_token_expiry
+        .as_deref()
+        .map(check_expiry)
+        .transpose()?;
     let limits = patch
         .rate_limits
         .map(|l| -> ApiResult<_> {

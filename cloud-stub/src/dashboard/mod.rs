@@ -20,6 +20,8 @@ mod format;
 mod live;
 mod login;
 mod members;
+mod overview;
+mod settings;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -103,7 +105,7 @@ pub fn router(cloud: AppState) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::to("/dashboard/") }))
         .route("/dashboard", get(|| async { Redirect::to("/dashboard/") }))
-        .route("/dashboard/", get(devices::overview))
+        .route("/dashboard/", get(overview::overview))
         .route("/dashboard/login", get(login::page).post(login::submit))
         .route("/dashboard/logout", post(login::logout))
         .route("/dashboard/devices", get(devices::list))
@@ -140,6 +142,23 @@ pub fn router(cloud: AppState) -> Router {
             get(enrol::mfa_page).post(enrol::mfa_confirm),
         )
         .route("/dashboard/events", get(live::events))
+        .route(
+            "/dashboard/settings",
+            get(settings::page).post(settings::save),
+        )
+        .route("/dashboard/settings/review", post(settings::review))
+        .route(
+            "/dashboard/bootstrap-tokens/{id}",
+            get(bootstrap_tokens::show),
+        )
+        .route(
+            "/dashboard/bootstrap-tokens/{id}/extend",
+            post(bootstrap_tokens::extend),
+        )
+        .route(
+            "/dashboard/bootstrap-tokens/{id}/revoke-devices",
+            post(bootstrap_tokens::revoke_devices),
+        )
         .route("/dashboard/assets/{name}", get(assets::serve))
         // Unknown dashboard paths get a page; everything else is the API's 404 (its fallback).
         .route(
