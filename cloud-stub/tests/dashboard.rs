@@ -418,6 +418,86 @@ async fn revoke_needs_csrf_reason_confirmation_and_a_fresh_code_and_is_audited_a
 }
 
 #[tokio::test]
+async fn delete_is_offered_for_a_revoked_device_and_needs_confirmation_and_a_fresh_code() {
+    let env = support::start().await;
+    register_with(&env, "dev-d", json!({})).await;
+    let mut b = owner_browser(&env).await;
+    env.clock.advance(Duration::from_secs(11 * 60));
+    let page = b.get("/dashboard/devices/dev-d").await;
+    assert!(
+        !page.body.contains("id=\"delete-button\""),
+        "an active device is revoked first, not deleted"
+    );
+    let csrf = page.csrf();
+    let secret = env.handle.owner_totp_secret().unwrap();
+    let code = env.totp_code(&secret);
+    let revoked = b
+        .post(
+            "/dashboard/devices/dev-d/revoke",
+            &[
+                ("csrf", &csrf),
+                ("reason", "retired"),
+                ("confirm", "yes"),
+                ("totp", &code),
+            ],
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::SEE_OTHER, "{}", revoked.body);
+    // A Member sees no delete and a forged delete is refused by the API's table.
+    let mut m = member_browser(&env, "mia@example.com", "member").await;
+    let mp = m.get("/dashboard/devices/dev-d").await;
+    assert!(!mp.body.contains("delete-button"));
+    let forged = m
+        .post(
+            "/dashboard/devices/dev-d/delete",
+            &[("csrf", &mp.csrf()), ("confirm", "yes"), ("totp", "000000")],
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.body);
+
+    let page = b.get("/dashboard/devices/dev-d").await;
+    assert!(page.body.contains("id=\"delete-button\""));
+    let path = "/dashboard/devices/dev-d/delete";
+    assert_eq!(
+        b.post(path, &[("confirm", "yes"), ("totp", "000000")])
+            .await
+            .status,
+        StatusCode::FORBIDDEN,
+        "no CSRF token"
+    );
+    assert_eq!(
+        b.post(path, &[("csrf", &csrf), ("totp", "000000")])
+            .await
+            .status,
+        StatusCode::BAD_REQUEST,
+        "no confirmation"
+    );
+    // The revoke's code counts for 10 minutes (the step-up rule); past them a delete
+    // without a fresh code is refused and nothing is deleted.
+    env.clock.advance(Duration::from_secs(11 * 60));
+    let stale = b
+        .post(path, &[("csrf", &csrf), ("confirm", "yes"), ("totp", "")])
+        .await;
+    assert_eq!(stale.status, StatusCode::FORBIDDEN, "{}", stale.body);
+    assert!(stale.body.contains("authenticator code"));
+    assert_eq!(device_state(&env, "dev-d").await, "revoked");
+
+    let fresh = env.totp_code(&secret);
+    let done = b
+        .post(
+            path,
+            &[("csrf", &csrf), ("confirm", "yes"), ("totp", &fresh)],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    assert_eq!(done.location(), "/dashboard/devices");
+    let gone = env.owner(Method::GET, "/devices/dev-d", None).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let r = audit_of(&env, "device.delete").await;
+    assert_eq!(r.last().unwrap()["origin"], "dashboard");
+}
+
+#[tokio::test]
 async fn a_member_sees_no_revoke_button_and_a_forged_revoke_is_refused() {
     let env = support::start().await;
     register_with(&env, "dev-m", json!({})).await;

@@ -283,6 +283,8 @@ struct DevicePage {
     /// `None` when the viewer may not read the audit log.
     history: Option<Vec<AuditRow>>,
     can_revoke: bool,
+    /// A revoked device may be deleted (the API's rule), by those the table allows.
+    can_delete: bool,
     csrf: String,
     error: Option<String>,
     /// The live event hub's change count, read before the device (see `live.js`).
@@ -394,6 +396,7 @@ async fn device_page(
         metadata: v.metadata.into_iter().collect(),
         history,
         can_revoke: !revoked && viewer.may(state, "POST", "/devices/{id}/revoke"),
+        can_delete: revoked && viewer.may(state, "DELETE", "/devices/{id}"),
         csrf: viewer.csrf.clone(),
         error,
         live_since,
@@ -455,4 +458,34 @@ pub async fn revoke(
     .await?;
     // The id passed the API's device-id check: safe in a path.
     Ok(Redirect::to(&format!("/dashboard/devices/{id}")).into_response())
+}
+
+/// Delete (the API's `DELETE /devices/{id}`: only a revoked device; its record, presence and
+/// retained revocation go, its audit history stays), with a confirmation and a fresh TOTP.
+pub async fn delete(
+    State(state): State<DashState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, Refusal> {
+    let (viewer, form) = super::posted(&state, req).await?;
+    // The API's rule for the route first: a Member's forged POST ends here.
+    let auth = viewer.check(&state, "DELETE", "/devices/{id}")?;
+    let problem = if form.get("confirm") != Some("yes") {
+        Some((
+            StatusCode::BAD_REQUEST,
+            "tick the confirmation: a deleted device's record cannot be restored".to_owned(),
+        ))
+    } else {
+        super::require_fresh_totp(&state, &viewer, form.get("totp").unwrap_or(""))
+            .await
+            .err()
+            .map(|e| (e.status, e.message))
+    };
+    if let Some((status, message)) = problem {
+        let mut r = device_page(&state, &viewer, &id, Some(message)).await?;
+        *r.status_mut() = status;
+        return Ok(r);
+    }
+    crate::api::devices::delete(State(state.cloud.clone()), auth, Path(id)).await?;
+    Ok(Redirect::to("/dashboard/devices").into_response())
 }

@@ -111,6 +111,7 @@ pub fn router(cloud: AppState) -> Router {
         .route("/dashboard/devices", get(devices::list))
         .route("/dashboard/devices/{id}", get(devices::show))
         .route("/dashboard/devices/{id}/revoke", post(devices::revoke))
+        .route("/dashboard/devices/{id}/delete", post(devices::delete))
         .route("/dashboard/bulk-revoke", post(bulk::confirm))
         .route("/dashboard/bulk-revoke/start", post(bulk::start))
         .route("/dashboard/bulk-revoke/{job}", get(bulk::progress))
