@@ -10,118 +10,13 @@
 mod support;
 
 use fantoccini::Locator;
-use octomil_testkit::browser::{Browser, WAIT};
-use octomil_testkit::poll::eventually_or;
+use octomil_testkit::browser::Browser;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use support::{Device, Env};
-
-const TAB: &str = "\u{E004}";
-const ENTER: &str = "\u{E007}";
-
-async fn register_with(env: &Env, id: &str, metadata: serde_json::Value) {
-    let d = Device::new(id);
-    let mut body = d.register_body(env, &env.bootstrap_token()).await;
-    body["metadata"] = metadata;
-    let a = env
-        .call(Method::POST, "/devices/register", None, Some(body))
-        .await;
-    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
-}
-
-/// Waits until the element at `css` exists and its text contains `want`.
-async fn wait_text(b: &Browser, css: &str, want: &str) -> String {
-    eventually_or(WAIT, &format!("{css} to show {want:?}"), || async {
-        match b.client.find(Locator::Css(css)).await {
-            Ok(e) => match e.text().await {
-                Ok(t) if t.contains(want) => Ok(t),
-                Ok(t) => Err(format!("text is {t:?}")),
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await
-}
-
-async fn count(b: &Browser, css: &str) -> usize {
-    b.client.find_all(Locator::Css(css)).await.unwrap().len()
-}
-
-async fn fill(b: &Browser, css: &str, text: &str) {
-    let e = b.client.find(Locator::Css(css)).await.unwrap();
-    e.clear().await.unwrap();
-    e.send_keys(text).await.unwrap();
-}
-
-async fn sign_in(b: &Browser, env: &Env, email: &str, password: &str, code: &str) {
-    b.client
-        .goto(&format!("{}/dashboard/", env.handle.http_url))
-        .await
-        .unwrap();
-    // Signed out: sent to the form.
-    wait_text(b, "h1", "Sign in").await;
-    fill(b, "input[name=email]", email).await;
-    fill(b, "input[name=password]", password).await;
-    fill(b, "input[name=mfa_code]", code).await;
-    b.client
-        .find(Locator::Css("main form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_text(b, "h1", "Devices").await;
-}
-
-/// The active element's id (after keyboard moves).
-async fn focused_id(b: &Browser) -> String {
-    let v = b
-        .client
-        .execute("return document.activeElement.id || ''", vec![])
-        .await
-        .unwrap();
-    v.as_str().unwrap_or("").to_owned()
-}
-
-/// Presses Tab until the element with `id` has focus (at most 60 presses): the page's own
-/// focus order, as a keyboard user meets it.
-async fn tab_to(b: &Browser, id: &str) {
-    for _ in 0..60 {
-        if focused_id(b).await == id {
-            return;
-        }
-        b.client
-            .active_element()
-            .await
-            .unwrap()
-            .send_keys(TAB)
-            .await
-            .unwrap();
-    }
-    panic!("#{id} never took the focus by Tab");
-}
-
-async fn state_of(env: &Env, id: &str) -> String {
-    let a = env
-        .owner(Method::GET, &format!("/devices/{id}"), None)
-        .await;
-    a.body["state"].as_str().unwrap().to_owned()
-}
-
-/// Screenshots of the current page at 1280 and 390 px, light and dark.
-async fn shots(b: &Browser, name: &str) {
-    for (width, label) in [(1280, "1280"), (390, "390")] {
-        b.width(width).await;
-        for dark in [false, true] {
-            b.color_scheme(dark).await;
-            let scheme = if dark { "dark" } else { "light" };
-            b.screenshot(&format!("{name}-{label}-{scheme}")).await;
-        }
-    }
-    b.color_scheme(false).await;
-    b.width(1280).await;
-}
+use support::dashboard::register_with;
+use support::ui::{
+    ENTER, TAB, count, fill, focused_id, shots, sign_in, state_of, tab_to, wait_text,
+};
 
 #[tokio::test]
 async fn the_dashboard_in_a_real_browser() {

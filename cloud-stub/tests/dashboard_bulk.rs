@@ -8,153 +8,12 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use support::dashboard::{Browser, Page, device_state, member_browser, owner_browser};
 use support::{Device, Env};
-
-/// A browser-like client of the dashboard: its own cookie jar, no redirect following.
-struct Browser {
-    client: reqwest::Client,
-    base: String,
-    cookies: HashMap<String, String>,
-}
-
-struct Page {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Page {
-    /// The last CSRF token of a form on the page (the page's own form, not the header's).
-    fn csrf(&self) -> String {
-        let at = self
-            .body
-            .rfind("name=\"csrf\" value=\"")
-            .expect("a form with a CSRF token");
-        let rest = &self.body[at + 19..];
-        rest[..rest.find('"').unwrap()].to_owned()
-    }
-
-    fn location(&self) -> &str {
-        self.headers
-            .get("location")
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or("")
-    }
-}
-
-impl Browser {
-    fn new(env: &Env) -> Self {
-        let ca = reqwest::Certificate::from_pem(env.handle.ca_pem.as_bytes()).unwrap();
-        let client = reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        Self {
-            client,
-            base: env.handle.http_url.clone(),
-            cookies: HashMap::new(),
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    async fn send(
-        &mut self,
-        method: Method,
-        path: &str,
-        form: Option<&[(&str, &str)]>,
-        htmx: bool,
-    ) -> Page {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .header("cookie", self.cookie_header());
-        if htmx {
-            req = req.header("hx-request", "true");
-        }
-        if let Some(form) = form {
-            req = req
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(serde_urlencoded::to_string(form).unwrap());
-        }
-        let resp = req.send().await.unwrap();
-        for c in resp.headers().get_all("set-cookie") {
-            let c = c.to_str().unwrap();
-            let (kv, _) = c.split_once(';').unwrap_or((c, ""));
-            let (k, v) = kv.split_once('=').unwrap();
-            if v.is_empty() || c.contains("Max-Age=0") {
-                self.cookies.remove(k);
-            } else {
-                self.cookies.insert(k.to_owned(), v.to_owned());
-            }
-        }
-        Page {
-            status: resp.status(),
-            headers: resp.headers().clone(),
-            body: resp.text().await.unwrap(),
-        }
-    }
-
-    async fn get(&mut self, path: &str) -> Page {
-        self.send(Method::GET, path, None, false).await
-    }
-
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
-        self.send(Method::POST, path, Some(form), false).await
-    }
-
-    async fn sign_in(&mut self, email: &str, password: &str, code: &str) -> Page {
-        let login = self.get("/dashboard/login").await;
-        assert_eq!(login.status, StatusCode::OK);
-        let csrf = login.csrf();
-        self.post(
-            "/dashboard/login",
-            &[
-                ("csrf", &csrf),
-                ("email", email),
-                ("password", password),
-                ("mfa_code", code),
-            ],
-        )
-        .await
-    }
-}
-
-async fn owner_browser(env: &Env) -> Browser {
-    let mut b = Browser::new(env);
-    let secret = env.handle.owner_totp_secret().unwrap();
-    let password = env.handle.owner_password().unwrap();
-    let answer = b
-        .sign_in(
-            &env.handle.info.owner_email,
-            password.expose(),
-            &env.totp_code(&secret),
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
-    b
-}
-
-async fn member_browser(env: &Env, email: &str, role: &str) -> Browser {
-    let (password, totp) = env.add_member(email, role).await;
-    env.clock.advance(Duration::from_secs(30));
-    let mut b = Browser::new(env);
-    let answer = b.sign_in(email, &password, &env.totp_code(&totp)).await;
-    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
-    b
-}
 
 /// The owner's authenticator code of the next TOTP step (a step is accepted once).
 fn next_owner_code(env: &Env) -> String {
@@ -166,13 +25,6 @@ async fn register(env: &Env, ids: &[&str]) {
     for id in ids {
         Device::new(id).register(env).await;
     }
-}
-
-async fn device_state(env: &Env, id: &str) -> String {
-    let a = env
-        .owner(Method::GET, &format!("/devices/{id}"), None)
-        .await;
-    a.body["state"].as_str().unwrap().to_owned()
 }
 
 async fn states(env: &Env, ids: &[&str]) -> Vec<String> {
@@ -487,7 +339,7 @@ async fn the_progress_page_is_a_fragment_for_htmx_and_only_its_session_sees_it()
         "a done job is not polled"
     );
     let job = start.location().to_owned();
-    let frag = b.send(Method::GET, &job, None, true).await;
+    let frag = b.get_htmx(&job).await;
     assert_eq!(frag.status, StatusCode::OK);
     assert!(!frag.body.contains("<html") && frag.body.contains("id=\"bulk-progress\""));
     assert!(frag.body.contains("id=\"bulk-done\""));

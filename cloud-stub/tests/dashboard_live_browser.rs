@@ -15,43 +15,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use fantoccini::Locator;
 use octomil_cloud::MqttMode;
 use octomil_common::wire::Presence;
-use octomil_testkit::browser::{Browser, WAIT};
-use octomil_testkit::poll::eventually_or;
+use octomil_testkit::browser::Browser;
 use rumqttc::{LastWill, QoS};
+use support::ui::{fill, wait_js, wait_text};
 use support::{Device, Env};
-
-/// Waits until the element at `css` exists and its text contains `want`.
-async fn wait_text(b: &Browser, css: &str, want: &str) -> String {
-    eventually_or(WAIT, &format!("{css} to show {want:?}"), || async {
-        match b.client.find(Locator::Css(css)).await {
-            Ok(e) => match e.text().await {
-                Ok(t) if t.contains(want) => Ok(t),
-                Ok(t) => Err(format!("text is {t:?}")),
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await
-}
-
-/// Waits until the script `js` returns true.
-async fn wait_js(b: &Browser, what: &str, js: &str) {
-    eventually_or(WAIT, what, || async {
-        match b.client.execute(js, vec![]).await {
-            Ok(serde_json::Value::Bool(true)) => Ok(()),
-            Ok(v) => Err(format!("{v}")),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await
-}
-
-async fn fill(b: &Browser, css: &str, text: &str) {
-    let e = b.client.find(Locator::Css(css)).await.unwrap();
-    e.clear().await.unwrap();
-    e.send_keys(text).await.unwrap();
-}
 
 async fn sign_in(b: &Browser, env: &Env) {
     let password = env.handle.owner_password().unwrap();

@@ -12,53 +12,11 @@ mod support;
 use std::time::Duration;
 
 use fantoccini::Locator;
-use octomil_testkit::browser::{Browser, WAIT};
-use octomil_testkit::poll::eventually_or;
+use octomil_testkit::browser::Browser;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use support::Env;
-
-const ENTER: &str = "\u{E007}";
-
-/// Waits until the element at `css` exists and its text contains `want`.
-async fn wait_text(b: &Browser, css: &str, want: &str) -> String {
-    eventually_or(WAIT, &format!("{css} to show {want:?}"), || async {
-        match b.client.find(Locator::Css(css)).await {
-            Ok(e) => match e.text().await {
-                Ok(t) if t.contains(want) => Ok(t),
-                Ok(t) => Err(format!("text is {t:?}")),
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await
-}
-
-async fn count(b: &Browser, css: &str) -> usize {
-    b.client.find_all(Locator::Css(css)).await.unwrap().len()
-}
-
-async fn fill(b: &Browser, css: &str, text: &str) {
-    let e = b.client.find(Locator::Css(css)).await.unwrap();
-    e.clear().await.unwrap();
-    e.send_keys(text).await.unwrap();
-}
-
-async fn click(b: &Browser, css: &str) {
-    b.client
-        .find(Locator::Css(css))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-}
-
-async fn script(b: &Browser, js: &str) -> String {
-    let v = b.client.execute(js, vec![]).await.unwrap();
-    v.as_str().unwrap_or("").to_owned()
-}
+use support::ui::{ENTER, click, count, fill, script, wait_text};
 
 async fn sign_in(b: &Browser, env: &Env, email: &str, password: &str, code: &str) {
     b.client

@@ -4,8 +4,10 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod cli;
+pub mod dashboard;
 pub mod fixture;
 pub mod mqtt;
+pub mod ui;
 
 use std::sync::Arc;
 
