@@ -381,26 +381,20 @@ pub async fn revoke_devices(
     let (viewer, form) = super::posted(&state, req).await?;
     // The API's rule for the route, before anything else: a Member's forged POST ends here.
     let auth = viewer.check(&state, "POST", "/revocations")?;
-    let reason = form.get("reason").unwrap_or("").trim().to_owned();
-    let problem = if reason.is_empty() {
-        Some((
-            StatusCode::BAD_REQUEST,
-            "give a reason for the revocation".to_owned(),
-        ))
-    } else if form.get("confirm") != Some("yes") {
-        Some((
-            StatusCode::BAD_REQUEST,
-            "tick the confirmation: revoked devices cannot be restored".to_owned(),
-        ))
-    } else {
-        super::require_fresh_totp(&state, &viewer, form.get("totp").unwrap_or(""))
+    let checked = match super::confirmed(
+        &form,
+        Some("revocation"),
+        "tick the confirmation: revoked devices cannot be restored",
+    ) {
+        Ok(reason) => super::fresh_code(&state, &viewer, &form)
             .await
-            .err()
-            .map(|e| (e.status, e.message))
+            .map(|()| reason),
+        Err(problem) => Err(problem),
     };
-    if let Some((status, message)) = problem {
-        return refused(&state, &viewer, &id, status, message).await;
-    }
+    let reason = match checked {
+        Ok(reason) => reason,
+        Err((status, message)) => return refused(&state, &viewer, &id, status, message).await,
+    };
     let answer = crate::api::revocations::revoke(
         State(state.cloud.clone()),
         auth,

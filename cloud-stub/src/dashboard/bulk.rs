@@ -393,12 +393,7 @@ pub async fn start(State(state): State<DashState>, req: Request) -> Result<Respo
     let auth = viewer.check(&state, "POST", "/revocations")?;
     let target = Target::from_form(&form)?;
     let reason = form.get("reason").unwrap_or("").trim().to_owned();
-    let problem = if reason.is_empty() {
-        Some((
-            StatusCode::BAD_REQUEST,
-            "give a reason for the revocation".to_owned(),
-        ))
-    } else if reason.len() > octomil_common::envelope::MAX_REASON_LEN {
+    let problem = if reason.len() > octomil_common::envelope::MAX_REASON_LEN {
         Some((
             StatusCode::BAD_REQUEST,
             format!(
@@ -406,18 +401,16 @@ pub async fn start(State(state): State<DashState>, req: Request) -> Result<Respo
                 octomil_common::envelope::MAX_REASON_LEN
             ),
         ))
-    } else if form.get("confirm") != Some("yes") {
-        Some((
-            StatusCode::BAD_REQUEST,
-            "tick the confirmation: revoked devices cannot be restored".to_owned(),
-        ))
+    } else if let Err(problem) = super::confirmed(
+        &form,
+        Some("revocation"),
+        "tick the confirmation: revoked devices cannot be restored",
+    ) {
+        Some(problem)
     } else if let Err(e) = state.bulk.may_start(viewer.session_id()) {
         Some((e.status, e.message))
     } else {
-        super::require_fresh_totp(&state, &viewer, form.get("totp").unwrap_or(""))
-            .await
-            .err()
-            .map(|e| (e.status, e.message))
+        super::fresh_code(&state, &viewer, &form).await.err()
     };
     if let Some(problem) = problem {
         return confirm_page(&state, &viewer, &target, &reason, Some(problem)).await;

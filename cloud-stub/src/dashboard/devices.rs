@@ -425,28 +425,24 @@ pub async fn revoke(
     let (viewer, form) = super::posted(&state, req).await?;
     // The API's rule for the route, before anything else: a Member's forged POST ends here.
     let auth = viewer.check(&state, "POST", "/devices/{id}/revoke")?;
-    let reason = form.get("reason").unwrap_or("").trim().to_owned();
-    let problem = if reason.is_empty() {
-        Some((
-            StatusCode::BAD_REQUEST,
-            "give a reason for the revocation".to_owned(),
-        ))
-    } else if form.get("confirm") != Some("yes") {
-        Some((
-            StatusCode::BAD_REQUEST,
-            "tick the confirmation: a revoked device cannot be restored".to_owned(),
-        ))
-    } else {
-        super::require_fresh_totp(&state, &viewer, form.get("totp").unwrap_or(""))
+    let checked = match super::confirmed(
+        &form,
+        Some("revocation"),
+        "tick the confirmation: a revoked device cannot be restored",
+    ) {
+        Ok(reason) => super::fresh_code(&state, &viewer, &form)
             .await
-            .err()
-            .map(|e| (e.status, e.message))
+            .map(|()| reason),
+        Err(problem) => Err(problem),
     };
-    if let Some((status, message)) = problem {
-        let mut r = device_page(&state, &viewer, &id, Some(message)).await?;
-        *r.status_mut() = status;
-        return Ok(r);
-    }
+    let reason = match checked {
+        Ok(reason) => reason,
+        Err((status, message)) => {
+            let mut r = device_page(&state, &viewer, &id, Some(message)).await?;
+            *r.status_mut() = status;
+            return Ok(r);
+        }
+    };
     let (_status, _view) = crate::api::devices::revoke(
         State(state.cloud.clone()),
         auth,
@@ -470,18 +466,15 @@ pub async fn delete(
     let (viewer, form) = super::posted(&state, req).await?;
     // The API's rule for the route first: a Member's forged POST ends here.
     let auth = viewer.check(&state, "DELETE", "/devices/{id}")?;
-    let problem = if form.get("confirm") != Some("yes") {
-        Some((
-            StatusCode::BAD_REQUEST,
-            "tick the confirmation: a deleted device's record cannot be restored".to_owned(),
-        ))
-    } else {
-        super::require_fresh_totp(&state, &viewer, form.get("totp").unwrap_or(""))
-            .await
-            .err()
-            .map(|e| (e.status, e.message))
+    let checked = match super::confirmed(
+        &form,
+        None,
+        "tick the confirmation: a deleted device's record cannot be restored",
+    ) {
+        Ok(_) => super::fresh_code(&state, &viewer, &form).await,
+        Err(problem) => Err(problem),
     };
-    if let Some((status, message)) = problem {
+    if let Err((status, message)) = checked {
         let mut r = device_page(&state, &viewer, &id, Some(message)).await?;
         *r.status_mut() = status;
         return Ok(r);

@@ -489,6 +489,45 @@ pub async fn require_fresh_totp(
     .map(|_| ())
 }
 
+/// The checks of a destructive form before its fresh code: a reason when `reason` names what
+/// it is for (`Some("revocation")`), and the confirmation tick (`confirm=yes`), whose absence
+/// is answered with `unticked`. The trimmed reason ("" when none is asked), or the status and
+/// message for the form's page.
+pub fn confirmed(
+    form: &Form,
+    reason: Option<&str>,
+    unticked: &str,
+) -> Result<String, (StatusCode, String)> {
+    let given = form.get("reason").unwrap_or("").trim().to_owned();
+    if let Some(what) = reason
+        && given.is_empty()
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("give a reason for the {what}"),
+        ));
+    }
+    if form.get("confirm") != Some("yes") {
+        return Err((StatusCode::BAD_REQUEST, unticked.to_owned()));
+    }
+    Ok(if reason.is_some() {
+        given
+    } else {
+        String::new()
+    })
+}
+
+/// [`require_fresh_totp`] with the form's `totp` field, as a status and message for the page.
+pub async fn fresh_code(
+    state: &DashState,
+    viewer: &Viewer,
+    form: &Form,
+) -> Result<(), (StatusCode, String)> {
+    require_fresh_totp(state, viewer, form.get("totp").unwrap_or(""))
+        .await
+        .map_err(|e| (e.status, e.message))
+}
+
 #[derive(Template)]
 #[template(path = "dashboard/error.html")]
 struct ErrorPage<'a> {
