@@ -542,3 +542,61 @@ async fn revoke_all_matching_over_2000_devices() {
     assert_eq!(device_state(&env, "fleet-1999").await, "revoked");
     env.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_selection_too_large_empty_or_naming_a_bad_id_is_refused_and_revokes_nothing() {
+    let env = support::start().await;
+    register(&env, &["sel-x", "sel-y"]).await;
+    let mut b = owner_browser(&env).await;
+    let csrf = b.get("/dashboard/devices").await.csrf();
+    let code = next_owner_code(&env);
+    let mut many: Vec<(&str, String)> = vec![
+        ("csrf", csrf.clone()),
+        ("mode", "selected".into()),
+        ("reason", "stolen".into()),
+        ("confirm", "yes".into()),
+        ("totp", code.clone()),
+        ("id", "sel-x".into()),
+        ("id", "sel-y".into()),
+    ];
+    many.extend((0..500).map(|i| ("id", format!("other-{i:04}"))));
+    for (what, fields) in [
+        ("501 ids", many),
+        (
+            "no id",
+            vec![
+                ("csrf", csrf.clone()),
+                ("mode", "selected".into()),
+                ("reason", "stolen".into()),
+                ("confirm", "yes".into()),
+                ("totp", code.clone()),
+            ],
+        ),
+        (
+            "a bad id",
+            vec![
+                ("csrf", csrf.clone()),
+                ("mode", "selected".into()),
+                ("reason", "stolen".into()),
+                ("confirm", "yes".into()),
+                ("totp", code.clone()),
+                ("id", "sel-x".into()),
+                ("id", "../../etc".into()),
+            ],
+        ),
+    ] {
+        for path in ["/dashboard/bulk-revoke", "/dashboard/bulk-revoke/start"] {
+            let page = b.post(path, &form(&fields)).await;
+            assert_eq!(
+                page.status,
+                StatusCode::BAD_REQUEST,
+                "{what} at {path}: {}",
+                page.body
+            );
+        }
+    }
+    assert_eq!(
+        states(&env, &["sel-x", "sel-y"]).await,
+        ["active", "active"]
+    );
+}
